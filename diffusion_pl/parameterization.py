@@ -1,0 +1,169 @@
+"""What the network predicts, and the one ``Denoiser`` view every sampler consumes.
+
+A parameterization reads the raw network output F at (x_t, t) as the pair (x̂_0, ε̂), each in
+its numerically stable form, and names the regression target for training. Every other
+quantity follows from the pair and the path (MATH.md, "Parameterizations"):
+
+    score  s = −ε̂ / σ            velocity  u = α' x̂_0 + σ' ε̂
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from diffusion_pl.paths import NoisePath, PathCoefficients
+from diffusion_pl.tensors import as_batch
+
+__all__ = [
+    "Denoiser",
+    "EpsilonPrediction",
+    "Parameterization",
+    "Prediction",
+    "ScorePrediction",
+    "VPrediction",
+    "VelocityPrediction",
+    "X0Prediction",
+]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The denoiser's reading of x_t: the clean-data estimate x̂_0 and the noise estimate ε̂."""
+
+    x0: Tensor
+    eps: Tensor
+
+    def score(self, c: PathCoefficients) -> Tensor:
+        """∇ log p_t(x) ≈ −ε̂ / σ_t."""
+        return -self.eps / c.sigma
+
+    def velocity(self, c: PathCoefficients) -> Tensor:
+        """Probability-flow ODE drift dx/dt = α'_t x̂_0 + σ'_t ε̂ (= f x − ½ g² s)."""
+        return c.d_alpha * self.x0 + c.d_sigma * self.eps
+
+
+class Parameterization:
+    """Maps network output ↔ (x̂_0, ε̂) and names the training target."""
+
+    def predict(self, out: Tensor, x: Tensor, c: PathCoefficients) -> Prediction:
+        """Read raw network output ``out`` at ``x = α x_0 + σ ε`` as (x̂_0, ε̂)."""
+        raise NotImplementedError
+
+    def target(self, x0: Tensor, eps: Tensor, c: PathCoefficients) -> Tensor:
+        """The regression target the network output should match for (x_0, ε)."""
+        raise NotImplementedError
+
+
+class EpsilonPrediction(Parameterization):
+    """F = ε̂; x̂_0 = (x − σ ε̂) / α (Ho et al., 2020)."""
+
+    def predict(self, out: Tensor, x: Tensor, c: PathCoefficients) -> Prediction:
+        return Prediction(x0=(x - c.sigma * out) / c.alpha, eps=out)
+
+    def target(self, x0: Tensor, eps: Tensor, c: PathCoefficients) -> Tensor:
+        return eps
+
+
+class X0Prediction(Parameterization):
+    """F = x̂_0; ε̂ = (x − α x̂_0) / σ."""
+
+    def predict(self, out: Tensor, x: Tensor, c: PathCoefficients) -> Prediction:
+        return Prediction(x0=out, eps=(x - c.alpha * out) / c.sigma)
+
+    def target(self, x0: Tensor, eps: Tensor, c: PathCoefficients) -> Tensor:
+        return x0
+
+
+class VPrediction(Parameterization):
+    """F = v̂ with v = α ε − σ x_0 (Salimans & Ho, 2022, Sec. 4).
+
+    For any path, x̂_0 = (α x − σ v̂) / (α² + σ²) and ε̂ = (σ x + α v̂) / (α² + σ²); on VP
+    paths (α² + σ² = 1) these are the familiar x̂_0 = α x − σ v̂, ε̂ = σ x + α v̂.
+    """
+
+    def predict(self, out: Tensor, x: Tensor, c: PathCoefficients) -> Prediction:
+        norm = c.alpha**2 + c.sigma**2
+        return Prediction(
+            x0=(c.alpha * x - c.sigma * out) / norm, eps=(c.sigma * x + c.alpha * out) / norm
+        )
+
+    def target(self, x0: Tensor, eps: Tensor, c: PathCoefficients) -> Tensor:
+        return c.alpha * eps - c.sigma * x0
+
+
+class ScorePrediction(Parameterization):
+    """F is the score; with ``scaled_by_sigma`` the net outputs σ·s and s = F / σ.
+
+    ε̂ = −σ s, x̂_0 = (x + σ² s) / α (Tweedie). The σ-scaled output keeps the network's target
+    at unit scale across noise levels (Song & Ermon, 2020, "Improved Techniques", Technique 3).
+    """
+
+    def __init__(self, scaled_by_sigma: bool = True) -> None:
+        self.scaled_by_sigma = scaled_by_sigma
+
+    def predict(self, out: Tensor, x: Tensor, c: PathCoefficients) -> Prediction:
+        eps = -out if self.scaled_by_sigma else -c.sigma * out
+        return Prediction(x0=(x - c.sigma * eps) / c.alpha, eps=eps)
+
+    def target(self, x0: Tensor, eps: Tensor, c: PathCoefficients) -> Tensor:
+        return -eps if self.scaled_by_sigma else -eps / c.sigma
+
+
+class VelocityPrediction(Parameterization):
+    """F = û with u = α' x_0 + σ' ε (flow matching; Lipman et al., 2023; Liu et al., 2023).
+
+    Solving x = α x_0 + σ ε and u = α' x_0 + σ' ε for the pair, with det = α σ' − σ α':
+    x̂_0 = (σ' x − σ û) / det and ε̂ = (α û − α' x) / det. On the linear path det = 1, so
+    x̂_0 = x − t û and ε̂ = x + (1 − t) û, stable on all of [0, 1].
+    """
+
+    def predict(self, out: Tensor, x: Tensor, c: PathCoefficients) -> Prediction:
+        det = c.alpha * c.d_sigma - c.sigma * c.d_alpha
+        return Prediction(
+            x0=(c.d_sigma * x - c.sigma * out) / det, eps=(c.alpha * out - c.d_alpha * x) / det
+        )
+
+    def target(self, x0: Tensor, eps: Tensor, c: PathCoefficients) -> Tensor:
+        return c.d_alpha * x0 + c.d_sigma * eps
+
+
+class Denoiser:
+    """The callable every sampler consumes: ``denoiser(x, t) -> Prediction``.
+
+    Wraps a network, the path and the parameterization. The network sees
+    ``noise_label(t)`` (t itself by default), and its output is cast to float32 before it
+    meets the path math (float64 inputs stay float64). Counts network evaluations (``nfe``).
+
+    Args:
+        net: ``net(x, noise_labels [B], class_labels [B] | None) -> Tensor`` shaped as x.
+        path: the noise path the net was trained on.
+        parameterization: how to read the net's output.
+        noise_label: maps times ``[B]`` to the net's conditioning input ``[B]``.
+        class_labels: optional labels ``[B]`` passed to every call.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module | Callable[..., Tensor],
+        path: NoisePath,
+        parameterization: Parameterization,
+        noise_label: Callable[[Tensor], Tensor] | None = None,
+        class_labels: Tensor | None = None,
+    ) -> None:
+        self.net, self.path, self.parameterization = net, path, parameterization
+        self.noise_label = noise_label
+        self.class_labels = class_labels
+        self.nfe = 0
+
+    def __call__(self, x: Tensor, t: Tensor | float) -> Prediction:
+        t = as_batch(t, x.shape[0], x)
+        labels = t if self.noise_label is None else self.noise_label(t)
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        out = self.net(x, labels.to(x.dtype), self.class_labels).to(dtype)
+        self.nfe += 1
+        c = self.path.coefficients(t.to(dtype), x.ndim)
+        return self.parameterization.predict(out, x.to(dtype), c)

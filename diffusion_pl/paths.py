@@ -1,0 +1,329 @@
+"""Gaussian noise paths ``x_t = α_t x_0 + σ_t ε`` with t = 0 data and t = 1 noise.
+
+A path knows α_t, σ_t and their time derivatives, nothing else: it never sees a network.
+Everything else (log-SNR, the SDE coefficients f and g², the prior) is derived once here.
+See MATH.md ("Paths" and "SDE view") for the table every class below implements.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from diffusion_pl.tensors import append_dims
+
+__all__ = [
+    "DDPMPath",
+    "LinearPath",
+    "NoisePath",
+    "PathCoefficients",
+    "SubVPPath",
+    "VEPath",
+    "VPCosinePath",
+    "VPLinearPath",
+    "cosine_betas",
+    "linear_betas",
+]
+
+
+@dataclass(frozen=True)
+class PathCoefficients:
+    """α_t, σ_t, dα_t/dt, dσ_t/dt, already broadcastable against ``x``."""
+
+    alpha: Tensor
+    sigma: Tensor
+    d_alpha: Tensor
+    d_sigma: Tensor
+
+
+class NoisePath:
+    """A Gaussian path ``x_t = α_t x_0 + σ_t ε`` on t ∈ [0, 1].
+
+    Subclasses implement :meth:`alpha`, :meth:`sigma`, :meth:`d_alpha`, :meth:`d_sigma`
+    for a ``[B]`` (or 0-dim) time tensor, in the tensor's own dtype.
+
+    Attributes:
+        t_min: smallest time a sampler visits (its last step); a final denoising step maps
+            ``x_{t_min}`` to data when σ_{t_min} > 0.
+        t_max: the time samplers start from, where x_t is drawn from the prior.
+    """
+
+    t_min: float = 0.0
+    t_max: float = 1.0
+
+    def alpha(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def sigma(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def d_alpha(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def d_sigma(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        """λ_t = log(α_t² / σ_t²); VDM's γ(t) is −λ_t."""
+        return 2.0 * (torch.log(self.alpha(t)) - torch.log(self.sigma(t)))
+
+    def f(self, t: Tensor) -> Tensor:
+        """SDE drift coefficient f(t) = d log α_t / dt (MATH.md, SDE view)."""
+        return self.d_alpha(t) / self.alpha(t)
+
+    def g2(self, t: Tensor) -> Tensor:
+        """Squared SDE diffusion g(t)² = dσ_t²/dt − 2 f(t) σ_t² (MATH.md, SDE view)."""
+        sigma = self.sigma(t)
+        return 2.0 * sigma * self.d_sigma(t) - 2.0 * self.f(t) * sigma**2
+
+    def coefficients(self, t: Tensor, ndim: int) -> PathCoefficients:
+        """α, σ and their derivatives at ``t`` ``[B]``, shaped to broadcast against ``ndim``-d x."""
+        return PathCoefficients(
+            alpha=append_dims(self.alpha(t), ndim),
+            sigma=append_dims(self.sigma(t), ndim),
+            d_alpha=append_dims(self.d_alpha(t), ndim),
+            d_sigma=append_dims(self.d_sigma(t), ndim),
+        )
+
+    def marginal(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """Draw x_t = α_t x_0 + σ_t ε for per-sample times ``t`` ``[B]``."""
+        return append_dims(self.alpha(t), x0.ndim) * x0 + append_dims(self.sigma(t), x0.ndim) * eps
+
+    def prior_std(self) -> float:
+        """Standard deviation of the prior N(0, σ_{t_max}² I) samplers start from."""
+        return float(self.sigma(torch.tensor(self.t_max, dtype=torch.float64)))
+
+    def prior_sample(
+        self,
+        shape: tuple[int, ...],
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """Draw x_{t_max} ~ N(0, σ_{t_max}² I) (α_{t_max} x_0 is negligible by construction)."""
+        noise = torch.randn(shape, generator=generator, device=device)
+        return self.prior_std() * noise
+
+    def prior_logp(self, x: Tensor) -> Tensor:
+        """log N(x; 0, σ_{t_max}² I) per sample, ``[B]``."""
+        std = self.prior_std()
+        d = x[0].numel()
+        sq = x.flatten(1).pow(2).sum(1)
+        return -0.5 * sq / std**2 - d * (math.log(std) + 0.5 * math.log(2 * math.pi))
+
+
+def _vp_linear_integral(t: Tensor, beta_min: float, beta_max: float) -> tuple[Tensor, Tensor]:
+    """B(t) = ∫₀ᵗ β(s) ds = ½ t² (β_max − β_min) + t β_min and B'(t) = β(t)."""
+    delta = beta_max - beta_min
+    return 0.5 * t**2 * delta + t * beta_min, beta_min + t * delta
+
+
+class VPLinearPath(NoisePath):
+    """Variance-preserving path with linear β(t): α_t = exp(−½ B(t)), σ_t = √(1 − α_t²).
+
+    Reference: Song et al. (2021), "Score-Based Generative Modeling through SDEs", Eq. 33.
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3) -> None:
+        if not 0 <= beta_min < beta_max:
+            raise ValueError(f"need 0 <= beta_min < beta_max, got {beta_min}, {beta_max}")
+        self.beta_min, self.beta_max, self.t_min = beta_min, beta_max, t_min
+
+    def alpha(self, t: Tensor) -> Tensor:
+        b, _ = _vp_linear_integral(t, self.beta_min, self.beta_max)
+        return torch.exp(-0.5 * b)
+
+    def sigma(self, t: Tensor) -> Tensor:
+        b, _ = _vp_linear_integral(t, self.beta_min, self.beta_max)
+        return torch.sqrt(-torch.expm1(-b))
+
+    def d_alpha(self, t: Tensor) -> Tensor:
+        b, db = _vp_linear_integral(t, self.beta_min, self.beta_max)
+        return -0.5 * db * torch.exp(-0.5 * b)
+
+    def d_sigma(self, t: Tensor) -> Tensor:
+        b, db = _vp_linear_integral(t, self.beta_min, self.beta_max)
+        return 0.5 * db * torch.exp(-b) / torch.sqrt(-torch.expm1(-b))
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        b, _ = _vp_linear_integral(t, self.beta_min, self.beta_max)
+        return -b - torch.log(-torch.expm1(-b))
+
+
+class SubVPPath(VPLinearPath):
+    """Sub-VP path: α_t as VP-linear, σ_t = 1 − α_t².
+
+    Reference: Song et al. (2021), "Score-Based Generative Modeling through SDEs", Eq. 17.
+    """
+
+    def sigma(self, t: Tensor) -> Tensor:
+        b, _ = _vp_linear_integral(t, self.beta_min, self.beta_max)
+        return -torch.expm1(-b)
+
+    def d_sigma(self, t: Tensor) -> Tensor:
+        b, db = _vp_linear_integral(t, self.beta_min, self.beta_max)
+        return db * torch.exp(-b)
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        b, _ = _vp_linear_integral(t, self.beta_min, self.beta_max)
+        return -b - 2.0 * torch.log(-torch.expm1(-b))
+
+
+class VPCosinePath(NoisePath):
+    """VP path with the cosine schedule α_t = cos(π/2 · (t+s)/(1+s)) / cos(π/2 · s/(1+s)).
+
+    σ_t = √(1 − α_t²). α_1 = 0 exactly, so samplers start at ``t_max`` slightly below 1.
+
+    Reference: Nichol & Dhariwal (2021), "Improved Denoising Diffusion Probabilistic Models",
+    Eq. 17.
+    """
+
+    def __init__(self, s: float = 0.008, t_min: float = 1e-3, t_max: float = 0.999) -> None:
+        self.s, self.t_min, self.t_max = s, t_min, t_max
+
+    def _phase(self, t: Tensor) -> Tensor:
+        return 0.5 * math.pi * (t + self.s) / (1 + self.s)
+
+    def _norm(self) -> float:
+        return math.cos(0.5 * math.pi * self.s / (1 + self.s))
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return torch.cos(self._phase(t)) / self._norm()
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return torch.sqrt((1 - self.alpha(t) ** 2).clamp_min(0))
+
+    def d_alpha(self, t: Tensor) -> Tensor:
+        return -torch.sin(self._phase(t)) * (0.5 * math.pi / (1 + self.s)) / self._norm()
+
+    def d_sigma(self, t: Tensor) -> Tensor:
+        return -self.alpha(t) * self.d_alpha(t) / self.sigma(t)
+
+
+class VEPath(NoisePath):
+    """Variance-exploding path: α_t = 1, σ_t = σ_min (σ_max / σ_min)^t.
+
+    Reference: Song et al. (2021), "Score-Based Generative Modeling through SDEs", Eq. 31;
+    the NCSN noise levels are this path at discrete times (Song & Ermon, 2019).
+    """
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0) -> None:
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+        self._log_ratio = math.log(sigma_max / sigma_min)
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return torch.ones_like(t)
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return self.sigma_min * torch.exp(t * self._log_ratio)
+
+    def d_alpha(self, t: Tensor) -> Tensor:
+        return torch.zeros_like(t)
+
+    def d_sigma(self, t: Tensor) -> Tensor:
+        return self.sigma(t) * self._log_ratio
+
+    def time_of_sigma(self, sigma: Tensor) -> Tensor:
+        """Inverse of σ_t: t = log(σ / σ_min) / log(σ_max / σ_min)."""
+        return torch.log(sigma / self.sigma_min) / self._log_ratio
+
+
+class LinearPath(NoisePath):
+    """Linear interpolation α_t = 1 − t, σ_t = t (rectified flow / flow matching).
+
+    Reference: Liu et al. (2023), "Flow Straight and Fast", Eq. 1; Lipman et al. (2023).
+    """
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return 1 - t
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return t
+
+    def d_alpha(self, t: Tensor) -> Tensor:
+        return -torch.ones_like(t)
+
+    def d_sigma(self, t: Tensor) -> Tensor:
+        return torch.ones_like(t)
+
+
+def linear_betas(num_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
+    """β_i = linspace(β_start, β_end, T) in float64 (Ho et al., 2020, Sec. 4)."""
+    return torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
+
+
+def cosine_betas(num_steps: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
+    """β_i = min(1 − ᾱ_i / ᾱ_{i−1}, 0.999) from the cosine ᾱ (Nichol & Dhariwal, 2021, Eq. 17)."""
+    i = torch.arange(num_steps + 1, dtype=torch.float64)
+    f = torch.cos(0.5 * math.pi * (i / num_steps + s) / (1 + s)) ** 2
+    return (1 - f[1:] / f[:-1]).clamp(max=max_beta)
+
+
+_BETA_SCHEDULES = {"linear": linear_betas, "cosine": cosine_betas}
+
+
+class DDPMPath(NoisePath):
+    """Discrete DDPM path: ᾱ_i = ∏_{j≤i}(1 − β_j), α = √ᾱ_i, σ = √(1 − ᾱ_i) at t_i = i/T.
+
+    ᾱ is computed in float64. Between grid points log ᾱ is interpolated linearly in t, so
+    α, σ and their (piecewise constant in log space) derivatives exist for every t ∈ [0, 1]
+    and continuous-time samplers run on the discrete model too.
+
+    Reference: Ho et al. (2020), "Denoising Diffusion Probabilistic Models", Eq. 4;
+    Nichol & Dhariwal (2021) for the cosine β.
+    """
+
+    def __init__(
+        self, num_steps: int = 1000, schedule: Literal["linear", "cosine"] = "linear"
+    ) -> None:
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        if schedule not in _BETA_SCHEDULES:
+            raise ValueError(
+                f"unknown beta schedule {schedule!r}; use one of {list(_BETA_SCHEDULES)}"
+            )
+        self.num_steps = num_steps
+        self.betas = _BETA_SCHEDULES[schedule](num_steps)
+        log_alpha_bar = torch.cumsum(torch.log1p(-self.betas), 0)
+        self.log_alpha_bar = torch.cat([torch.zeros(1, dtype=torch.float64), log_alpha_bar])
+        self.t_min = 1.0 / num_steps
+
+    @property
+    def alpha_bar(self) -> Tensor:
+        """ᾱ_i for i = 0..T (ᾱ_0 = 1), float64."""
+        return self.log_alpha_bar.exp()
+
+    def _log_alpha_bar(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """log ᾱ(t) by linear interpolation on the grid t_i = i/T, and its t-derivative."""
+        table = self.log_alpha_bar.to(t.device)
+        pos = (t.to(torch.float64) * self.num_steps).clamp(0, self.num_steps)
+        lo = pos.floor().long().clamp(max=self.num_steps - 1)
+        slope = (table[lo + 1] - table[lo]) * self.num_steps
+        value = table[lo] + (pos - lo) * slope / self.num_steps
+        return value, slope
+
+    def alpha(self, t: Tensor) -> Tensor:
+        value, _ = self._log_alpha_bar(t)
+        return torch.exp(0.5 * value).to(t.dtype)
+
+    def sigma(self, t: Tensor) -> Tensor:
+        value, _ = self._log_alpha_bar(t)
+        return torch.sqrt(-torch.expm1(value)).to(t.dtype)
+
+    def d_alpha(self, t: Tensor) -> Tensor:
+        value, slope = self._log_alpha_bar(t)
+        return (0.5 * slope * torch.exp(0.5 * value)).to(t.dtype)
+
+    def d_sigma(self, t: Tensor) -> Tensor:
+        value, slope = self._log_alpha_bar(t)
+        return (-0.5 * slope * torch.exp(value) / torch.sqrt(-torch.expm1(value))).to(t.dtype)
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        value, _ = self._log_alpha_bar(t)
+        return (value - torch.log(-torch.expm1(value))).to(t.dtype)
