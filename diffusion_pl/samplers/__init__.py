@@ -9,7 +9,11 @@ from diffusion_pl.samplers.ode import (
     sample_heun,
 )
 
+SAMPLERS: dict[str, type[Sampler]] = {"euler": EulerSampler, "heun": HeunSampler}
+"""Short names for ``diffusion-pl sample --sampler NAME``; YAML uses ``class_path`` instead."""
+
 __all__ = [
+    "SAMPLERS",
     "DenoiserFn",
     "EulerSampler",
     "HeunSampler",

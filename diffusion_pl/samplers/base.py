@@ -58,6 +58,9 @@ class Sampler:
             raise ValueError(f"{type(self).__name__}: steps must be >= 1, got {steps}")
         self.steps, self.denoise_final = steps, denoise_final
 
+    def check(self, path: NoisePath) -> None:
+        """Raise ValueError, saying why, if this sampler cannot run on ``path``."""
+
     def solve(
         self,
         denoiser: DenoiserFn,
@@ -81,6 +84,7 @@ class Sampler:
         progress: bool = False,
     ) -> Tensor:
         """Draw ``shape`` samples: prior → :meth:`solve` → optional final denoising."""
+        self.check(path)
         x = path.prior_sample(shape, generator=generator, device=device)
         x = self.solve(denoiser, path, x, generator=generator, progress=progress)
         t_min = torch.tensor(path.t_min, dtype=torch.float64)

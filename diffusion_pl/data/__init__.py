@@ -1,0 +1,18 @@
+"""Data for diffusion training: one DataModule and the sources it can serve."""
+
+from diffusion_pl.data.datamodule import DiffusionDataModule
+from diffusion_pl.data.images import Digits, HFImages
+from diffusion_pl.data.sources import Example, Source, Split
+from diffusion_pl.data.toy2d import GaussianMixture, GaussianMixtureSpec, Toy2D
+
+__all__ = [
+    "DiffusionDataModule",
+    "Digits",
+    "Example",
+    "GaussianMixture",
+    "GaussianMixtureSpec",
+    "HFImages",
+    "Source",
+    "Split",
+    "Toy2D",
+]

@@ -1,0 +1,163 @@
+"""The one LightningDataModule: batches of ``(x, y)`` from any :class:`~.sources.Source`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from diffusion_pl.data.sources import Example, Source, Split, check_split
+
+__all__ = ["DiffusionDataModule"]
+
+
+class _RandomHFlip(Dataset[Example]):
+    """Mirror each image left–right with probability 1/2.
+
+    Draws from torch's global generator, which PyTorch seeds per DataLoader worker from the
+    loader's generator (and which ``lightning.seed_everything`` seeds in the main process).
+    """
+
+    def __init__(self, data: Dataset[Example]) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> Example:
+        x, y = self.data[index]
+        return (x.flip(-1) if torch.rand(()) < 0.5 else x), y
+
+
+class DiffusionDataModule(L.LightningDataModule):
+    """Serve batches ``(x, y)`` from a source: ``x: [B, *source.shape]`` float32, ``y: [B]`` int64.
+
+    Images are in [−1, 1], toy points raw coordinates, ``y`` is −1 where the data have no labels.
+    The DataModule knows nothing of noise. Training batches are shuffled by a generator seeded
+    from ``torch.initial_seed()``, so ``lightning.seed_everything(s)`` fixes their order;
+    validation batches keep the split's order and keep the last, smaller batch.
+
+    Args:
+        source: where the examples come from, e.g. ``Toy2D``, ``Digits`` or ``HFImages``.
+        batch_size: examples per batch.
+        num_workers: DataLoader worker processes; 0 loads in the main process.
+        hflip: mirror training images left–right at random (only for sources whose examples
+            are mirror-symmetric images).
+        drop_last: drop the last incomplete training batch.
+        pin_memory: pin batches in page-locked memory for faster host-to-GPU copies.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        hflip: bool = False,
+        drop_last: bool = True,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(
+                f"num_workers must be >= 0 (0 loads in the main process), got {num_workers}"
+            )
+        if hflip and not source.mirror_symmetric:
+            reason = (
+                f"its examples of shape {source.shape} have no horizontal axis to flip"
+                if len(source.shape) != 3
+                else "a mirrored example is not a plausible one (a mirrored digit is no digit)"
+            )
+            raise ValueError(f"hflip=True does not suit {type(source).__name__}: {reason}")
+        self.source = source
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.hflip = hflip
+        self.drop_last = drop_last
+        self.pin_memory = pin_memory
+        self._datasets: dict[Split, Dataset[Example]] = {}
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """Shape of one example, ``source.shape``; linked to the model's ``data_shape``."""
+        return self.source.shape
+
+    @property
+    def num_classes(self) -> int | None:
+        """Number of label classes, or None for unlabelled data."""
+        return self.source.num_classes
+
+    @property
+    def num_levels(self) -> int | None:
+        """Quantisation levels of the raw data (256 for 8-bit images), None if continuous."""
+        return self.source.num_levels
+
+    def prepare_data(self) -> None:
+        """Download or cache the data once per machine."""
+        self.source.prepare()
+
+    def setup(self, stage: str) -> None:
+        """Load the splits a stage needs: train and val to fit, val to validate.
+
+        Args:
+            stage: ``"fit"``, ``"validate"``, ``"test"`` or ``"predict"``.
+        """
+        for split in {"fit": ("train", "val"), "validate": ("val",)}.get(stage, ()):
+            self.dataset(split)
+
+    def dataset(self, split: Split) -> Dataset[Example]:
+        """One split, un-augmented, loaded from the source on first use.
+
+        Args:
+            split: ``"train"`` or ``"val"``.
+        """
+        check_split(split)
+        if split not in self._datasets:
+            self._datasets[split] = self.source.load(split)
+        return self._datasets[split]
+
+    def real_samples(self, split: Split, n: int) -> Tensor:
+        """The first ``n`` examples of a split, un-augmented, stacked to ``[n, *data_shape]``.
+
+        Args:
+            split: ``"train"`` or ``"val"``.
+            n: number of examples, at most the size of the split.
+        """
+        data = self.dataset(split)
+        if not 0 < n <= len(data):
+            raise ValueError(f"n must be in [1, {len(data)}] for the {split} split, got {n}")
+        return torch.stack([data[i][0] for i in range(n)])
+
+    def train_dataloader(self) -> DataLoader[Example]:
+        """Shuffled training batches, randomly mirrored when ``hflip``."""
+        data = self.dataset("train")
+        if self.drop_last and len(data) < self.batch_size:
+            raise ValueError(
+                f"the train split has {len(data)} examples, fewer than batch_size="
+                f"{self.batch_size}, so drop_last=True leaves no batch; lower batch_size"
+            )
+        return DataLoader(
+            _RandomHFlip(data) if self.hflip else data,
+            shuffle=True,
+            drop_last=self.drop_last,
+            generator=torch.Generator().manual_seed(torch.initial_seed()),
+            **self._loader_options(),
+        )
+
+    def val_dataloader(self) -> DataLoader[Example]:
+        """Validation batches in order, the last one possibly smaller."""
+        return DataLoader(
+            self.dataset("val"), shuffle=False, drop_last=False, **self._loader_options()
+        )
+
+    def _loader_options(self) -> dict[str, Any]:
+        return {
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.num_workers > 0,
+        }

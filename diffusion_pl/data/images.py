@@ -1,0 +1,341 @@
+"""Image sources: the bundled 8×8 digits, and anything Hugging Face ``datasets`` can read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets as hf
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from huggingface_hub import HfApi
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from torch import Tensor
+from torch.utils.data import Dataset, TensorDataset
+
+from diffusion_pl.data.sources import Example, Source, Split, check_split
+
+__all__ = ["Digits", "HFImages"]
+
+HUB_TIMEOUT_S = 10.0
+"""Seconds to wait for the Hugging Face hub before declaring it unreachable."""
+
+_LOCAL_COPY_HINT = (
+    "To use a local copy instead, set `path: /local/dir` with `builder: imagefolder` (a folder "
+    "of images; class subfolders give labels) or `builder: parquet`, or `path: /local/dir` with "
+    "`from_disk: true` for a folder written by `save_to_disk`; for a dataset already in the "
+    "Hugging Face cache, set the environment variable HF_HUB_OFFLINE=1."
+)
+
+
+_DIGIT_LEVELS = 17
+
+
+def _check_fraction(val_fraction: float) -> None:
+    """Raise a ValueError unless 0 < ``val_fraction`` < 1."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+
+
+class Digits(Source):
+    """Scikit-learn's bundled 8×8 handwritten digits: 1,797 images, 17 grey levels, offline.
+
+    A pixel v ∈ {0, …, 16} becomes x = v/16·2 − 1 ∈ [−1, 1]. For ``size`` ≠ 8 images are
+    resized bilinearly (antialiased when shrinking) and snapped back to the 17 levels, so
+    :attr:`num_levels` stays 17. A split stratified by class and seeded by ``seed`` holds out
+    ``val_fraction`` of the images: the defaults give 1,437 train / 360 val. Labels are the
+    digits 0–9. A mirrored digit is not a digit, so the DataModule refuses ``hflip``.
+
+    Reference:
+        Alpaydin & Kaynak (1998), Optical Recognition of Handwritten Digits, UCI ML Repository.
+
+    Args:
+        size: side of the square images.
+        val_fraction: fraction of the images held out for validation.
+        seed: seed of the train/val split.
+    """
+
+    def __init__(self, size: int = 8, val_fraction: float = 0.2, seed: int = 0) -> None:
+        if size <= 0:
+            raise ValueError(f"size must be > 0, got {size}")
+        _check_fraction(val_fraction)
+        self.size = size
+        self.val_fraction = val_fraction
+        self.seed = seed
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(1, size, size)``."""
+        return (1, self.size, self.size)
+
+    @property
+    def num_classes(self) -> int:
+        """Ten digit classes."""
+        return 10
+
+    @property
+    def num_levels(self) -> int:
+        """17 grey levels, 0–16."""
+        return _DIGIT_LEVELS
+
+    def load(self, split: Split) -> TensorDataset:
+        """Read the bundled images and return one split as ``(x, y)`` examples."""
+        check_split(split)
+        digits = load_digits()
+        x = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16 * 2 - 1
+        if self.size != 8:
+            size = (self.size, self.size)
+            x = F.interpolate(x, size, mode="bilinear", antialias=self.size < 8)
+            steps = _DIGIT_LEVELS - 1
+            x = torch.round((x + 1) / 2 * steps) / steps * 2 - 1
+        train, val = train_test_split(
+            np.arange(len(x)),
+            test_size=self.val_fraction,
+            random_state=self.seed,
+            stratify=digits.target,
+        )
+        index = torch.as_tensor(train if split == "train" else val)
+        return TensorDataset(x[index], torch.as_tensor(digits.target, dtype=torch.int64)[index])
+
+
+def _image_to_tensor(image: PIL.Image.Image, size: int, mode: str) -> Tensor:
+    """Convert to ``mode``, centre-crop to a square, resize to ``size``, scale to [−1, 1].
+
+    Args:
+        image: any PIL image.
+        size: side of the output.
+        mode: ``"RGB"`` or ``"L"``.
+
+    Returns:
+        ``[C, size, size]`` float32, C = 3 for RGB and 1 for L.
+    """
+    image = image.convert(mode)
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    image = image.crop((left, top, left + side, top + side))
+    if side != size:
+        image = image.resize((size, size), PIL.Image.Resampling.BICUBIC)
+    pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).reshape(size, size, -1)
+    return pixels.permute(2, 0, 1).float() / 127.5 - 1.0
+
+
+class _ImageDataset(Dataset[Example]):
+    """A Hugging Face split whose rows are decoded into ``(x, y)`` on access."""
+
+    def __init__(
+        self, data: hf.Dataset, image_column: str, label_column: str | None, size: int, mode: str
+    ) -> None:
+        self.data = data.select_columns([c for c in (image_column, label_column) if c is not None])
+        self.image_column = image_column
+        self.label_column = label_column
+        self.size = size
+        self.mode = mode
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> Example:
+        row = self.data[index]
+        image = row[self.image_column]
+        if not isinstance(image, PIL.Image.Image):
+            image = PIL.Image.fromarray(np.asarray(image, dtype=np.uint8))
+        label = -1 if self.label_column is None else row[self.label_column]
+        return _image_to_tensor(image, self.size, self.mode), torch.tensor(label, dtype=torch.int64)
+
+
+class HFImages(Source):
+    """Images read with Hugging Face ``datasets``: a hub name, a local folder, or a saved dataset.
+
+    Where the data come from, in order:
+
+    - ``from_disk: true``: ``datasets.load_from_disk(path)``; a single saved ``Dataset`` (not a
+      ``DatasetDict``) counts as the ``split_train`` split.
+    - ``builder`` set: ``load_dataset(builder, data_dir=path, data_files=data_files)``, e.g.
+      ``imagefolder`` (class subfolders give labels; its image column is ``image``) or
+      ``parquet``.
+    - ``path`` an existing local folder: ``load_dataset(path, data_files=data_files)``, letting
+      ``datasets`` detect the format.
+    - otherwise ``path`` is a hub name such as ``uoft-cs/cifar10``. The hub is probed first with a
+      ``HUB_TIMEOUT_S`` timeout, so an offline machine fails at once (``load_dataset`` alone
+      retries for about 25 s) with a hint on pointing at a local copy. With ``HF_HUB_OFFLINE=1``
+      the probe is skipped and the cached copy is used.
+
+    Nothing is read in the constructor; the DataModule calls :meth:`prepare` and :meth:`load`.
+    Images are converted to RGB or greyscale per ``channels``, centre-cropped to a square,
+    resized (bicubic, antialiased) to ``image_size`` and scaled from 8-bit values to [−1, 1],
+    channels first. When ``split_val`` is None a seeded ``val_fraction`` of the train split is
+    held out instead.
+
+    Args:
+        path: hub name, or local folder (see above).
+        split_train: name of the training split.
+        split_val: name of the validation split; None to hold out ``val_fraction`` of train.
+        image_column: column holding the images.
+        label_column: column holding integer class labels; None for unlabelled data (y = −1).
+        image_size: side of the square output images.
+        channels: 3 for RGB, 1 for greyscale.
+        num_classes: number of label classes, for class-conditional models; None otherwise.
+        builder: ``datasets`` builder for a local folder, e.g. ``imagefolder`` or ``parquet``.
+        data_files: files or glob patterns (or a split → files mapping) passed to
+            ``load_dataset``.
+        from_disk: read a folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``.
+        val_fraction: fraction of train held out when ``split_val`` is None.
+        seed: seed of that hold-out.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        split_train: str = "train",
+        split_val: str | None = "test",
+        image_column: str = "img",
+        label_column: str | None = "label",
+        image_size: int = 32,
+        channels: int = 3,
+        num_classes: int | None = None,
+        builder: str | None = None,
+        data_files: str | list[str] | dict[str, str | list[str]] | None = None,
+        from_disk: bool = False,
+        val_fraction: float = 0.01,
+        seed: int = 0,
+    ) -> None:
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (greyscale) or 3 (RGB), got {channels}")
+        if image_size <= 0:
+            raise ValueError(f"image_size must be > 0, got {image_size}")
+        if num_classes is not None and num_classes <= 0:
+            raise ValueError(f"num_classes must be > 0 or None, got {num_classes}")
+        if from_disk and builder is not None:
+            raise ValueError(f"from_disk reads a saved dataset, which needs no builder={builder!r}")
+        _check_fraction(val_fraction)
+        self.path = path
+        self.split_train = split_train
+        self.split_val = split_val
+        self.image_column = image_column
+        self.label_column = label_column
+        self.image_size = image_size
+        self.channels = channels
+        self._num_classes = num_classes
+        self.builder = builder
+        self.data_files = data_files
+        self.from_disk = from_disk
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self._splits: dict[Split, hf.Dataset] | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(channels, image_size, image_size)``."""
+        return (self.channels, self.image_size, self.image_size)
+
+    @property
+    def num_classes(self) -> int | None:
+        """As configured; labels are passed through either way."""
+        return self._num_classes
+
+    @property
+    def num_levels(self) -> int:
+        """256: images are assumed to be 8-bit."""
+        return 256
+
+    @property
+    def mirror_symmetric(self) -> bool:
+        """Natural images stay natural when mirrored."""
+        return True
+
+    def prepare(self) -> None:
+        """Download (or read) the dataset and check its splits and columns."""
+        self._load_splits()
+
+    def load(self, split: Split) -> _ImageDataset:
+        """Return one split, decoded into ``(x, y)`` examples on access."""
+        check_split(split)
+        mode = "RGB" if self.channels == 3 else "L"
+        data = self._load_splits()[split]
+        return _ImageDataset(data, self.image_column, self.label_column, self.image_size, mode)
+
+    def _load_splits(self) -> dict[Split, hf.Dataset]:
+        """Open the dataset once and keep its checked train and val splits."""
+        if self._splits is None:
+            loaded = self._open()
+            if isinstance(loaded, hf.Dataset):
+                loaded = hf.DatasetDict({self.split_train: loaded})
+            self._splits = self._pick_splits(loaded)
+        return self._splits
+
+    def _open(self) -> hf.Dataset | hf.DatasetDict:
+        """Read from disk, a local folder, or the hub, as the docstring of the class says."""
+        local = Path(self.path).expanduser()
+        looks_local = self.path.startswith(("/", ".", "~")) or self.path.count("/") > 1
+        if not (self.from_disk or self.builder or looks_local or local.exists()):
+            return self._open_hub()
+        if not local.exists():
+            raise FileNotFoundError(f"HFImages path {self.path!r} does not exist")
+        if self.from_disk:
+            return hf.load_from_disk(str(local))
+        if self.builder is not None:
+            return hf.load_dataset(self.builder, data_dir=str(local), data_files=self.data_files)
+        return hf.load_dataset(str(local), data_files=self.data_files)
+
+    def _open_hub(self) -> hf.DatasetDict:
+        """Load a hub dataset, failing fast with a hint when the hub cannot be reached."""
+        if not hf.config.HF_HUB_OFFLINE:
+            try:
+                HfApi().dataset_info(self.path, timeout=HUB_TIMEOUT_S)
+            except Exception as err:  # any failure means the hub copy is out of reach
+                raise ConnectionError(self._unreachable(err)) from err
+        try:
+            return hf.load_dataset(self.path, data_files=self.data_files)
+        except ConnectionError as err:  # offline mode and not in the cache
+            raise ConnectionError(self._unreachable(err)) from err
+
+    def _unreachable(self, err: Exception) -> str:
+        """The message for a hub dataset out of reach, with the ways to a local copy."""
+        return (
+            f"Could not find or reach dataset {self.path!r} on the Hugging Face hub "
+            f"({type(err).__name__}: {err}). {_LOCAL_COPY_HINT}"
+        )
+
+    def _pick_splits(self, loaded: hf.DatasetDict) -> dict[Split, hf.Dataset]:
+        """Check that the configured splits and columns exist; hold out val if asked."""
+        _require("split", "split_train", self.split_train, list(loaded), self.path)
+        if self.split_val is not None:
+            hint = "or to null to hold out val_fraction of train"
+            _require("split", "split_val", self.split_val, list(loaded), self.path, hint)
+        train = loaded[self.split_train]
+        _require("column", "image_column", self.image_column, train.column_names, self.path)
+        if self.label_column is not None:
+            hint = "or to null for unlabelled data"
+            _require(
+                "column", "label_column", self.label_column, train.column_names, self.path, hint
+            )
+        if self.split_val is not None:
+            return {"train": train, "val": loaded[self.split_val]}
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed))
+        num_val = max(1, round(self.val_fraction * len(train)))
+        return {
+            "train": train.select(order[num_val:].tolist()),
+            "val": train.select(order[:num_val].tolist()),
+        }
+
+
+def _require(
+    kind: str, key: str, value: str, available: list[str], dataset: str, hint: str = ""
+) -> None:
+    """Raise a ValueError naming the config ``key`` unless ``value`` is among ``available``.
+
+    Args:
+        kind: ``"split"`` or ``"column"``.
+        key: the HFImages argument that holds ``value``.
+        value: the configured name.
+        available: the names the dataset has.
+        dataset: the dataset's path, for the message.
+        hint: another way out, appended to the message.
+    """
+    if value not in available:
+        raise ValueError(
+            f"{key}={value!r} is not a {kind} of {dataset!r}; available {kind}s: {available}. "
+            f"Set {key} to one of them{', ' + hint if hint else ''}."
+        )

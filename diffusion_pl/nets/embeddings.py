@@ -1,0 +1,169 @@
+"""Embeddings of the noise label (t, log σ, …) and of class labels, shared by every net."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["EmbeddingKind", "FourierEmbedding", "NoiseEmbedding", "PositionalEmbedding"]
+
+EmbeddingKind = Literal["positional", "fourier"]
+
+
+def _check_even(dim: int, name: str) -> None:
+    if dim < 2 or dim % 2:
+        raise ValueError(
+            f"{name}: dim must be a positive even number (sin and cos halves), got {dim}"
+        )
+
+
+class PositionalEmbedding(nn.Module):
+    """Sinusoidal embedding ``[sin(s·n·f_i), cos(s·n·f_i)]`` of a noise label n.
+
+    The frequencies are ``f_i = max_period^(-i / (dim/2))``, ``i = 0 … dim/2 − 1``. With
+    ``scale = 1000`` a continuous ``t ∈ [0, 1]`` is embedded like DDPM's integer step ``1000 t``.
+
+    Args:
+        dim: output width (even).
+        max_period: longest period of the sinusoids (in units of ``scale · n``).
+        scale: factor applied to the noise label before embedding.
+
+    Reference: Vaswani et al. (2017), Sec. 3.5; Ho et al. (2020), Appendix B.
+    """
+
+    def __init__(self, dim: int, max_period: float = 10000.0, scale: float = 1000.0) -> None:
+        super().__init__()
+        _check_even(dim, "PositionalEmbedding")
+        self.dim = dim
+        self.scale = scale
+        half = dim // 2
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+        self.register_buffer("freqs", freqs, persistent=False)
+
+    def forward(self, noise_labels: Tensor) -> Tensor:
+        """Embed noise labels.
+
+        Args:
+            noise_labels: ``[B]`` float noise labels.
+
+        Returns:
+            ``[B, dim]`` float32 embedding, sines first then cosines.
+        """
+        args = torch.outer(self.scale * noise_labels.float(), self.freqs)
+        return torch.cat([args.sin(), args.cos()], dim=1)
+
+
+class FourierEmbedding(nn.Module):
+    """Gaussian random Fourier features ``[sin(2π n w_i), cos(2π n w_i)]``, ``w_i ~ N(0, scale²)``.
+
+    The frequencies are a fixed buffer (saved in the state dict, never trained), drawn with
+    ``torch.randn`` at construction, so they follow ``torch.manual_seed``.
+
+    Args:
+        dim: output width (even).
+        scale: standard deviation of the frequencies.
+
+    Reference: Tancik et al. (2020); Song et al. (2021), NCSN++ (``GaussianFourierProjection``).
+    """
+
+    def __init__(self, dim: int, scale: float = 16.0) -> None:
+        super().__init__()
+        _check_even(dim, "FourierEmbedding")
+        self.dim = dim
+        self.register_buffer("freqs", torch.randn(dim // 2) * scale)
+
+    def forward(self, noise_labels: Tensor) -> Tensor:
+        """Embed noise labels.
+
+        Args:
+            noise_labels: ``[B]`` float noise labels (``t``, or ``log σ``, any real number).
+
+        Returns:
+            ``[B, dim]`` float32 embedding, sines first then cosines.
+        """
+        args = torch.outer(noise_labels.float(), 2 * math.pi * self.freqs.float())
+        return torch.cat([args.sin(), args.cos()], dim=1)
+
+
+_EMBEDDINGS: dict[str, type[PositionalEmbedding] | type[FourierEmbedding]] = {
+    "positional": PositionalEmbedding,
+    "fourier": FourierEmbedding,
+}
+
+
+class NoiseEmbedding(nn.Module):
+    """Noise-label features → Linear → SiLU → Linear, plus an optional learned class embedding.
+
+    The output is pre-activation: each block applies its own ``SiLU`` and ``Linear`` to it, as in
+    DDPM. With ``num_classes = K`` the class table has ``K + 1`` rows; row ``K`` is the learned
+    "no label" embedding used for unconditional samples and classifier-free guidance.
+
+    Args:
+        kind: ``"positional"`` (:class:`PositionalEmbedding`) or ``"fourier"``
+            (:class:`FourierEmbedding`).
+        features_dim: width of the sinusoidal features.
+        out_dim: width of the returned embedding.
+        scale: the kind's ``scale``; ``None`` keeps the kind's default (1000 or 16).
+        num_classes: number of classes K, or ``None`` for an unconditional net.
+
+    Reference: Ho et al. (2020), Appendix B; Ho & Salimans (2022), classifier-free guidance.
+    """
+
+    def __init__(
+        self,
+        kind: EmbeddingKind,
+        features_dim: int,
+        out_dim: int,
+        scale: float | None = None,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        if kind not in _EMBEDDINGS:
+            raise ValueError(f"embedding must be one of {sorted(_EMBEDDINGS)}, got {kind!r}")
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer or None, got {num_classes}")
+        cls = _EMBEDDINGS[kind]
+        self.features = cls(features_dim) if scale is None else cls(features_dim, scale=scale)
+        self.fc1 = nn.Linear(features_dim, out_dim)
+        self.fc2 = nn.Linear(out_dim, out_dim)
+        self.num_classes = num_classes
+        self.class_embed = None if num_classes is None else nn.Embedding(num_classes + 1, out_dim)
+
+    def forward(
+        self, noise_labels: Tensor | float, class_labels: Tensor | None, batch_size: int
+    ) -> Tensor:
+        """Embed a batch of noise labels and class labels.
+
+        Args:
+            noise_labels: ``[B]`` float, or a 0-dim / one-element tensor (or float) shared by
+                the batch.
+            class_labels: ``[B]`` int64 in ``[0, num_classes]`` (``num_classes`` = no label), or
+                ``None`` (all unconditional). Must be ``None`` when ``num_classes`` is ``None``.
+            batch_size: B.
+
+        Returns:
+            ``[B, out_dim]`` embedding in the dtype of the linear layers.
+        """
+        weight = self.fc1.weight
+        noise_labels = torch.as_tensor(noise_labels, device=weight.device).reshape(-1)
+        if noise_labels.numel() == 1:
+            noise_labels = noise_labels.expand(batch_size)
+        elif noise_labels.numel() != batch_size:
+            raise ValueError(
+                f"noise_labels has {noise_labels.numel()} entries; expected batch size "
+                f"{batch_size} (shape [B]) or a single value"
+            )
+        emb = self.fc2(nn.functional.silu(self.fc1(self.features(noise_labels).to(weight.dtype))))
+        if self.class_embed is None:
+            if class_labels is not None:
+                raise ValueError(
+                    "class_labels were given but this net is unconditional (num_classes=None); "
+                    "set num_classes to train a class-conditional net"
+                )
+            return emb
+        if class_labels is None:
+            class_labels = torch.full((batch_size,), self.num_classes, device=weight.device)
+        return emb + self.class_embed(class_labels.reshape(batch_size))

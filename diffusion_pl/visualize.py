@@ -1,0 +1,66 @@
+"""Pictures people would rather look at than read: image grids and 2-D scatter plots."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["save_image_grid", "save_samples_figure", "save_scatter"]
+
+
+def save_image_grid(x: Tensor, path: str | Path, nrow: int | None = None) -> Path:
+    """Save images ``[N, C, H, W]`` in [−1, 1] as one PNG grid (about square by default)."""
+    from torchvision.utils import save_image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nrow = nrow or max(1, math.ceil(math.sqrt(x.shape[0])))
+    images = ((x.detach().float().cpu() + 1) / 2).clamp(0, 1)
+    # Tiny images (8×8 digits) are upscaled so the grid is legible.
+    scale = max(1, 64 // x.shape[-1])
+    if scale > 1:
+        images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
+    save_image(images, path, nrow=nrow, padding=2, pad_value=1.0)
+    return path
+
+
+def save_scatter(
+    x: Tensor, path: str | Path, reference: Tensor | None = None, title: str = ""
+) -> Path:
+    """Scatter-plot 2-D samples ``[N, 2]`` (blue) over optional reference data (grey)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    if reference is not None:
+        ref = reference.detach().float().cpu()
+        ax.scatter(ref[:, 0], ref[:, 1], s=2, c="0.7", alpha=0.5, label="data")
+    pts = x.detach().float().cpu()
+    ax.scatter(pts[:, 0], pts[:, 1], s=2, c="tab:blue", alpha=0.6, label="samples")
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", markerscale=4)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def save_samples_figure(
+    x: Tensor, path: str | Path, reference: Tensor | None = None, title: str = ""
+) -> Path:
+    """A grid for images ``[N, C, H, W]``, a scatter plot for 2-D points ``[N, 2]``."""
+    if x.ndim == 4:
+        return save_image_grid(x, path)
+    if x.ndim == 2 and x.shape[1] == 2:
+        return save_scatter(x, path, reference, title)
+    raise ValueError(
+        f"can only draw images [N, C, H, W] or 2-D points [N, 2], got {tuple(x.shape)}"
+    )
