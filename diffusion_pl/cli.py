@@ -18,11 +18,12 @@ from tqdm.auto import tqdm
 
 from diffusion_pl.callbacks import SampleGrid, run_dir
 from diffusion_pl.data import DiffusionDataModule
-from diffusion_pl.formulations import DiffusionModule
+from diffusion_pl.formulations import DiffusionModule, RectifiedFlow
+from diffusion_pl.reflow import flow_pairs
 from diffusion_pl.samplers import SAMPLERS, Sampler
 from diffusion_pl.visualize import save_samples_figure
 
-__all__ = ["DiffusionCLI", "load_module", "main", "sample"]
+__all__ = ["COMMANDS", "DiffusionCLI", "load_module", "main", "reflow", "sample"]
 
 
 class DiffusionCLI(LightningCLI):
@@ -121,6 +122,54 @@ def sample(
     return out
 
 
+def reflow(
+    ckpt_path: str,
+    num_pairs: int,
+    output: str,
+    steps: int = 100,
+    seed: int = 0,
+    batch_size: int = 1000,
+    device: str = "cpu",
+) -> Path:
+    """Couple noise with samples of a trained flow: write ``{noise, samples}`` to a ``.pt`` file.
+
+    Train the next (straighter) flow on the pairs with the ``Reflow`` formulation and the
+    ``ReflowPairs`` data source (see configs/toy2d/reflow.yaml). Prints the straightness of the
+    flow that generated them.
+
+    Args:
+        ckpt_path: checkpoint of a rectified flow written by ``diffusion-pl fit``.
+        num_pairs: number of (noise, sample) pairs (> 0).
+        output: path of the ``.pt`` file to write.
+        steps: Euler steps of the flow ODE per pair.
+        seed: seed of the noise.
+        batch_size: pairs per network batch.
+        device: torch device, e.g. ``cpu`` or ``cuda``.
+    """
+    if num_pairs <= 0:
+        raise ValueError(f"--num_pairs must be > 0, got {num_pairs}")
+    module = load_module(ckpt_path, map_location=device)
+    if not isinstance(module, RectifiedFlow):
+        raise ValueError(
+            f"{ckpt_path} holds a {type(module).__name__}; reflow needs a RectifiedFlow checkpoint"
+        )
+    module.eval()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    noise = module.path.prior_sample(
+        (num_pairs, *module.data_shape), generator=generator, device=device
+    )
+    samples, straightness = [], []
+    for chunk in tqdm(noise.split(batch_size), desc="reflow pairs", unit="batch"):
+        x, s = flow_pairs(module.denoiser(), module.path, chunk, steps)
+        samples.append(x.cpu())
+        straightness.append(s * len(chunk))
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"noise": noise.cpu(), "samples": torch.cat(samples)}, out)
+    print(f"wrote {out}: {num_pairs} pairs; straightness {sum(straightness) / num_pairs:.4f}")
+    return out
+
+
 def _configure_sampler(default: Sampler, name: str | None, steps: int | None) -> Sampler:
     """The sampler to use: ``name`` (or the default's class), with ``steps`` if given."""
     cls = type(default) if name is None else SAMPLERS[name]
@@ -130,11 +179,16 @@ def _configure_sampler(default: Sampler, name: str | None, steps: int | None) ->
     return cls(**kwargs)
 
 
+COMMANDS = {"sample": sample, "reflow": reflow}
+"""Commands beside LightningCLI's fit/validate/test, each a typed function."""
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``diffusion-pl`` and ``python -m diffusion_pl``."""
     argv = sys.argv[1:] if args is None else list(args)
-    if argv[:1] == ["sample"]:
-        CLI(sample, args=argv[1:], prog="diffusion-pl sample", as_positional=False)
+    if argv[:1] and argv[0] in COMMANDS:
+        command = COMMANDS[argv[0]]
+        CLI(command, args=argv[1:], prog=f"diffusion-pl {argv[0]}", as_positional=False)
         return
     DiffusionCLI(
         DiffusionModule,
@@ -142,5 +196,5 @@ def main(args: list[str] | None = None) -> None:
         subclass_mode_model=True,
         args=argv,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"description": "Train diffusion models. Also: diffusion-pl sample --help"},
+        parser_kwargs={"description": f"Train diffusion models. Also: {', '.join(COMMANDS)}."},
     )

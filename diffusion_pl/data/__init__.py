@@ -2,6 +2,7 @@
 
 from diffusion_pl.data.datamodule import DiffusionDataModule
 from diffusion_pl.data.images import Digits, HFImages
+from diffusion_pl.data.pairs import ReflowPairs
 from diffusion_pl.data.sources import Example, Source, Split
 from diffusion_pl.data.toy2d import GaussianMixture, GaussianMixtureSpec, Toy2D
 
@@ -12,6 +13,7 @@ __all__ = [
     "GaussianMixture",
     "GaussianMixtureSpec",
     "HFImages",
+    "ReflowPairs",
     "Source",
     "Split",
     "Toy2D",

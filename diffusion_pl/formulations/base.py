@@ -92,11 +92,23 @@ class DiffusionModule(LightningModule):
         return y if getattr(self.net, "num_classes", None) is not None else None
 
     def loss(
-        self, x0: Tensor, y: Tensor | None = None, generator: torch.Generator | None = None
+        self,
+        x0: Tensor,
+        y: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        eps: Tensor | None = None,
     ) -> Tensor:
-        """Per-example loss ``[B]``: w(t) · mean ‖F(α_t x_0 + σ_t ε, t) − target(x_0, ε)‖²."""
+        """Per-example loss ``[B]``: w(t) · mean ‖F(α_t x_0 + σ_t ε, t) − target(x_0, ε)‖².
+
+        Args:
+            x0: data ``[B, ...]``.
+            y: labels ``[B]`` (used by class-conditional nets).
+            generator: source of t and ε.
+            eps: noise coupled to ``x0`` (reflow); drawn independently when None.
+        """
         t = self.sample_time(x0.shape[0], generator)
-        eps = torch.randn(x0.shape, generator=generator, device=x0.device)
+        if eps is None:
+            eps = torch.randn(x0.shape, generator=generator, device=x0.device)
         c = self.path.coefficients(t, x0.ndim)
         x_t = c.alpha * x0 + c.sigma * eps
         labels = t if self.noise_label is None else self.noise_label(t)
@@ -104,17 +116,20 @@ class DiffusionModule(LightningModule):
         target = self.parameterization.target(x0, eps, c)
         return self.loss_weight(t) * mean_flat((out - target) ** 2)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def batch_loss(self, batch: tuple[Tensor, Tensor], generator: torch.Generator | None) -> Tensor:
+        """Per-example loss ``[B]`` of a batch ``(x, y)``."""
         x0, y = batch
-        loss = self.loss(x0, y).mean()
+        return self.loss(x0, y, generator)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss = self.batch_loss(batch, None).mean()
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x0, y = batch
         # A fixed generator per batch makes val/loss comparable from one epoch to the next.
-        generator = torch.Generator(device=x0.device).manual_seed(batch_idx)
-        loss = self.loss(x0, y, generator).mean()
+        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
+        loss = self.batch_loss(batch, generator).mean()
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
         return loss
 

@@ -64,3 +64,55 @@ class RectifiedFlow(DiffusionModule):
             return super().sample_time(n, generator)
         normal = torch.randn(n, generator=generator, device=self.device)
         return torch.sigmoid(self.logit_mean + self.logit_std * normal)
+
+
+class Reflow(RectifiedFlow):
+    """k-rectified flow: flow matching on fixed (sample, noise) pairs of a trained flow.
+
+    Batches are ``(x, z)`` from ``ReflowPairs``; the loss is ‖û(x_t, t) − (z − x)‖² on the
+    line between the coupled pair, which straightens the flow. Weights start from the
+    teacher's checkpoint, as in the paper.
+
+    Args:
+        init_from: checkpoint of the flow that generated the pairs (its weights initialise
+            this one); None starts from scratch.
+        (others as ``RectifiedFlow``)
+
+    Reference: Liu, Gong & Liu (2023), "Flow Straight and Fast", Algorithm 1 (reflow).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        data_shape: tuple[int, ...],
+        init_from: str | None = None,
+        time_distribution: Literal["uniform", "logit_normal"] = "uniform",
+        logit_mean: float = 0.0,
+        logit_std: float = 1.0,
+        sampler: Sampler = lazy_instance(EulerSampler, steps=1),
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__(
+            net,
+            data_shape,
+            time_distribution,
+            logit_mean,
+            logit_std,
+            sampler,
+            optimizer,
+            lr_scheduler,
+        )
+        self.init_from = init_from
+        self.save_config()
+
+    def setup(self, stage: str) -> None:
+        """Copy the teacher's weights at the start of fitting (not when resuming or loading)."""
+        if stage == "fit" and self.init_from and self.trainer.ckpt_path is None:
+            teacher = torch.load(self.init_from, map_location="cpu", weights_only=True)
+            self.load_state_dict(teacher["state_dict"])
+
+    def batch_loss(self, batch: tuple[Tensor, Tensor], generator: torch.Generator | None) -> Tensor:
+        """Per-example loss ``[B]`` of a batch of coupled pairs ``(x, z)``."""
+        x0, z = batch
+        return self.loss(x0, generator=generator, eps=z)
