@@ -10,6 +10,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from diffusion_pl.data.sources import Example, Source, Split, check_split
+from diffusion_pl.hparams import save_config
 
 __all__ = ["DiffusionDataModule"]
 
@@ -80,6 +81,7 @@ class DiffusionDataModule(L.LightningDataModule):
         self.drop_last = drop_last
         self.pin_memory = pin_memory
         self._datasets: dict[Split, Dataset[Example]] = {}
+        save_config(self)
 
     @property
     def data_shape(self) -> tuple[int, ...]:

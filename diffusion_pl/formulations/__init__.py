@@ -1,6 +1,8 @@
 """One thin LightningModule per formulation over the shared core."""
 
 from diffusion_pl.formulations.base import DiffusionModule, mean_flat
+from diffusion_pl.formulations.ncsn import NCSN
 from diffusion_pl.formulations.rectified_flow import RectifiedFlow, Reflow
+from diffusion_pl.formulations.score_sde import ScoreSDE
 
-__all__ = ["DiffusionModule", "RectifiedFlow", "Reflow", "mean_flat"]
+__all__ = ["NCSN", "DiffusionModule", "RectifiedFlow", "Reflow", "ScoreSDE", "mean_flat"]

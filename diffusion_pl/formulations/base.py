@@ -7,13 +7,11 @@ a default sampler (DESIGN.md). Subclasses pick those four in ``__init__`` and ov
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 
 import torch
 from lightning import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 
 from diffusion_pl.parameterization import Denoiser, Parameterization
@@ -62,20 +60,10 @@ class DiffusionModule(LightningModule):
         self.noise_label = noise_label
 
     def save_config(self) -> None:
-        """Save the constructor arguments as hparams; call at the end of a subclass ``__init__``.
+        """Transitional alias used by a formulation still being written; see ``hparams``."""
+        from diffusion_pl.hparams import save_config
 
-        Under LightningCLI the hparams are the YAML config (``class_path`` dicts), which is
-        what lets ``load_from_checkpoint`` rebuild the net, sampler and optimizer. Built
-        directly in Python, only plain values are kept: injected objects may not pickle
-        (jsonargparse's lazy defaults don't), so pass them again when loading.
-        """
-        frame = inspect.currentframe().f_back
-        if _given_hyperparameters.get() is not None:
-            self.save_hyperparameters(frame=frame)
-            return
-        plain = (bool, int, float, str, tuple, list, type(None))
-        objects = [k for k, v in frame.f_locals.items() if not isinstance(v, plain)]
-        self.save_hyperparameters(ignore=objects, frame=frame)
+        save_config(self, frame_depth=2)
 
     # --- what a formulation chooses -------------------------------------------------------
     def sample_time(self, n: int, generator: torch.Generator | None = None) -> Tensor:

@@ -10,6 +10,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from diffusion_pl.formulations.base import DiffusionModule
+from diffusion_pl.hparams import save_config
 from diffusion_pl.parameterization import VelocityPrediction
 from diffusion_pl.paths import LinearPath
 from diffusion_pl.samplers import EulerSampler, Sampler
@@ -57,7 +58,7 @@ class RectifiedFlow(DiffusionModule):
         )
         self.time_distribution = time_distribution
         self.logit_mean, self.logit_std = logit_mean, logit_std
-        self.save_config()
+        save_config(self)
 
     def sample_time(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         if self.time_distribution == "uniform":
@@ -104,7 +105,7 @@ class Reflow(RectifiedFlow):
             lr_scheduler,
         )
         self.init_from = init_from
-        self.save_config()
+        save_config(self)
 
     def setup(self, stage: str) -> None:
         """Copy the teacher's weights at the start of fitting (not when resuming or loading)."""

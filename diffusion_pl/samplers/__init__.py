@@ -8,8 +8,13 @@ from diffusion_pl.samplers.ode import (
     sample_euler,
     sample_heun,
 )
+from diffusion_pl.samplers.rk45 import RK45Sampler, sample_rk45, solve_ode_rk45
 
-SAMPLERS: dict[str, type[Sampler]] = {"euler": EulerSampler, "heun": HeunSampler}
+SAMPLERS: dict[str, type[Sampler]] = {
+    "euler": EulerSampler,
+    "heun": HeunSampler,
+    "rk45": RK45Sampler,
+}
 """Short names for ``diffusion-pl sample --sampler NAME``; YAML uses ``class_path`` instead."""
 
 __all__ = [
@@ -17,9 +22,12 @@ __all__ = [
     "DenoiserFn",
     "EulerSampler",
     "HeunSampler",
+    "RK45Sampler",
     "Sampler",
     "ode_drift",
     "sample_euler",
     "sample_heun",
+    "sample_rk45",
+    "solve_ode_rk45",
     "uniform_time_grid",
 ]

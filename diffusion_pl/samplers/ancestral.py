@@ -1,0 +1,220 @@
+"""Ancestral samplers: DDPM and DDIM(η), written for any Gaussian path.
+
+Both step t → s < t through the forward process's posterior q(x_s | x_t, x_0), with x_0 replaced
+by the denoiser's x̂_0 (Kingma et al., 2021, VDM, Eq. 28–30). With α_{t|s} = α_t / α_s and
+σ²_{t|s} = σ_t² − α_{t|s}² σ_s² (computed as σ_t² · r, r = −expm1(λ_t − λ_s), for accuracy):
+
+    mean = (α_{t|s} σ_s² / σ_t²) x_t + (α_s σ²_{t|s} / σ_t²) x̂_0,   var = σ²_{t|s} σ_s² / σ_t²
+
+They use only x̂_0 and ε̂, never the score or f(t), so they also run where α_{t_max} = 0
+(rectified flow at t = 1) as long as the denoiser's pair stays finite there (a velocity or
+x_0 network's does; an ε network's x̂_0 = (x − σ ε̂)/α does not).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from diffusion_pl.parameterization import Prediction
+from diffusion_pl.paths import NoisePath
+from diffusion_pl.samplers.base import DenoiserFn, Sampler, progress_bar, uniform_time_grid
+
+__all__ = ["DDIMSampler", "DDPMSampler", "sample_ddim", "sample_ddpm"]
+
+
+def _predict(
+    denoiser: DenoiserFn, path: NoisePath, x: Tensor, t: Tensor, clip_x0: float | None
+) -> Prediction:
+    """The denoiser's (x̂_0, ε̂) at scalar time t; with ``clip_x0``, x̂_0 is clamped to
+    [−c, c] and ε̂ recomputed from it, (x − α_t x̂_0) / σ_t, so the pair still explains x."""
+    t_batch = t.to(x.dtype).expand(x.shape[0])
+    pred = denoiser(x, t_batch)
+    if clip_x0 is None:
+        return pred
+    x0 = pred.x0.clamp(-clip_x0, clip_x0)
+    eps = (x - path.alpha(t).to(x.dtype) * x0) / path.sigma(t).to(x.dtype)
+    return Prediction(x0=x0, eps=eps)
+
+
+def _new_noise_fraction(path: NoisePath, t: Tensor, s: Tensor) -> Tensor:
+    """r = σ²_{t|s} / σ_t² = 1 − exp(λ_t − λ_s), the share of x_t's noise added after s."""
+    return -torch.expm1(path.log_snr(t) - path.log_snr(s))
+
+
+@torch.no_grad()
+def sample_ddpm(
+    denoiser: DenoiserFn,
+    path: NoisePath,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    variance: Literal["posterior", "beta"] = "posterior",
+    clip_x0: float | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> Tensor:
+    """DDPM ancestral sampling: x_s ~ q(x_s | x_t, x̂_0) for each step t → s of ``ts``.
+
+    The variance is the posterior's σ²_{t|s} σ_s² / σ_t² (Ho et al.'s β̃) or the forward step's
+    σ²_{t|s} (β). No noise is added on a step to σ_s = 0 (Ho et al. set z = 0 at t = 1). On the
+    DDPM path with the grid t_i = i/T, i = T … 1, plus the config's final denoising step at
+    t_min = 1/T, this is Ho et al.'s Algorithm 2 exactly: α_{t|s}² = 1 − β_t, σ²_{t|s} = β_t and
+    the mean (1/√α_t)(x_t − β_t/√(1 − ᾱ_t) ε̂).
+
+    Args:
+        denoiser: ``(x, t) -> Prediction``.
+        path: the noise path.
+        x: samples at ``ts[0]``, ``[B, ...]``.
+        ts: decreasing times ``[N + 1]``; a coarser grid than the training one is allowed.
+        variance: "posterior" (β̃, Ho et al.'s choice for data that are not N(0, I)) or "beta".
+        clip_x0: clamp x̂_0 to [−c, c] before it enters the mean (images in [−1, 1]: c = 1).
+        generator: source of all noise.
+        progress: show a progress bar.
+
+    Reference: Ho et al. (2020), "Denoising Diffusion Probabilistic Models", Algorithm 2 and
+    Eq. 7; Kingma et al. (2021), "Variational Diffusion Models", Eq. 28–30.
+    """
+    if variance not in ("posterior", "beta"):
+        raise ValueError(f"unknown variance {variance!r}; use 'posterior' or 'beta'")
+    steps = len(ts) - 1
+    for i in progress_bar(range(steps), steps, progress, "ddpm"):
+        t, s = ts[i], ts[i + 1]
+        x0 = _predict(denoiser, path, x, t, clip_x0).x0
+        a_t, a_s, sigma_t, sigma_s = path.alpha(t), path.alpha(s), path.sigma(t), path.sigma(s)
+        r = _new_noise_fraction(path, t, s)
+        coef_x = (a_t / a_s) * sigma_s**2 / sigma_t**2
+        coef_x0 = a_s * r
+        x_next = coef_x.to(x.dtype) * x + coef_x0.to(x.dtype) * x0
+        if float(sigma_s) > 0:
+            var = sigma_s**2 * r if variance == "posterior" else sigma_t**2 * r
+            z = torch.randn(x_next.shape, generator=generator, device=x.device, dtype=x_next.dtype)
+            x_next = x_next + torch.sqrt(var).to(x_next.dtype) * z
+        x = x_next
+    return x
+
+
+@torch.no_grad()
+def sample_ddim(
+    denoiser: DenoiserFn,
+    path: NoisePath,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    eta: float = 0.0,
+    clip_x0: float | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> Tensor:
+    """DDIM: x_s = α_s x̂_0 + √(σ_s² − c²) ε̂ + c z, c = η · √(σ²_{t|s} σ_s² / σ_t²).
+
+    Any path: σ_s replaces DDIM's √(1 − ᾱ_s), so x_s has the marginal std σ_s for every η.
+    η = 0 is deterministic: x_s/σ_s − x_t/σ_t = x̂_0 (α_s/σ_s − α_t/σ_t), an exact Euler step
+    of the PF-ODE in (x/σ, α/σ) (equivalently in (x/α, σ/α), DDIM Eq. 14); on the linear path it
+    is the Euler step of rectified flow. η = 1 is DDPM with the posterior variance.
+
+    Args:
+        denoiser: ``(x, t) -> Prediction``.
+        path: the noise path.
+        x: samples at ``ts[0]``, ``[B, ...]``.
+        ts: decreasing times ``[N + 1]``.
+        eta: η ∈ [0, 1], the share of the posterior std injected as fresh noise.
+        clip_x0: clamp x̂_0 to [−c, c] (ε̂ then recomputed from it).
+        generator: source of all noise (unused when η = 0).
+        progress: show a progress bar.
+
+    Reference: Song, Meng & Ermon (2021), "Denoising Diffusion Implicit Models", Eq. 12 and 16.
+    """
+    if not 0 <= eta <= 1:
+        raise ValueError(f"eta must be in [0, 1], got {eta}")
+    steps = len(ts) - 1
+    for i in progress_bar(range(steps), steps, progress, f"ddim (eta={eta:g})"):
+        t, s = ts[i], ts[i + 1]
+        pred = _predict(denoiser, path, x, t, clip_x0)
+        a_s, sigma_s = path.alpha(s), path.sigma(s)
+        r = _new_noise_fraction(path, t, s)  # c² = η² σ_s² r
+        x_next = a_s.to(x.dtype) * pred.x0
+        x_next = x_next + (sigma_s * torch.sqrt(1 - eta**2 * r)).to(x.dtype) * pred.eps
+        if eta > 0 and float(sigma_s) > 0:
+            z = torch.randn(x_next.shape, generator=generator, device=x.device, dtype=x_next.dtype)
+            x_next = x_next + (eta * sigma_s * torch.sqrt(r)).to(x_next.dtype) * z
+        x = x_next
+    return x
+
+
+class DDPMSampler(Sampler):
+    """DDPM ancestral sampler on a uniform time grid (``steps`` network evaluations).
+
+    On ``DDPMPath(T)`` the grid hits the training steps i/T exactly when ``steps`` = T − 1
+    (the final denoising step is Ho et al.'s last step, t = 1 → 0); ``steps`` = (T − 1)/k
+    strides them (Nichol & Dhariwal, 2021, Sec. 4).
+
+    Args:
+        steps: number of ancestral steps.
+        variance: "posterior" (β̃) or "beta" (β).
+        clip_x0: clamp x̂_0 to [−c, c], or None.
+        denoise_final: return x̂_0 at ``path.t_min``.
+    """
+
+    def __init__(
+        self,
+        steps: int = 1000,
+        variance: Literal["posterior", "beta"] = "posterior",
+        clip_x0: float | None = None,
+        denoise_final: bool = True,
+    ) -> None:
+        super().__init__(steps, denoise_final)
+        if variance not in ("posterior", "beta"):
+            raise ValueError(f"unknown variance {variance!r}; use 'posterior' or 'beta'")
+        self.variance, self.clip_x0 = variance, clip_x0
+
+    def solve(self, denoiser, path, x, *, generator=None, progress=False) -> Tensor:
+        ts = uniform_time_grid(path, self.steps, x.device)
+        return sample_ddpm(
+            denoiser,
+            path,
+            x,
+            ts,
+            variance=self.variance,
+            clip_x0=self.clip_x0,
+            generator=generator,
+            progress=progress,
+        )
+
+
+class DDIMSampler(Sampler):
+    """DDIM(η) sampler on a uniform time grid (``steps`` network evaluations).
+
+    Args:
+        steps: number of steps (paper: 10–100; 50 a common default).
+        eta: 0 deterministic, 1 DDPM-like.
+        clip_x0: clamp x̂_0 to [−c, c], or None.
+        denoise_final: return x̂_0 at ``path.t_min``.
+    """
+
+    def __init__(
+        self,
+        steps: int = 50,
+        eta: float = 0.0,
+        clip_x0: float | None = None,
+        denoise_final: bool = True,
+    ) -> None:
+        super().__init__(steps, denoise_final)
+        if not 0 <= eta <= 1:
+            raise ValueError(f"eta must be in [0, 1], got {eta}")
+        self.eta, self.clip_x0 = eta, clip_x0
+
+    def solve(self, denoiser, path, x, *, generator=None, progress=False) -> Tensor:
+        ts = uniform_time_grid(path, self.steps, x.device)
+        return sample_ddim(
+            denoiser,
+            path,
+            x,
+            ts,
+            eta=self.eta,
+            clip_x0=self.clip_x0,
+            generator=generator,
+            progress=progress,
+        )
