@@ -4,27 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from mixture_checks import MEANS, STDS, WEIGHTS, N, check_mixture, mixture_oracle
 
 from diffusion_pl.oracle import GaussianMixtureOracle
 from diffusion_pl.paths import LinearPath, NoisePath, VEPath, VPCosinePath, VPLinearPath
 from diffusion_pl.samplers import EulerSampler, HeunSampler, Sampler
-
-MEANS = torch.tensor([[-4.0, 0.0], [4.0, 0.0]], dtype=torch.float64)
-STDS = torch.tensor([0.5, 0.5], dtype=torch.float64)
-WEIGHTS = torch.tensor([0.8, 0.2], dtype=torch.float64)
-N = 4000
-
-
-def _check_mixture(oracle: GaussianMixtureOracle, x: torch.Tensor) -> None:
-    """Mode weights within ±2 points; per-mode mean within 0.05 and std within 10 %."""
-    assert torch.isfinite(x).all()
-    labels = oracle.assign(x)
-    weights = torch.bincount(labels, minlength=2).double() / len(x)
-    torch.testing.assert_close(weights, WEIGHTS, atol=0.02, rtol=0)
-    for k in range(2):
-        xk = x[labels == k]
-        torch.testing.assert_close(xk.mean(0), MEANS[k], atol=0.05, rtol=0)
-        torch.testing.assert_close(xk.std(0), STDS[k].expand(2), atol=0.05, rtol=0)
 
 
 def test_oracle_score_is_gradient_of_log_prob() -> None:
@@ -56,14 +40,14 @@ def test_oracle_score_is_gradient_of_log_prob() -> None:
     ids=lambda v: type(v).__name__,
 )
 def test_ode_sampler_reproduces_unequal_mixture(sampler: Sampler, path: NoisePath) -> None:
-    oracle = GaussianMixtureOracle(path, MEANS, STDS, WEIGHTS)
+    oracle = mixture_oracle(path)
     x = sampler(oracle, path, (N, 2), generator=torch.Generator().manual_seed(0))
-    _check_mixture(oracle, x)
+    check_mixture(oracle, x)
 
 
 def test_same_seed_same_samples_and_bad_steps() -> None:
     path = LinearPath()
-    oracle = GaussianMixtureOracle(path, MEANS, STDS, WEIGHTS)
+    oracle = mixture_oracle(path)
     a = EulerSampler(steps=5)(oracle, path, (8, 2), generator=torch.Generator().manual_seed(3))
     b = EulerSampler(steps=5)(oracle, path, (8, 2), generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -1,6 +1,14 @@
 """Samplers: pure functions over (denoiser, path, x_T) plus thin YAML-facing configs."""
 
+from diffusion_pl.samplers.ancestral import DDIMSampler, DDPMSampler, sample_ddim, sample_ddpm
 from diffusion_pl.samplers.base import DenoiserFn, Sampler, uniform_time_grid
+from diffusion_pl.samplers.langevin import (
+    AnnealedLangevinSampler,
+    langevin_corrector,
+    langevin_dynamics,
+    sample_annealed_langevin,
+    score_at,
+)
 from diffusion_pl.samplers.ode import (
     EulerSampler,
     HeunSampler,
@@ -9,25 +17,49 @@ from diffusion_pl.samplers.ode import (
     sample_heun,
 )
 from diffusion_pl.samplers.rk45 import RK45Sampler, sample_rk45, solve_ode_rk45
+from diffusion_pl.samplers.sde import (
+    EulerMaruyamaSampler,
+    PCSampler,
+    sample_euler_maruyama,
+    sample_pc,
+)
 
 SAMPLERS: dict[str, type[Sampler]] = {
     "euler": EulerSampler,
     "heun": HeunSampler,
     "rk45": RK45Sampler,
+    "euler_maruyama": EulerMaruyamaSampler,
+    "pc": PCSampler,
+    "ddpm": DDPMSampler,
+    "ddim": DDIMSampler,
+    "annealed_langevin": AnnealedLangevinSampler,
 }
 """Short names for ``diffusion-pl sample --sampler NAME``; YAML uses ``class_path`` instead."""
 
 __all__ = [
     "SAMPLERS",
+    "AnnealedLangevinSampler",
+    "DDIMSampler",
+    "DDPMSampler",
     "DenoiserFn",
+    "EulerMaruyamaSampler",
     "EulerSampler",
     "HeunSampler",
+    "PCSampler",
     "RK45Sampler",
     "Sampler",
+    "langevin_corrector",
+    "langevin_dynamics",
     "ode_drift",
+    "sample_annealed_langevin",
+    "sample_ddim",
+    "sample_ddpm",
     "sample_euler",
+    "sample_euler_maruyama",
     "sample_heun",
+    "sample_pc",
     "sample_rk45",
+    "score_at",
     "solve_ode_rk45",
     "uniform_time_grid",
 ]

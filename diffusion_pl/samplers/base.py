@@ -28,8 +28,8 @@ def uniform_time_grid(
 ) -> Tensor:
     """``steps + 1`` times evenly spaced from ``path.t_max`` down to ``path.t_min`` (float64).
 
-    On the VE path this is the geometric σ grid of Song et al. (2021); on the DDPM path with
-    ``steps = T`` it visits every discrete step.
+    On the VE path this is the geometric σ grid of Song et al. (2021); on ``DDPMPath(T)``
+    (t_min = 1/T) ``steps = T − 1`` visits exactly the discrete steps i/T, i = T … 1.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")

@@ -63,6 +63,7 @@ def _reverse_sde(
     path: NoisePath,
     x: Tensor,
     ts: Tensor,
+    *,
     predictor: StepFn,
     corrector_steps: int,
     snr: float,
@@ -70,15 +71,16 @@ def _reverse_sde(
     progress: bool,
     desc: str,
 ) -> Tensor:
+    """Shared loop: corrector at t (if any), predictor t → s, noise on all but the last step."""
     steps = len(ts) - 1
     for i in progress_bar(range(steps), steps, progress, desc):
         t, s = ts[i], ts[i + 1]
         if corrector_steps > 0:
             alpha = float((path.alpha(t) / path.alpha(s)) ** 2)
+            score_fn = score_at(denoiser, path, t)
             x = langevin_corrector(
-                score_at(denoiser, path, t), x, snr, corrector_steps, alpha=alpha,
-                generator=generator,
-            )  # fmt: skip
+                score_fn, x, snr, corrector_steps, alpha=alpha, generator=generator
+            )
         mean, std = predictor(path, x, score_at(denoiser, path, t)(x), t, s)
         if i < steps - 1:
             mean = mean + std * torch.randn(
@@ -116,7 +118,16 @@ def sample_euler_maruyama(
     App. D (Euler–Maruyama predictor).
     """
     return _reverse_sde(
-        denoiser, path, x, ts, _euler_maruyama_step, 0, 0.0, generator, progress, "euler-maruyama"
+        denoiser,
+        path,
+        x,
+        ts,
+        predictor=_euler_maruyama_step,
+        corrector_steps=0,
+        snr=0.0,
+        generator=generator,
+        progress=progress,
+        desc="euler-maruyama",
     )
 
 
@@ -166,12 +177,12 @@ def sample_pc(
         path,
         x,
         ts,
-        _PREDICTORS[predictor],
-        corrector_steps,
-        snr,
-        generator,
-        progress,
-        f"pc ({predictor})",
+        predictor=_PREDICTORS[predictor],
+        corrector_steps=corrector_steps,
+        snr=snr,
+        generator=generator,
+        progress=progress,
+        desc=f"pc ({predictor})",
     )
 
 
@@ -183,7 +194,7 @@ def _check_reverse_sde(sampler: Sampler, path: NoisePath) -> None:
             f"{type(sampler).__name__} integrates the reverse SDE, whose drift "
             f"f(t) = d log α_t / dt is infinite at t_max = {path.t_max} on "
             f"{type(path).__name__} (α = {float(path.alpha(t_max)):g} there). For rectified flow "
-            "use an ODE sampler (euler, heun) or DDIM/DDPM, which need only x̂_0 and ε̂; "
+            "use an ODE sampler (euler, heun, rk45) or DDIM/DDPM, which need only x̂_0 and ε̂; "
             "or use a path with α_{t_max} > 0."
         )
 
