@@ -38,12 +38,12 @@ def run(config: Path, dataset: str, num_samples: int, workdir: Path, extra: list
     ckpt = max(root.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
     module = load_module(ckpt)
     start = time.perf_counter()
-    samples = module.sample(num_samples, generator=torch.Generator().manual_seed(0), progress=True)
+    samples = module.sample(num_samples, generator=torch.Generator().manual_seed(0))
     sample_seconds = time.perf_counter() - start
     spec = Toy2D(dataset).mixture()
     stats = mode_stats(samples, spec.means, float(spec.stds[0]))
     return {
-        "config": str(config.relative_to(ROOT)),
+        "config": str(config.resolve().relative_to(ROOT)),
         "dataset": dataset,
         "fit_seconds": round(fit_seconds, 1),
         "sampler": repr(module.sampler),

@@ -274,7 +274,7 @@ def main(args: list[str] | None = None) -> None:
         DiffusionModule,
         DiffusionDataModule,
         subclass_mode_model=True,
-        args=argv,
+        args=args,  # None: LightningCLI reads sys.argv itself
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"description": f"Train diffusion models. Also: {', '.join(COMMANDS)}."},
     )
