@@ -45,6 +45,7 @@ def run(config: Path, dataset: str, num_samples: int, workdir: Path, extra: list
     return {
         "config": str(config.resolve().relative_to(ROOT)),
         "dataset": dataset,
+        "overrides": extra,
         "fit_seconds": round(fit_seconds, 1),
         "sampler": repr(module.sampler),
         "sample_seconds": round(sample_seconds, 1),

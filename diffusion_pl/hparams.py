@@ -12,7 +12,7 @@ __all__ = ["save_config"]
 _PLAIN = (bool, int, float, str, tuple, list, type(None))
 
 
-def save_config(obj: HyperparametersMixin, frame_depth: int = 1) -> None:
+def save_config(obj: HyperparametersMixin) -> None:
     """Save the caller's constructor arguments as ``obj.hparams``; call at the end of ``__init__``.
 
     Under LightningCLI the hparams are the YAML config (``class_path`` dicts), which lets a
@@ -20,9 +20,7 @@ def save_config(obj: HyperparametersMixin, frame_depth: int = 1) -> None:
     Python, only plain values are kept: injected objects may not pickle (jsonargparse's lazy
     defaults don't), so pass them again when loading.
     """
-    frame = inspect.currentframe()
-    for _ in range(frame_depth):
-        frame = frame.f_back
+    frame = inspect.currentframe().f_back
     if _given_hyperparameters.get() is not None:
         obj.save_hyperparameters(frame=frame)
         return

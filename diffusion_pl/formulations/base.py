@@ -59,12 +59,6 @@ class DiffusionModule(LightningModule):
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.noise_label = noise_label
 
-    def save_config(self) -> None:
-        """Transitional alias used by a formulation still being written; see ``hparams``."""
-        from diffusion_pl.hparams import save_config
-
-        save_config(self, frame_depth=2)
-
     # --- what a formulation chooses -------------------------------------------------------
     def sample_time(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Training times t ``[n]``; uniform on (0, 1) unless a subclass says otherwise."""
