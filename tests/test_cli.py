@@ -9,31 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_runs import fit_config
 
 from diffusion_pl.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
-
-
-def _fit(config: Path, tmp_path: Path, *overrides: str) -> Path:
-    """Fit in-process (one Lightning import for the whole suite) and return last.ckpt."""
-    main(
-        [
-            "fit",
-            "--config",
-            str(config),
-            "--trainer.default_root_dir",
-            str(tmp_path),
-            "--trainer.accelerator",
-            "cpu",
-            "--trainer.enable_progress_bar",
-            "false",
-            *overrides,
-        ]
-    )
-    (ckpt,) = tmp_path.rglob("last.ckpt")
-    return ckpt
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
@@ -56,7 +37,7 @@ def test_toy2d_config_names_its_dataset() -> None:
 def toy_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A rectified flow fitted for 30 steps on 8gaussians through the real CLI."""
     tmp_path = tmp_path_factory.mktemp("toy")
-    ckpt = _fit(
+    ckpt = fit_config(
         ROOT / "configs/toy2d/rectified_flow.yaml",
         tmp_path,
         "--trainer.max_steps",
@@ -105,7 +86,7 @@ def test_reflow_command_and_config(toy_ckpt: Path, tmp_path: Path) -> None:
     main(f"reflow --ckpt_path {toy_ckpt} --num_pairs 600 --steps 3 --output {pairs}".split())
     data = torch.load(pairs, weights_only=True)
     assert data["noise"].shape == data["samples"].shape == (600, 2)
-    ckpt = _fit(
+    ckpt = fit_config(
         ROOT / "configs/toy2d/reflow.yaml",
         tmp_path / "run",
         "--trainer.max_steps",
@@ -122,7 +103,7 @@ def test_reflow_command_and_config(toy_ckpt: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_fit_and_sample_digits_through_the_console_script(tmp_path: Path) -> None:
-    ckpt = _fit(
+    ckpt = fit_config(
         ROOT / "configs/digits/rectified_flow.yaml",
         tmp_path,
         "--trainer.max_steps",

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_runs import fit_config
 from lightning import Trainer
 from torch import Tensor, nn
 
@@ -290,36 +291,14 @@ def test_toy2d_config_names_its_dataset() -> None:
 
 @pytest.mark.slow
 def test_fit_and_sample_toy2d_vdm(tmp_path: Path) -> None:
-    main(
-        [
-            "fit",
-            "--config",
-            str(ROOT / "configs/toy2d/vdm.yaml"),
-            "--trainer.default_root_dir",
-            str(tmp_path),
-            "--trainer.accelerator",
-            "cpu",
-            "--trainer.enable_progress_bar",
-            "false",
-            "--trainer.max_steps",
-            "6",
-            "--trainer.check_val_every_n_epoch",
-            "1",
-            "--trainer.limit_val_batches",
-            "1",
-            "--data.batch_size",
-            "64",
-            "--data.source.init_args.num_train",
-            "256",
-            "--data.source.init_args.num_val",
-            "64",
-            "--model.init_args.net.init_args.hidden",
-            "32",
-            "--model.init_args.sampler.init_args.steps",
-            "5",
-        ]
+    ckpt = fit_config(
+        ROOT / "configs/toy2d/vdm.yaml",
+        tmp_path,
+        *"--trainer.max_steps 6 --trainer.check_val_every_n_epoch 1 --trainer.limit_val_batches 1"
+        " --data.batch_size 64 --data.source.init_args.num_train 256"
+        " --data.source.init_args.num_val 64 --model.init_args.net.init_args.hidden 32"
+        " --model.init_args.sampler.init_args.steps 5".split(),
     )
-    (ckpt,) = tmp_path.rglob("last.ckpt")
     out = tmp_path / "s.npz"
     main(f"sample --ckpt_path {ckpt} --num_samples 33 --seed 1 --output {out} --steps 4".split())
     samples = np.load(out)["samples"]
