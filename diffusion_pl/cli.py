@@ -1,28 +1,56 @@
-"""The ``diffusion-pl`` command: LightningCLI's fit/validate/test plus ``sample``.
+"""The ``diffusion-pl`` command: Lightning's fit/validate/test, and sample, reflow, likelihood, fid.
 
 diffusion-pl fit --config configs/toy2d/rectified_flow.yaml [--trainer.max_steps 200 ...]
 diffusion-pl sample --ckpt_path RUN.ckpt --num_samples N --seed S --output FILE.npz
+diffusion-pl fid --ckpt_path RUN.ckpt --feature digits --num_samples 2000  (torchrun: any ranks)
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import math
+import os
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NoReturn
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from jsonargparse import CLI
 from jsonargparse.typing import import_object
-from lightning.pytorch.cli import LightningCLI, instantiate_module
+from lightning import LightningModule, Trainer
+from lightning.pytorch.cli import (
+    ArgsType,
+    LightningArgumentParser,
+    LightningCLI,
+    instantiate_module,
+)
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from tqdm.auto import tqdm
 
-from diffusion_pl.callbacks import SampleGrid, run_dir
+from diffusion_pl import formulations
+from diffusion_pl.callbacks import (
+    FinalCheckpoint,
+    RNGCheckpoint,
+    SampleGrid,
+    SigtermCheckpoint,
+    StopOnNonFinite,
+    Weights,
+    run_dir,
+)
+from diffusion_pl.checkpoints import (
+    AtomicCheckpointIO,
+    check_checkpoint_fits,
+    find_last_checkpoint,
+    read_checkpoint,
+)
 from diffusion_pl.data import DiffusionDataModule
-from diffusion_pl.formulations import DiffusionModule, RectifiedFlow
+from diffusion_pl.formulations import DiffusionModule, NoisyClassifier, RectifiedFlow
 from diffusion_pl.likelihood import bits_per_dim, dequantize, log_likelihood
+from diffusion_pl.metrics import FIDEvaluator
+from diffusion_pl.metrics.features import resolve_extractor
 from diffusion_pl.reflow import flow_pairs
 from diffusion_pl.samplers import SAMPLERS, Sampler
 from diffusion_pl.visualize import save_samples_figure
@@ -30,6 +58,8 @@ from diffusion_pl.visualize import save_samples_figure
 __all__ = [
     "COMMANDS",
     "DiffusionCLI",
+    "check_labels",
+    "fid",
     "likelihood",
     "load_datamodule",
     "load_module",
@@ -40,13 +70,64 @@ __all__ = [
 ]
 
 
+class _Parser(LightningArgumentParser):
+    """LightningCLI's parser; an error about the model lists the formulations to choose from."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if 'key "model"' in message:
+            classes = [getattr(formulations, n) for n in formulations.__all__]
+            choices = ", ".join(
+                f"diffusion_pl.formulations.{c.__name__}"
+                for c in classes
+                if isinstance(c, type) and c is not DiffusionModule
+            )
+            message += f"\nSet model.class_path to one of: {choices}"
+        super().error(message, ex)
+
+
 class DiffusionCLI(LightningCLI):
-    """LightningCLI over every formulation (``model.class_path``) and the one DataModule."""
+    """LightningCLI over every formulation and the noisy classifier (``model.class_path``) and
+    the one DataModule."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments(
             "data.data_shape", "model.init_args.data_shape", apply_on="instantiate"
         )
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        """The configured Trainer, writing checkpoints atomically (unless told otherwise)."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Parse; then resolve ``--ckpt_path last`` and refuse an unfit checkpoint early.
+
+        Lightning's ``last`` looks only in the new run's own (empty) version folder, so every
+        earlier run under ``trainer.default_root_dir`` is searched here. A checkpoint of another
+        formulation, or a corrupt one, fails before Lightning reads its hyperparameters.
+        """
+        super().parse_arguments(parser, args)
+        config = self.config.get(self.config.get("subcommand") or "", None)
+        path = None if config is None else config.get("ckpt_path")
+        if path == "last":
+            root = config.trainer.default_root_dir or os.getcwd()
+            dirs = [
+                (c.get("init_args") or {}).get("dirpath") for c in config.trainer.callbacks or []
+            ]
+            found = find_last_checkpoint(root, *[d for d in dirs if d])
+            if found is None:
+                print(f"no last*.ckpt under {root}: starting afresh", flush=True)
+            path = config.ckpt_path = None if found is None else str(found)
+        if path is not None and path not in ("best", "hpc") and "://" not in str(path):
+            check_checkpoint_fits(path, config.model.class_path)
+
+    def before_fit(self) -> None:
+        check_labels(self.model, self.datamodule)
+
+    def before_validate(self) -> None:
+        check_labels(self.model, self.datamodule)
 
     def after_fit(self) -> None:
         """Say where the run's outputs are."""
@@ -63,19 +144,38 @@ class DiffusionCLI(LightningCLI):
         print("\n".join(["", "diffusion-pl outputs", *lines]), flush=True)
 
 
-def read_checkpoint(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint file (tensors and plain values only), failing with a clear message."""
-    ckpt_path = Path(ckpt_path)
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(ckpt_path)!r} does not exist")
-    return torch.load(ckpt_path, map_location=map_location, weights_only=True)
+def check_labels(model: LightningModule, datamodule: DiffusionDataModule) -> None:
+    """Refuse a class-conditional model (or a classifier) on unlabelled data or other classes."""
+    wanted = getattr(model, "num_classes", None)
+    if wanted is None:
+        return
+    source = type(datamodule.source).__name__
+    if datamodule.num_classes is None:
+        raise ValueError(
+            f"the model is class-conditional (num_classes={wanted}) but the data ({source}) "
+            "have no labels: use labelled data, or set the net's num_classes: null"
+        )
+    if datamodule.num_classes != wanted:
+        raise ValueError(
+            f"the model has num_classes={wanted} but the data ({source}) have "
+            f"{datamodule.num_classes} classes: set the net's num_classes: {datamodule.num_classes}"
+        )
 
 
-def load_module(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> DiffusionModule:
-    """Restore any formulation from a checkpoint written by ``diffusion-pl fit``.
+def load_module(
+    ckpt_path: str | Path, map_location: str | torch.device = "cpu", weights: Weights = "ema"
+) -> LightningModule:
+    """Restore a formulation (or a noisy classifier) from a checkpoint of ``diffusion-pl fit``.
 
     The checkpoint's hparams hold the YAML config of the model (``_class_path`` and its init
     args), which rebuilds net, path and sampler; then the weights are loaded.
+
+    Args:
+        ckpt_path: the checkpoint file.
+        map_location: device to load onto.
+        weights: ``ema`` loads the moving average (a run with the EMA callback stores it as the
+            checkpoint's ``state_dict``; without EMA that is the raw weights); ``raw`` the
+            optimizer's weights.
     """
     checkpoint = read_checkpoint(ckpt_path, map_location)
     hparams = dict(checkpoint.get("hyper_parameters", {}))
@@ -87,7 +187,8 @@ def load_module(ckpt_path: str | Path, map_location: str | torch.device = "cpu")
             "use a checkpoint written by `diffusion-pl fit`"
         )
     module = instantiate_module(import_object(class_path), hparams)
-    module.load_state_dict(checkpoint["state_dict"])
+    key = "current_model_state" if weights == "raw" else "state_dict"
+    module.load_state_dict(checkpoint.get(key, checkpoint["state_dict"]))
     return module.to(map_location)
 
 
@@ -109,11 +210,19 @@ def sample(
     steps: int | None = None,
     batch_size: int = 256,
     device: str = "cpu",
+    weights: Weights = "ema",
+    class_labels: list[int] | None = None,
+    guidance_scale: float | None = None,
+    classifier_ckpt: str | None = None,
+    classifier_scale: float | None = None,
 ) -> Path:
     """Draw samples from a checkpoint into an ``.npz`` (key ``samples``), plus a PNG beside it.
 
     Samples are in data space: images in [−1, 1], channels first; 2-D toys as coordinates.
-    The same seed (and batch size) gives identical samples.
+    The same seed (and batch size) gives identical samples. With ``--class_labels`` the labels
+    are cycled over the samples (``[3]``: all threes; ``[0,1,...,9]``: every digit in turn)
+    and saved under the key ``labels``; a class-conditional model is guided by classifier-free
+    guidance at ``--guidance_scale``, any model by a noisy classifier (``--classifier_ckpt``).
 
     Args:
         ckpt_path: checkpoint written by ``diffusion-pl fit``.
@@ -124,26 +233,59 @@ def sample(
         steps: number of sampler steps; default: the sampler's.
         batch_size: samples per network batch.
         device: torch device to sample on, e.g. ``cpu`` or ``cuda``.
+        weights: ``ema`` (the moving average, when the run had the EMA callback) or ``raw``.
+        class_labels: classes to sample, cycled over the samples, e.g. ``[0,1,2]``.
+        guidance_scale: classifier-free guidance scale w (1 conditional, 0 unconditional,
+            > 1 sharper); default: the checkpoint's ``guidance_scale``.
+        classifier_ckpt: checkpoint of a ``NoisyClassifier`` trained on the model's path, for
+            classifier guidance.
+        classifier_scale: λ, the scale of the classifier's gradient (default 1).
     """
     if num_samples <= 0:
         raise ValueError(f"--num_samples must be > 0, got {num_samples}")
     if batch_size <= 0:
         raise ValueError(f"--batch_size must be > 0, got {batch_size}")
+    if steps is not None and steps <= 0:
+        raise ValueError(f"--steps must be > 0, got {steps}; omit it for the sampler's default")
     if sampler is not None and sampler not in SAMPLERS:
         raise ValueError(f"unknown --sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
-    module = load_module(ckpt_path, map_location=device)
+    if class_labels is not None and not class_labels:
+        raise ValueError("--class_labels is empty; give at least one class, e.g. [0]")
+    if classifier_scale is not None and classifier_ckpt is None:
+        raise ValueError("--classifier_scale scales a classifier's gradient: add --classifier_ckpt")
+    module = load_module(ckpt_path, map_location=device, weights=weights)
+    if not isinstance(module, DiffusionModule):
+        raise ValueError(f"{ckpt_path} holds a {type(module).__name__}, not a diffusion model")
+    classifier = None
+    if classifier_ckpt is not None:
+        classifier = load_module(classifier_ckpt, map_location=device).eval()
+        if not isinstance(classifier, NoisyClassifier):
+            raise ValueError(
+                f"--classifier_ckpt {classifier_ckpt} holds a {type(classifier).__name__}; "
+                "it needs a NoisyClassifier checkpoint (configs/digits/classifier.yaml)"
+            )
+    labels = None
+    if class_labels is not None:
+        labels = torch.tensor(class_labels)[torch.arange(num_samples) % len(class_labels)]
+    guidance = {
+        "guidance_scale": guidance_scale,
+        "classifier": classifier,
+        "classifier_scale": 1.0 if classifier_scale is None else classifier_scale,
+    }
     chosen = _configure_sampler(module.sampler, sampler, steps)
     generator = torch.Generator(device=device).manual_seed(seed)
     batches = []
     with tqdm(total=num_samples, desc=f"sampling ({chosen})", unit="sample") as bar:
         for start in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - start)
-            batches.append(module.sample(n, sampler=chosen, generator=generator).cpu())
+            y = None if labels is None else labels[start : start + n]
+            x = module.sample(n, sampler=chosen, generator=generator, class_labels=y, **guidance)
+            batches.append(x.cpu())
             bar.update(n)
     samples = torch.cat(batches)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, samples=samples.numpy())
+    np.savez(out, samples=samples.numpy(), **({} if labels is None else {"labels": labels.numpy()}))
     picture = save_samples_figure(samples[:256], out.with_suffix(".png"), title=str(chosen))
     print(f"wrote {out} (samples: {tuple(samples.shape)}) and {picture}", flush=True)
     return out
@@ -248,6 +390,73 @@ def likelihood(
     return result
 
 
+def fid(
+    ckpt_path: str,
+    num_samples: int = 50_000,
+    feature: str = "inception",
+    feature_weights: str | None = None,
+    split: Literal["train", "val"] = "val",
+    reference: str | None = None,
+    sampler: str | None = None,
+    steps: int | None = None,
+    batch_size: int = 250,
+    kid: bool = False,
+    weights: Weights = "ema",
+    cache_dir: str | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    output: str | None = None,
+) -> dict[str, float]:
+    """FID (and KID) of a checkpoint's samples against a split of its training data.
+
+    Run it under ``torchrun --nproc-per-node G`` to split the samples over G processes (NCCL
+    on GPUs, one GPU each; gloo on CPU): the score does not depend on G.
+
+    Args:
+        ckpt_path: checkpoint written by ``diffusion-pl fit`` (its data config is reused).
+        num_samples: generated images (50,000 for numbers comparable with papers).
+        feature: ``inception`` (torch-fidelity's InceptionV3) or ``digits`` (offline).
+        feature_weights: weights file of the extractor (default: its usual place).
+        split: split of the reference statistics, ``train`` or ``val``.
+        reference: a ``.npz`` with ``mu``/``sigma`` (pytorch-fid / EDM format) instead.
+        sampler: sampler name (one of SAMPLERS); default: the checkpoint's.
+        steps: sampler steps; default: the sampler's.
+        batch_size: images per sampling batch (per process).
+        kid: also compute KID.
+        weights: ``ema`` or ``raw`` weights of the checkpoint.
+        cache_dir: reference statistics cache; default ``~/.cache/diffusion-pl/fid``.
+        seed: seed of the sampling generators.
+        device: ``cpu`` or ``cuda`` (under torchrun each process takes ``cuda:LOCAL_RANK``).
+        output: optional JSON file for the scores.
+    """
+    if sampler is not None and sampler not in SAMPLERS:
+        raise ValueError(f"unknown --sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        if device.startswith("cuda"):
+            device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    rank_zero = not distributed or dist.get_rank() == 0
+    module = load_module(ckpt_path, map_location=device, weights=weights).eval()
+    chosen = _configure_sampler(module.sampler, sampler, steps)
+    extractor = resolve_extractor(feature, feature_weights)
+    evaluator = FIDEvaluator(
+        extractor, split, num_samples, batch_size, kid=kid, cache_dir=cache_dir,
+        reference=reference, seed=seed, progress=rank_zero,
+    )  # fmt: skip
+    scores = evaluator.evaluate(module, load_datamodule(ckpt_path), chosen)
+    if distributed:
+        dist.destroy_process_group()
+    if rank_zero:
+        print(f"{split} ({num_samples} samples, {chosen}, {feature} features): "
+              + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), flush=True)  # fmt: skip
+        if output is not None:
+            Path(output).parent.mkdir(parents=True, exist_ok=True)
+            Path(output).write_text(json.dumps(scores, indent=2) + "\n")
+    return scores
+
+
 def _configure_sampler(default: Sampler, name: str | None, steps: int | None) -> Sampler:
     """The sampler to use: ``name`` (or the default's class), with ``steps`` if given."""
     cls = type(default) if name is None else SAMPLERS[name]
@@ -259,7 +468,7 @@ def _configure_sampler(default: Sampler, name: str | None, steps: int | None) ->
     return cls(**kwargs)
 
 
-COMMANDS = {"sample": sample, "reflow": reflow, "likelihood": likelihood}
+COMMANDS = {"sample": sample, "reflow": reflow, "likelihood": likelihood, "fid": fid}
 """Commands beside LightningCLI's fit/validate/test, each a typed function."""
 
 
@@ -271,10 +480,20 @@ def main(args: list[str] | None = None) -> None:
         CLI(command, args=argv[1:], prog=f"diffusion-pl {argv[0]}", as_positional=False)
         return
     DiffusionCLI(
-        DiffusionModule,
+        LightningModule,  # a formulation, or the NoisyClassifier of classifier guidance
         DiffusionDataModule,
         subclass_mode_model=True,
+        parser_class=_Parser,
         args=args,  # None: LightningCLI reads sys.argv itself
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"description": f"Train diffusion models. Also: {', '.join(COMMANDS)}."},
+        # Persistent callbacks, added to every run's own: survive preemption and divergence.
+        trainer_defaults={
+            "callbacks": [
+                SigtermCheckpoint(),
+                RNGCheckpoint(),
+                StopOnNonFinite(),
+                FinalCheckpoint(),
+            ]
+        },
     )

@@ -103,7 +103,15 @@ class LearnedVPPath(nn.Module, NoisePath):
         return value, slope
 
     def gamma_and_slope(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """γ(t) and γ'(t), each shaped as t (``[B]`` or 0-dim)."""
+        """γ(t) and γ'(t), each shaped as t (``[B]`` or 0-dim), in t's dtype even under autocast.
+
+        Mixed precision would run the network's matrix products in bf16/fp16 and blur
+        log-SNR where the loss is most sensitive (DESIGN.md: schedules stay float32/64).
+        """
+        with torch.autocast(t.device.type, enabled=False):
+            return self._gamma_and_slope(t)
+
+    def _gamma_and_slope(self, t: Tensor) -> tuple[Tensor, Tensor]:
         shape = t.shape
         flat = t.reshape(-1)
         ends, _ = self._net(torch.tensor([0.0, 1.0], dtype=t.dtype, device=t.device))

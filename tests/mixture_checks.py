@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from diffusion_pl.oracle import GaussianMixtureOracle
+from diffusion_pl.oracle import GaussianMixtureOracle, responsibilities
 from diffusion_pl.parameterization import Prediction
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.tensors import as_batch
@@ -50,7 +50,7 @@ class IsotropicMixtureOracle(GaussianMixtureOracle):
         self.stds = torch.as_tensor(stds, dtype=torch.float64)
 
     def _iso(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Responsibilities r_k and c_k ``[K, B]``, x − α μ_k ``[K, B, D]``, α ``[B]``.
+        """log π_k N(x; α μ_k, c_k I) and c_k ``[K, B]``, x − α μ_k ``[K, B, D]``, α ``[B]``.
 
         Component-major layout: reductions over K run over the leading dimension, which is
         ~20× faster on CPU than reducing a trailing dimension of size 2.
@@ -65,15 +65,22 @@ class IsotropicMixtureOracle(GaussianMixtureOracle):
             - 0.5 * sq / var
             - 0.5 * x.shape[1] * torch.log(2 * math.pi * var)
         )
-        return torch.softmax(log_joint, dim=0), var, diff, alpha
+        return log_joint, var, diff, alpha
 
-    def score(self, x: Tensor, t: Tensor | float) -> Tensor:
-        resp, var, diff, _ = self._iso(x.to(torch.float64), t)
+    def class_logits(self, x: Tensor, t: Tensor | float) -> Tensor:
+        return self._iso(x.to(torch.float64), t)[0].T
+
+    def score(self, x: Tensor, t: Tensor | float, class_labels: Tensor | None = None) -> Tensor:
+        log_joint, var, diff, _ = self._iso(x.to(torch.float64), t)
+        resp = responsibilities(log_joint, class_labels, dim=0)
         return -((resp / var)[..., None] * diff).sum(0)
 
-    def __call__(self, x: Tensor, t: Tensor | float) -> Prediction:
+    def __call__(
+        self, x: Tensor, t: Tensor | float, class_labels: Tensor | None = None
+    ) -> Prediction:
         x = x.to(torch.float64)
-        resp, var, diff, alpha = self._iso(x, t)
+        log_joint, var, diff, alpha = self._iso(x, t)
+        resp = responsibilities(log_joint, class_labels, dim=0)
         score = -((resp / var)[..., None] * diff).sum(0)
         shrink = (resp * self.stds[:, None] ** 2 / var)[..., None] * diff
         x0 = (resp[..., None] * self.means[:, None, :]).sum(0) + alpha[:, None] * shrink.sum(0)

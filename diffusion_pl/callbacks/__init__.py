@@ -1,5 +1,29 @@
-"""Cross-cutting training work: sample pictures (EMA and FID arrive with their issue)."""
+"""Cross-cutting training work: weight averaging, sample pictures, FID, fault tolerance."""
 
+from diffusion_pl.callbacks.compile import CompileNet
+from diffusion_pl.callbacks.ema import EMA, Weights, find_ema, weights_in_use
+from diffusion_pl.callbacks.fault_tolerance import (
+    FinalCheckpoint,
+    RNGCheckpoint,
+    SigtermCheckpoint,
+    StopOnNonFinite,
+    last_checkpoint_path,
+)
+from diffusion_pl.callbacks.fid import FID
 from diffusion_pl.callbacks.sample_grid import SampleGrid, run_dir
 
-__all__ = ["SampleGrid", "run_dir"]
+__all__ = [
+    "EMA",
+    "FID",
+    "CompileNet",
+    "FinalCheckpoint",
+    "RNGCheckpoint",
+    "SampleGrid",
+    "SigtermCheckpoint",
+    "StopOnNonFinite",
+    "Weights",
+    "find_ema",
+    "last_checkpoint_path",
+    "run_dir",
+    "weights_in_use",
+]

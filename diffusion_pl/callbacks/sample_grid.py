@@ -6,55 +6,90 @@ from pathlib import Path
 
 import torch
 from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from diffusion_pl.callbacks.ema import Weights, weights_in_use
 from diffusion_pl.visualize import save_samples_figure
 
 __all__ = ["SampleGrid", "run_dir"]
 
 
 def run_dir(trainer: Trainer) -> Path:
-    """The run's output folder: the logger's versioned log dir, else the root dir."""
-    return Path(trainer.log_dir or trainer.default_root_dir)
+    """The run's output folder: the logger's versioned log dir, else the root dir.
+
+    Read from the logger itself: ``trainer.log_dir`` is a collective call under DDP, which
+    hangs when only rank 0 makes it (as rank-zero-only callbacks do).
+    """
+    logger = trainer.logger
+    folder = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
+    return Path(folder or trainer.default_root_dir)
 
 
 class SampleGrid(Callback):
     """Draw ``num_samples`` samples every ``every_n_steps`` steps and at the end of fitting.
 
     Images become a PNG grid, 2-D points a scatter plot over validation data, both under
-    ``<log_dir>/samples/``. The seed is the same every time, so pictures show training
-    progress and not sampling noise.
+    ``<log_dir>/samples/`` and, when a TensorBoard logger is on, in its Images tab. The seed is
+    the same every time, so pictures show training progress and not sampling noise. A
+    class-conditional model draws the classes in turn (0, 1, …, K−1, 0, …), one per grid cell.
 
     Args:
         num_samples: samples per picture.
         every_n_steps: period in optimizer steps; 0 draws only at the end of fitting.
         seed: seed of the sampling generator.
+        weights: which weights draw: ``ema`` (the moving average when an EMA callback is on,
+            else the raw weights) and/or ``raw``; a second entry gets its own picture.
     """
 
-    def __init__(self, num_samples: int = 64, every_n_steps: int = 0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        num_samples: int = 64,
+        every_n_steps: int = 0,
+        seed: int = 0,
+        weights: list[Weights] | None = None,
+    ) -> None:
         if num_samples <= 0:
             raise ValueError(f"num_samples must be > 0, got {num_samples}")
         if every_n_steps < 0:
             raise ValueError(
                 f"every_n_steps must be >= 0 (0 = only at the end), got {every_n_steps}"
             )
+        weights = ["ema"] if weights is None else list(weights)
+        if not weights or len(set(weights)) != len(weights):
+            raise ValueError(f"weights must list 'ema' and/or 'raw' once each, got {weights}")
         self.num_samples, self.every_n_steps, self.seed = num_samples, every_n_steps, seed
+        self.weights = weights
         self.last_path: Path | None = None
 
     @rank_zero_only
     def draw(self, trainer: Trainer, pl_module: LightningModule, name: str) -> Path:
-        """Sample with the fixed seed and save the picture as ``samples/<name>.png``."""
-        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-        x = pl_module.sample(self.num_samples, generator=generator)
+        """Sample with the fixed seed and save ``samples/<name>.png`` (``<name>_raw.png``, …)."""
         reference = None
         datamodule = getattr(trainer, "datamodule", None)
-        if x.ndim == 2 and hasattr(datamodule, "real_samples"):
+        if len(pl_module.data_shape) == 1 and hasattr(datamodule, "real_samples"):
             reference = datamodule.real_samples("val", min(2000, len(datamodule.dataset("val"))))
-        path = run_dir(trainer) / "samples" / f"{name}.png"
-        self.last_path = save_samples_figure(
-            x, path, reference, title=f"step {trainer.global_step}"
-        )
+        for i, weights in enumerate(self.weights):
+            suffix = "" if i == 0 else f"_{weights}"
+            generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+            with weights_in_use(trainer, pl_module, weights):
+                labels = pl_module.cycled_labels(self.num_samples)
+                x = pl_module.sample(self.num_samples, generator=generator, class_labels=labels)
+            path = run_dir(trainer) / "samples" / f"{name}{suffix}.png"
+            title = f"step {trainer.global_step}" + (f" ({weights} weights)" if suffix else "")
+            self.last_path = save_samples_figure(x, path, reference, title=title)
+            self._log_image(trainer, f"samples{suffix}", self.last_path)
         return self.last_path
+
+    @staticmethod
+    def _log_image(trainer: Trainer, tag: str, path: Path) -> None:
+        """Show the saved picture in TensorBoard's Images tab, if that logger is on."""
+        from torchvision.io import ImageReadMode, read_image
+
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                image = read_image(str(path), ImageReadMode.RGB)
+                logger.experiment.add_image(tag, image, trainer.global_step)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
         step = trainer.global_step

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from diffusion_pl.data.sources import Example, Source, Split, check_split
 from diffusion_pl.hparams import save_config
@@ -33,13 +34,67 @@ class _RandomHFlip(Dataset[Example]):
         return (x.flip(-1) if torch.rand(()) < 0.5 else x), y
 
 
+class _EpochShuffle(DistributedSampler):
+    """This rank's share of a permutation drawn from (seed, epoch); it can start mid-epoch.
+
+    As ``DistributedSampler`` (Lightning calls :meth:`set_epoch` before every epoch, and then
+    leaves the sampler alone under DDP), plus: the epoch advances by itself after each pass,
+    for loops outside Lightning; and ``start`` skips the first indices of the next pass.
+    """
+
+    def __init__(self, data: Dataset[Example], num_replicas: int, rank: int, seed: int) -> None:
+        super().__init__(data, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.start = 0
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())[self.start :]
+        self.start = 0
+        self.epoch += 1
+        return iter(indices)
+
+
+class _ResumableLoader(DataLoader):
+    """A training DataLoader that resumes mid-epoch.
+
+    Lightning saves a loader's ``state_dict`` in checkpoints and restores it on resume. The
+    order of an epoch depends only on (seed, epoch), so the state is the number of batches of
+    the current epoch served so far; a restored loader skips them without loading them. The
+    loader's own generator (worker seeds) is reseeded from (seed, epoch) too, and so never
+    draws from the global one that the model's noise comes from.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._served = 0
+        self._skip = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        self._served, self._skip = self._skip, 0
+        if isinstance(self.sampler, _EpochShuffle):  # Lightning swaps it for overfit_batches
+            self.generator.manual_seed(self.sampler.seed + self.sampler.epoch)
+            self.sampler.start = self._served * self.batch_size
+        for batch in super().__iter__():
+            self._served += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """Batches of the current epoch served so far (0 once the epoch is complete)."""
+        return {"batches_served": self._served % len(self)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Skip the batches already served when the next epoch pass starts."""
+        self._skip = state["batches_served"]
+
+
 class DiffusionDataModule(L.LightningDataModule):
     """Serve batches ``(x, y)`` from a source: ``x: [B, *source.shape]`` float32, ``y: [B]`` int64.
 
     Images are in [−1, 1], toy points raw coordinates, ``y`` is −1 where the data have no labels.
-    The DataModule knows nothing of noise. Training batches are shuffled by a generator seeded
-    from ``torch.initial_seed()``, so ``lightning.seed_everything(s)`` fixes their order;
-    validation batches keep the split's order and keep the last, smaller batch.
+    The DataModule knows nothing of noise. Training batches are shuffled with a seed taken from
+    ``torch.initial_seed()``, so ``lightning.seed_everything(s)`` fixes their order; under DDP
+    each rank reads its own share of every epoch. A run resumed from a checkpoint taken
+    mid-epoch continues with the batches the interrupted run would have drawn next.
+    Validation batches keep the split's order and keep the last, smaller batch.
 
     Args:
         source: where the examples come from, e.g. ``Toy2D``, ``Digits`` or ``HFImages``.
@@ -142,11 +197,14 @@ class DiffusionDataModule(L.LightningDataModule):
                 f"the train split has {len(data)} examples, fewer than batch_size="
                 f"{self.batch_size}, so drop_last=True leaves no batch; lower batch_size"
             )
-        return DataLoader(
-            _RandomHFlip(data) if self.hflip else data,
-            shuffle=True,
+        trainer = self.trainer
+        ranks, rank = (1, 0) if trainer is None else (trainer.world_size, trainer.global_rank)
+        data = _RandomHFlip(data) if self.hflip else data
+        return _ResumableLoader(
+            data,
+            sampler=_EpochShuffle(data, ranks, rank, seed=torch.initial_seed() % 2**63),
+            generator=torch.Generator(),
             drop_last=self.drop_last,
-            generator=torch.Generator().manual_seed(torch.initial_seed()),
             **self._loader_options(),
         )
 

@@ -272,7 +272,10 @@ class HFImages(Source):
         if not (self.from_disk or self.builder or looks_local or local.exists()):
             return self._open_hub()
         if not local.exists():
-            raise FileNotFoundError(f"HFImages path {self.path!r} does not exist")
+            raise FileNotFoundError(
+                f"HFImages path {self.path!r} does not exist: set data.source.init_args.path to "
+                "an existing local folder, or to a Hugging Face hub name such as uoft-cs/cifar10"
+            )
         if self.from_disk:
             return hf.load_from_disk(str(local))
         if self.builder is not None:

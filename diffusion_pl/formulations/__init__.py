@@ -1,9 +1,19 @@
-"""One thin LightningModule per formulation over the shared core."""
+"""One thin LightningModule per formulation over the shared core, and the noisy classifier."""
 
 from diffusion_pl.formulations.base import DiffusionModule, mean_flat
+from diffusion_pl.formulations.classifier import NoisyClassifier
 from diffusion_pl.formulations.ncsn import NCSN
 from diffusion_pl.formulations.rectified_flow import RectifiedFlow, Reflow
 from diffusion_pl.formulations.score_sde import ScoreSDE
 from diffusion_pl.formulations.vdm import VDM
 
-__all__ = ["NCSN", "VDM", "DiffusionModule", "RectifiedFlow", "Reflow", "ScoreSDE", "mean_flat"]
+__all__ = [
+    "NCSN",
+    "VDM",
+    "DiffusionModule",
+    "NoisyClassifier",
+    "RectifiedFlow",
+    "Reflow",
+    "ScoreSDE",
+    "mean_flat",
+]

@@ -7,23 +7,47 @@ a default sampler (DESIGN.md). Subclasses pick those four in ``__init__`` and ov
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from lightning import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from diffusion_pl.guidance import (
+    ClassifierFreeGuidance,
+    ClassifierGuidance,
+    check_class_labels,
+    check_same_path,
+)
 from diffusion_pl.parameterization import Denoiser, Parameterization
 from diffusion_pl.paths import NoisePath
-from diffusion_pl.samplers import Sampler
+from diffusion_pl.samplers import DenoiserFn, Sampler
 
-__all__ = ["DiffusionModule", "mean_flat"]
+if TYPE_CHECKING:
+    from diffusion_pl.formulations.classifier import NoisyClassifier
+
+__all__ = ["DiffusionModule", "mean_flat", "optimizer_config"]
 
 
 def mean_flat(x: Tensor) -> Tensor:
     """Mean over all but the batch dimension: ``[B, ...] -> [B]``."""
     return x.flatten(1).mean(1)
+
+
+def optimizer_config(
+    params, optimizer: OptimizerCallable, lr_scheduler: LRSchedulerCallable | None
+) -> torch.optim.Optimizer | dict:
+    """``configure_optimizers``' answer: the optimizer, plus its scheduler stepped per step."""
+    built = optimizer(params)
+    if lr_scheduler is None:
+        return built
+    return {
+        "optimizer": built,
+        "lr_scheduler": {"scheduler": lr_scheduler(built), "interval": "step"},
+    }
 
 
 class DiffusionModule(LightningModule):
@@ -38,6 +62,11 @@ class DiffusionModule(LightningModule):
         optimizer: optimizer factory ``params -> Optimizer`` (YAML ``class_path``).
         lr_scheduler: optional scheduler factory, stepped every optimizer step.
         noise_label: maps times t ``[B]`` to the network's conditioning input.
+        p_uncond: probability of replacing a training label by the null label ∅ (the net's
+            ``num_classes``), which trains the unconditional model for classifier-free
+            guidance alongside the conditional one (Ho & Salimans, 2022: 0.1 or 0.2).
+        guidance_scale: default classifier-free guidance scale w of :meth:`sample` when class
+            labels are given: 1 conditional, 0 unconditional, > 1 sharper.
     """
 
     def __init__(
@@ -50,7 +79,21 @@ class DiffusionModule(LightningModule):
         optimizer: OptimizerCallable,
         lr_scheduler: LRSchedulerCallable | None = None,
         noise_label: Callable[[Tensor], Tensor] | None = None,
+        p_uncond: float = 0.0,
+        guidance_scale: float = 1.0,
     ) -> None:
+        if not 0 <= p_uncond <= 1:
+            raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond}")
+        if p_uncond > 0 and getattr(net, "num_classes", None) is None:
+            raise ValueError(
+                f"p_uncond={p_uncond} drops class labels, but the net is unconditional "
+                "(num_classes=None): set the net's num_classes, or p_uncond: 0"
+            )
+        if not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale}")
+        check_data_shape = getattr(net, "check_data_shape", None)  # UNet, MLP: fail before fit
+        if check_data_shape is not None:
+            check_data_shape(tuple(data_shape))
         super().__init__()
         self.net = net
         self.data_shape = tuple(data_shape)
@@ -58,6 +101,12 @@ class DiffusionModule(LightningModule):
         self.sampler = sampler
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.noise_label = noise_label
+        self.p_uncond, self.guidance_scale = p_uncond, guidance_scale
+
+    @property
+    def num_classes(self) -> int | None:
+        """Number of classes K of a class-conditional net, None for an unconditional one."""
+        return getattr(self.net, "num_classes", None)
 
     # --- what a formulation chooses -------------------------------------------------------
     def sample_time(self, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -71,7 +120,26 @@ class DiffusionModule(LightningModule):
     # --- the shared loss ------------------------------------------------------------------
     def class_labels(self, y: Tensor | None) -> Tensor | None:
         """Labels passed to the net: ``y`` for class-conditional nets, else None."""
-        return y if getattr(self.net, "num_classes", None) is not None else None
+        return y if self.num_classes is not None else None
+
+    def cycled_labels(self, n: int, start: int = 0) -> Tensor | None:
+        """Labels ``start, start + 1, …`` mod K for ``n`` samples, or None if unconditional.
+
+        Sample grids and FID draw every class equally often from a class-conditional model.
+        """
+        if self.num_classes is None:
+            return None
+        return torch.arange(start, start + n, device=self.device) % self.num_classes
+
+    def drop_labels(self, y: Tensor | None, generator: torch.Generator | None) -> Tensor | None:
+        """``y`` with each label replaced by ∅ = ``num_classes`` with probability ``p_uncond``.
+
+        Reference: Ho & Salimans (2022), "Classifier-Free Diffusion Guidance", Algorithm 1.
+        """
+        if y is None or self.p_uncond == 0:
+            return y
+        drop = torch.rand(y.shape, generator=generator, device=y.device) < self.p_uncond
+        return torch.where(drop, self.num_classes, y)
 
     def loss(
         self,
@@ -84,10 +152,11 @@ class DiffusionModule(LightningModule):
 
         Args:
             x0: data ``[B, ...]``.
-            y: labels ``[B]`` (used by class-conditional nets).
-            generator: source of t and ε.
+            y: labels ``[B]`` (used by class-conditional nets, dropped with ``p_uncond``).
+            generator: source of the label dropout, t and ε.
             eps: noise coupled to ``x0`` (reflow); drawn independently when None.
         """
+        y = self.drop_labels(y, generator)
         t = self.sample_time(x0.shape[0], generator)
         if eps is None:
             eps = torch.randn(x0.shape, generator=generator, device=x0.device)
@@ -116,19 +185,61 @@ class DiffusionModule(LightningModule):
         return loss
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.lr_scheduler_factory is None:
-            return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        return optimizer_config(
+            self.parameters(), self.optimizer_factory, self.lr_scheduler_factory
+        )
 
     # --- sampling -------------------------------------------------------------------------
-    def denoiser(self, class_labels: Tensor | None = None) -> Denoiser:
-        """The ``(x, t) -> Prediction`` view of the network that samplers consume."""
-        return Denoiser(self.net, self.path, self.parameterization, self.noise_label, class_labels)
+    def denoiser(self, class_labels: Tensor | None = None, guidance_scale: float = 1.0) -> Denoiser:
+        """The ``(x, t) -> Prediction`` view of the network that samplers consume.
+
+        With class labels and w ≠ 1, classifier-free guidance at scale w (one forward call on
+        the doubled batch); w = 1 is the conditional net alone.
+        """
+        parts = (self.net, self.path, self.parameterization, self.noise_label, class_labels)
+        if class_labels is None or guidance_scale == 1:
+            return Denoiser(*parts)
+        return ClassifierFreeGuidance(*parts, guidance_scale)
+
+    def guided_denoiser(
+        self,
+        n: int,
+        class_labels: Tensor | None,
+        guidance_scale: float | None,
+        classifier: NoisyClassifier | None,
+        classifier_scale: float,
+    ) -> DenoiserFn:
+        """The denoiser :meth:`sample` uses for ``n`` samples; arguments as there."""
+        if class_labels is None:
+            if guidance_scale is not None or classifier is not None:
+                raise ValueError(
+                    "guidance_scale and classifier steer samples towards class labels: pass "
+                    "class_labels too, or neither for unconditional samples"
+                )
+            return self.denoiser()
+        if guidance_scale is not None and self.num_classes is None:
+            raise ValueError(
+                f"guidance_scale={guidance_scale} is classifier-free guidance, which needs a "
+                "class-conditional net; this one is unconditional (use classifier_scale)"
+            )
+        classes = self.num_classes if classifier is None else classifier.num_classes
+        if classes is None:
+            raise ValueError(
+                f"this {type(self).__name__} is unconditional (its net has num_classes=None): "
+                "class labels need a class-conditional net (set num_classes and train on labelled "
+                "data) or a noisy classifier for classifier guidance"
+            )
+        if classifier is not None and self.num_classes not in (None, classes):
+            raise ValueError(
+                f"the classifier has {classes} classes but the model's net {self.num_classes}"
+            )
+        labels = check_class_labels(class_labels, n, classes).to(self.device)
+        scale = self.guidance_scale if guidance_scale is None else guidance_scale
+        denoiser = self.denoiser(self.class_labels(labels), scale)
+        if classifier is None:
+            return denoiser
+        check_same_path(self.path, classifier.path)
+        return ClassifierGuidance(denoiser, classifier, self.path, labels, classifier_scale)
 
     @torch.no_grad()
     def sample(
@@ -138,22 +249,37 @@ class DiffusionModule(LightningModule):
         sampler: Sampler | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
+        class_labels: Tensor | None = None,
+        guidance_scale: float | None = None,
+        classifier: NoisyClassifier | None = None,
+        classifier_scale: float = 1.0,
     ) -> Tensor:
         """Draw ``n`` samples in data space ``[n, *data_shape]`` (images clipped to [−1, 1]).
+
+        Without class labels the samples are unconditional (a conditional net gets ∅).
 
         Args:
             n: number of samples (> 0).
             sampler: overrides the formulation's default sampler.
             generator: source of all randomness (prior and stochastic steps).
             progress: show a progress bar.
+            class_labels: ``[n]`` labels in [0, K) to sample each class from.
+            guidance_scale: classifier-free guidance scale w (default: the module's); needs a
+                class-conditional net.
+            classifier: a :class:`NoisyClassifier` (in eval mode) on this model's path, for
+                classifier guidance.
+            classifier_scale: λ, the scale of the classifier's gradient.
         """
         if n <= 0:
             raise ValueError(f"number of samples must be > 0, got {n}")
         sampler = self.sampler if sampler is None else sampler
+        denoiser = self.guided_denoiser(
+            n, class_labels, guidance_scale, classifier, classifier_scale
+        )
         was_training = self.training
         self.eval()
         x = sampler(
-            self.denoiser(),
+            denoiser,
             self.path,
             (n, *self.data_shape),
             generator=generator,

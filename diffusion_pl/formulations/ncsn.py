@@ -35,6 +35,9 @@ class NCSN(DiffusionModule):
             ``num_levels`` to visit exactly the trained levels).
         optimizer: optimizer factory.
         lr_scheduler: optional LR scheduler factory, stepped per optimizer step.
+        p_uncond: probability of training with the null label instead of the class label
+            (classifier-free guidance; needs a class-conditional net).
+        guidance_scale: default classifier-free guidance scale w of ``sample``.
 
     Reference: Song & Ermon (2019), "Generative Modeling by Estimating Gradients of the Data
     Distribution", Eq. 5-6 and Algorithm 1; Song & Ermon (2020), "Improved Techniques".
@@ -50,6 +53,8 @@ class NCSN(DiffusionModule):
         sampler: Sampler = lazy_instance(AnnealedLangevinSampler, steps=10),
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
+        p_uncond: float = 0.0,
+        guidance_scale: float = 1.0,
     ) -> None:
         if num_levels < 2:
             raise ValueError(f"num_levels must be >= 2, got {num_levels}")
@@ -62,6 +67,8 @@ class NCSN(DiffusionModule):
             sampler,
             optimizer,
             lr_scheduler,
+            p_uncond=p_uncond,
+            guidance_scale=guidance_scale,
         )
         self.num_levels = num_levels
         save_config(self)

@@ -31,6 +31,9 @@ class RectifiedFlow(DiffusionModule):
         sampler: default sampler (Euler, 100 steps).
         optimizer: optimizer factory.
         lr_scheduler: optional LR scheduler factory, stepped per optimizer step.
+        p_uncond: probability of training with the null label instead of the class label
+            (classifier-free guidance; needs a class-conditional net).
+        guidance_scale: default classifier-free guidance scale w of ``sample``.
 
     Reference: Liu, Gong & Liu (2023), "Flow Straight and Fast", Eq. 1; Lipman et al. (2023),
     "Flow Matching for Generative Modeling"; logit-normal t: Esser et al. (2024), Sec. 3.1.
@@ -46,6 +49,8 @@ class RectifiedFlow(DiffusionModule):
         sampler: Sampler = lazy_instance(EulerSampler, steps=100),
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
+        p_uncond: float = 0.0,
+        guidance_scale: float = 1.0,
     ) -> None:
         if time_distribution not in ("uniform", "logit_normal"):
             raise ValueError(
@@ -54,7 +59,15 @@ class RectifiedFlow(DiffusionModule):
         if logit_std <= 0:
             raise ValueError(f"logit_std must be > 0, got {logit_std}")
         super().__init__(
-            net, data_shape, LinearPath(), VelocityPrediction(), sampler, optimizer, lr_scheduler
+            net,
+            data_shape,
+            LinearPath(),
+            VelocityPrediction(),
+            sampler,
+            optimizer,
+            lr_scheduler,
+            p_uncond=p_uncond,
+            guidance_scale=guidance_scale,
         )
         self.time_distribution = time_distribution
         self.logit_mean, self.logit_std = logit_mean, logit_std

@@ -35,6 +35,9 @@ class ScoreSDE(DiffusionModule):
         sampler: default sampler: predictor–corrector.
         optimizer: optimizer factory.
         lr_scheduler: optional LR scheduler factory, stepped per optimizer step.
+        p_uncond: probability of training with the null label instead of the class label
+            (classifier-free guidance; needs a class-conditional net).
+        guidance_scale: default classifier-free guidance scale w of ``sample``.
 
     Reference: Song et al. (2021), "Score-Based Generative Modeling through SDEs", Eq. 7 and
     Algorithms 2-3; likelihood weighting: Song et al. (2021), "Maximum Likelihood Training of
@@ -51,6 +54,8 @@ class ScoreSDE(DiffusionModule):
         sampler: Sampler = lazy_instance(PCSampler, steps=1000, snr=0.16),
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
+        p_uncond: float = 0.0,
+        guidance_scale: float = 1.0,
     ) -> None:
         if weighting not in ("sigma2", "likelihood"):
             raise ValueError(f"weighting must be 'sigma2' or 'likelihood', got {weighting!r}")
@@ -64,6 +69,8 @@ class ScoreSDE(DiffusionModule):
             sampler,
             optimizer,
             lr_scheduler,
+            p_uncond=p_uncond,
+            guidance_scale=guidance_scale,
         )
         self.weighting, self.t_eps = weighting, t_eps
         save_config(self)

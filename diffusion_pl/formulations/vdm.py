@@ -268,6 +268,9 @@ class VDM(DiffusionModule):
         sampler: default sampler (DDPM ancestral; ``DDIMSampler`` for fewer steps).
         optimizer: optimizer factory.
         lr_scheduler: optional LR scheduler factory, stepped per optimizer step.
+        p_uncond: probability of training with the null label instead of the class label
+            (classifier-free guidance; needs a class-conditional net).
+        guidance_scale: default classifier-free guidance scale w of ``sample``.
 
     Reference: Kingma et al. (2021), "Variational Diffusion Models"; Ho et al. (2020),
     "Denoising Diffusion Probabilistic Models"; Hang et al. (2023), "Efficient Diffusion
@@ -288,6 +291,8 @@ class VDM(DiffusionModule):
         sampler: Sampler = lazy_instance(DDPMSampler, steps=999),
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
+        p_uncond: float = 0.0,
+        guidance_scale: float = 1.0,
     ) -> None:
         if weighting not in _WEIGHTINGS:
             raise ValueError(f"weighting must be one of {_WEIGHTINGS}, got {weighting!r}")
@@ -303,7 +308,17 @@ class VDM(DiffusionModule):
                 f"a learned path ({type(path).__name__}) is trained by the variational bound: "
                 f"use weighting='elbo', not {weighting!r}"
             )
-        super().__init__(net, data_shape, path, parameterization, sampler, optimizer, lr_scheduler)
+        super().__init__(
+            net,
+            data_shape,
+            path,
+            parameterization,
+            sampler,
+            optimizer,
+            lr_scheduler,
+            p_uncond=p_uncond,
+            guidance_scale=guidance_scale,
+        )
         self.weighting, self.min_snr_gamma = weighting, min_snr_gamma
         self.low_discrepancy, self.num_levels = low_discrepancy, num_levels
         if discrete_steps is None:
@@ -358,6 +373,7 @@ class VDM(DiffusionModule):
         self, x0: Tensor, y: Tensor | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
         """Per-example loss ``[B]``: w(t) · mean ‖ε̂ − ε‖², or the bound in bits per dim."""
+        y = self.drop_labels(y, generator)
         if self.weighting == "elbo":
             return self.bound(x0, y, generator).bits_per_dim(self.dim)
         t = self.sample_time(x0.shape[0], generator)

@@ -1,5 +1,6 @@
-"""Denoising networks sharing one interface: ``net(x, noise_labels, class_labels=None)``."""
+"""Denoising networks ``net(x, noise_labels, class_labels=None)`` and noisy classifiers."""
 
+from diffusion_pl.nets.classifier import MLPClassifier, UNetEncoderClassifier
 from diffusion_pl.nets.embeddings import (
     EmbeddingKind,
     FourierEmbedding,
@@ -13,7 +14,9 @@ __all__ = [
     "MLP",
     "EmbeddingKind",
     "FourierEmbedding",
+    "MLPClassifier",
     "NoiseEmbedding",
     "PositionalEmbedding",
     "UNet",
+    "UNetEncoderClassifier",
 ]

@@ -79,6 +79,23 @@ class MLP(nn.Module):
         nn.init.zeros_(self.fc_out.weight)
         nn.init.zeros_(self.fc_out.bias)
 
+    def check_data_shape(self, data_shape: tuple[int, ...]) -> None:
+        """Raise a ValueError, naming the setting to change, unless examples fit this MLP.
+
+        Args:
+            data_shape: one example's shape, ``(D,)``.
+        """
+        if len(data_shape) != 1:
+            raise ValueError(
+                f"the MLP takes vectors (D,) but the data are shaped {tuple(data_shape)}: "
+                "use diffusion_pl.nets.UNet for images"
+            )
+        if data_shape[0] != self.dim:
+            raise ValueError(
+                f"the data are {data_shape[0]}-dimensional but the MLP has dim={self.dim}: "
+                f"set model.init_args.net.init_args.dim: {data_shape[0]}"
+            )
+
     def forward(
         self, x: Tensor, noise_labels: Tensor | float, class_labels: Tensor | None = None
     ) -> Tensor:

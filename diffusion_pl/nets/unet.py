@@ -319,6 +319,38 @@ class UNet(nn.Module):
 
         self.norm_out = group_norm(ch, num_groups)
         self.conv_out = zero_init(nn.Conv2d(ch, self.out_channels, 3, padding=1))
+        self.downsampling = factor
+
+    def check_data_shape(self, data_shape: tuple[int, ...]) -> None:
+        """Raise a ValueError, naming the setting to change, unless examples fit this UNet.
+
+        Args:
+            data_shape: one example's shape, ``(C, H, W)``.
+        """
+        key = "model.init_args.net.init_args"
+        if len(data_shape) != 3:
+            raise ValueError(
+                f"the UNet takes images (C, H, W) but the data are shaped {tuple(data_shape)}: "
+                "use diffusion_pl.nets.MLP for vectors"
+            )
+        channels, height, width = data_shape
+        if height != width or height % self.downsampling:
+            raise ValueError(
+                f"the data are {height}x{width} images, but this UNet halves the resolution "
+                f"{len(self.down) - 1} times, so it needs square images whose side is a multiple "
+                f"of {self.downsampling}: resize the data (data.source.init_args.image_size, or "
+                f"size for Digits) or use a shorter channel_mult ({key}.channel_mult)"
+            )
+        if channels != self.in_channels:
+            raise ValueError(
+                f"the data have {channels} channels but the UNet has in_channels="
+                f"{self.in_channels}: set {key}.in_channels: {channels}"
+            )
+        if height != self.image_size:
+            raise ValueError(
+                f"the data are {height}x{width} images but the UNet has image_size="
+                f"{self.image_size}: set {key}.image_size: {height}"
+            )
 
     def forward(
         self, x: Tensor, noise_labels: Tensor | float, class_labels: Tensor | None = None

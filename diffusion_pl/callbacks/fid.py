@@ -1,0 +1,82 @@
+"""Periodic FID (and KID) during training, logged as ``val/fid`` so it can drive checkpoints."""
+
+from __future__ import annotations
+
+from lightning import Callback, LightningModule, Trainer
+from torch import nn
+
+from diffusion_pl.callbacks.ema import Weights, weights_in_use
+from diffusion_pl.data.sources import Split
+from diffusion_pl.metrics.fid import FIDEvaluator
+from diffusion_pl.samplers import Sampler
+
+__all__ = ["FID"]
+
+
+class FID(Callback):
+    """Score ``num_samples`` generated images against a data split after validation.
+
+    Every rank draws its share of the samples (see :class:`~diffusion_pl.metrics.FIDEvaluator`)
+    and the feature statistics are summed across ranks, so the score is the same with any
+    number of processes. Logs ``val/fid`` (and ``val/kid``) for the first entry of ``weights``
+    and ``val/fid_<weights>`` for the others, e.g. ``val/fid_raw``; ``ModelCheckpoint`` can
+    monitor ``val/fid`` with ``mode: min``.
+
+    Args:
+        feature: ``"digits"``, ``"inception"`` or an ``nn.Module`` (class_path in YAML).
+        num_samples: generated images per evaluation.
+        every_n_validations: score after every n-th validation run (sanity checks excluded).
+        split: data split of the reference statistics.
+        sampler: sampler for the samples; default: the model's.
+        batch_size: images per sampling batch.
+        kid: also log KID.
+        weights: which weights to score: ``ema`` (the default when an EMA callback is on;
+            the raw weights otherwise) and/or ``raw``.
+        cache_dir: reference statistics cache (see ``FIDEvaluator``).
+        seed: seed of the sampling generators (the same samples' noise every time).
+    """
+
+    def __init__(
+        self,
+        feature: str | nn.Module = "digits",
+        num_samples: int = 2000,
+        every_n_validations: int = 1,
+        split: Split = "val",
+        sampler: Sampler | None = None,
+        batch_size: int = 250,
+        kid: bool = False,
+        weights: list[Weights] | None = None,
+        cache_dir: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        if every_n_validations <= 0:
+            raise ValueError(f"every_n_validations must be > 0, got {every_n_validations}")
+        weights = ["ema"] if weights is None else list(weights)
+        if not weights or len(set(weights)) != len(weights):
+            raise ValueError(f"weights must list 'ema' and/or 'raw' once each, got {weights}")
+        self.evaluator = FIDEvaluator(
+            feature, split, num_samples, batch_size, kid=kid, cache_dir=cache_dir, seed=seed
+        )
+        self.every_n_validations, self.sampler, self.weights = every_n_validations, sampler, weights
+        self.validations = 0
+        self.last: dict[str, float] = {}
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self.validations += 1
+        if self.validations % self.every_n_validations:
+            return
+        for i, weights in enumerate(self.weights):
+            suffix = "" if i == 0 else f"_{weights}"
+            with weights_in_use(trainer, pl_module, weights):
+                scores = self.evaluator.evaluate(pl_module, trainer.datamodule, self.sampler)
+            for name, value in scores.items():
+                self.last[f"val/{name}{suffix}"] = value
+                pl_module.log(f"val/{name}{suffix}", value, prog_bar=name == "fid" and i == 0)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"validations": self.validations}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.validations = state_dict["validations"]

@@ -1,0 +1,152 @@
+"""Checkpoint files: atomic writes, clear errors on unreadable ones, and finding the last one.
+
+Lightning's own ``TorchCheckpointIO`` stages a checkpoint in the system temp folder and moves it
+into place; when that folder is on another file system (node-local ``/tmp``, checkpoints on a
+shared one, as on most clusters) the move is a copy, and a job killed during it leaves a
+truncated checkpoint under the final name. :class:`AtomicCheckpointIO` writes beside the target
+and renames, which POSIX makes atomic, so a checkpoint is either the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+__all__ = ["AtomicCheckpointIO", "check_checkpoint_fits", "find_last_checkpoint", "read_checkpoint"]
+
+
+def _is_unreadable(err: BaseException) -> bool:
+    """Whether ``torch.load`` failed because the file is truncated or not a checkpoint."""
+    if isinstance(err, RuntimeError):  # torch's zip reader; other RuntimeErrors (OOM) pass
+        return "PytorchStreamReader" in str(err)
+    return isinstance(err, (pickle.UnpicklingError, EOFError, zipfile.BadZipFile))
+
+
+def _unreadable(path: str | Path, err: BaseException) -> ValueError:
+    """The error for a file that is not a readable checkpoint."""
+    return ValueError(
+        f"checkpoint {str(path)!r} is corrupt or not a PyTorch checkpoint "
+        f"({type(err).__name__}: {err}); it may be truncated by an interrupted copy. Pass an "
+        "intact checkpoint, e.g. an earlier one from the same checkpoints/ folder."
+    )
+
+
+def _check_zip(path: str | Path) -> None:
+    """Fail fast unless ``path`` ends like a zip archive, as every ``torch.save`` file does."""
+    if not zipfile.is_zipfile(path):
+        raise _unreadable(path, zipfile.BadZipFile("no zip archive at the end of the file"))
+
+
+def read_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False
+) -> dict[str, Any]:
+    """Load a checkpoint file (tensors and plain values only), failing with a clear message.
+
+    Args:
+        path: the ``.ckpt`` file.
+        map_location: device to load tensors onto.
+        mmap: map the file instead of reading it (cheap when only the metadata is needed).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is corrupt or not a checkpoint (the message names it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    _check_zip(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as err:
+        if _is_unreadable(err):
+            raise _unreadable(path, err) from err
+        raise
+
+
+def find_last_checkpoint(*roots: str | Path) -> Path | None:
+    """The most recently written resumable checkpoint under any of ``roots`` (recursively).
+
+    Candidates are ``last*.ckpt`` (ModelCheckpoint, SIGTERM) and ``hpc_ckpt_*.ckpt`` (written
+    by Lightning on SLURM's requeue signal). ``fit --ckpt_path last`` in plain Lightning looks
+    only in the new run's own (empty) version folder; this searches every earlier run.
+    """
+    found = [
+        p
+        for root in roots
+        if Path(root).is_dir()
+        for pattern in ("last*.ckpt", "hpc_ckpt_*.ckpt")
+        for p in Path(root).rglob(pattern)
+    ]
+    return max(found, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def check_checkpoint_fits(path: str | Path, class_path: str) -> None:
+    """Fail early unless ``path`` is a readable checkpoint of the formulation ``class_path``.
+
+    Compares the class recorded by ``diffusion-pl fit`` (``hyper_parameters._class_path``) with
+    the run's ``model.class_path``; checkpoints without one (written outside the CLI) pass.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`read_checkpoint`; ValueError for another class.
+    """
+    hparams = read_checkpoint(path, mmap=True).get("hyper_parameters", {})
+    saved = hparams.get("_class_path")
+    name = class_path.rsplit(".", 1)[-1]
+    if saved is None or saved.rsplit(".", 1)[-1] == name:
+        return
+    config = Path(path).parent.parent / "config.yaml"
+    hint = f" (that run's config: {config})" if config.is_file() else ""
+    raise ValueError(
+        f"checkpoint {str(path)!r} holds a {saved} but this run's model.class_path is "
+        f"{class_path}: pass a {name} checkpoint, or run with the config the checkpoint was "
+        f"trained with{hint}"
+    )
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` that writes atomically and names the file when it cannot read one.
+
+    A local checkpoint is written to a temporary file in the target's own folder, flushed to
+    disk, and renamed over the target (``os.replace``); remote paths (``s3://`` …) keep
+    Lightning's behaviour.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None
+    ) -> None:
+        """Write ``checkpoint`` to ``path``: a reader sees the old file or the whole new one."""
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def load_checkpoint(self, path: _PATH, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Load as Lightning does; a corrupt file raises a ValueError that names it."""
+        if not get_filesystem(path).exists(path):
+            raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+        if "://" not in str(path):
+            _check_zip(path)
+        try:
+            return super().load_checkpoint(path, *args, **kwargs)
+        except Exception as err:
+            if _is_unreadable(err):
+                raise _unreadable(path, err) from err
+            raise

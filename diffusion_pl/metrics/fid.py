@@ -1,0 +1,270 @@
+"""FID (and KID) of a model's samples against cached reference statistics, split across ranks.
+
+FID (Heusel et al. 2017) is the Fréchet distance between Gaussians fitted to features of real
+and generated images, ‖μ_r − μ_g‖² + Tr(Σ_r + Σ_g − 2 (Σ_r Σ_g)^½); KID (Bińkowski et al.
+2018) is the unbiased MMD² with the cubic polynomial kernel, averaged over random subsets.
+Both are computed by torchmetrics over features this module extracts once per image, so the
+extractor runs once for both, and torchmetrics sums the statistics over DDP ranks.
+
+Reference statistics (μ, Σ and, for KID, the features) are computed once per (dataset, split,
+resolution, extractor) and cached as ``.npz`` with the ``mu`` / ``sigma`` keys of pytorch-fid
+and EDM, so published reference files drop in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Subset
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+from tqdm.auto import tqdm
+
+from diffusion_pl.data import DiffusionDataModule
+from diffusion_pl.data.sources import Split
+from diffusion_pl.metrics.features import extractor_id, resolve_extractor
+from diffusion_pl.samplers import Sampler
+
+__all__ = ["FIDEvaluator", "default_cache_dir", "reference_key"]
+
+
+def default_cache_dir() -> Path:
+    """``$DIFFUSION_PL_CACHE/fid`` if set, else ``~/.cache/diffusion-pl/fid``."""
+    root = os.environ.get("DIFFUSION_PL_CACHE", Path.home() / ".cache" / "diffusion-pl")
+    return Path(root) / "fid"
+
+
+def reference_key(datamodule: DiffusionDataModule, split: Split, extractor: nn.Module) -> str:
+    """``<source>-<split>-<C>x<H>x<W>-<extractor>-<config hash>``: one file per reference."""
+    source = datamodule.source
+    config = json.dumps({"class": type(source).__qualname__, **vars(source)}, sort_keys=True,
+                        default=str)  # fmt: skip
+    digest = hashlib.sha1(config.encode()).hexdigest()[:10]
+    shape = "x".join(map(str, datamodule.data_shape))
+    return f"{type(source).__name__.lower()}-{split}-{shape}-{extractor_id(extractor)}-{digest}"
+
+
+class _Features(nn.Module):
+    """Identity 'extractor' so torchmetrics consumes features computed once for FID and KID."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: Tensor) -> Tensor:
+        return features
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class FIDEvaluator(nn.Module):
+    """Generate ``num_samples`` images with a model and score them against a data split.
+
+    Samples are drawn in chunks of ``batch_size``; chunk k uses a generator seeded by
+    ``(seed, k)`` and is drawn by rank ``k mod world_size``, so the sample set — and the FID —
+    does not depend on the number of processes. Reference statistics are cached on disk.
+
+    Args:
+        feature: ``"digits"`` (offline, 8×8 digits), ``"inception"`` (torch-fidelity's
+            InceptionV3, paper numbers) or any ``nn.Module`` with ``num_features``.
+        split: data split of the reference statistics.
+        num_samples: generated images per evaluation.
+        batch_size: images per sampling / feature batch.
+        kid: also compute KID (keeps the reference features; cheap for small extractors).
+        kid_subset_size: KID subset size (capped by the number of real and fake images).
+        cache_dir: where reference statistics live; default :func:`default_cache_dir`.
+        reference: a ready ``.npz`` with ``mu`` and ``sigma`` to use instead of the cache.
+        seed: seed of the sampling generators.
+        progress: show progress bars (rank 0).
+    """
+
+    def __init__(
+        self,
+        feature: str | nn.Module = "digits",
+        split: Split = "val",
+        num_samples: int = 2000,
+        batch_size: int = 250,
+        kid: bool = False,
+        kid_subset_size: int = 1000,
+        cache_dir: str | None = None,
+        reference: str | None = None,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_samples < 2:
+            raise ValueError(f"num_samples must be >= 2 for a covariance, got {num_samples}")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        self.extractor = resolve_extractor(feature)
+        dim = self.extractor.num_features
+        self.fid = FrechetInceptionDistance(_Features(dim), reset_real_features=False)
+        self.kid = None
+        if kid:
+            self.kid = KernelInceptionDistance(
+                _Features(dim), subset_size=kid_subset_size, reset_real_features=False
+            )
+        self.split, self.num_samples, self.batch_size = split, num_samples, batch_size
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.reference = Path(reference) if reference else None
+        self.seed, self.progress = seed, progress
+        self.loaded_key: str | None = None
+        self.cache_hit: bool | None = None
+
+    # --- reference statistics ------------------------------------------------------------
+    def cache_path(self, datamodule: DiffusionDataModule) -> Path:
+        """The ``.npz`` holding the reference statistics of ``datamodule``'s split."""
+        return self.cache_dir / f"{reference_key(datamodule, self.split, self.extractor)}.npz"
+
+    def prepare_reference(self, datamodule: DiffusionDataModule) -> None:
+        """Load the reference statistics into the metrics, computing and caching them once."""
+        path = self.reference or self.cache_path(datamodule)
+        if self.loaded_key == str(path):
+            return
+        rank, _ = _rank_and_world()
+        self.fid.reset_real_features = True
+        self.fid.reset()
+        if self.kid is not None:
+            self.kid.reset_real_features = True
+            self.kid.reset()
+        self.cache_hit = path.is_file() and (self.kid is None or "features" in np.load(path))
+        if self.reference is not None and not self.cache_hit:
+            raise FileNotFoundError(
+                f"reference statistics {str(path)!r} not found"
+                + ("" if self.kid is None else " or without the `features` KID needs")
+            )
+        if self.cache_hit:
+            self._load(path, rank)
+        else:
+            self._compute_real(datamodule)
+            self._save(path, rank)
+        self.fid.reset_real_features = False
+        if self.kid is not None:
+            self.kid.reset_real_features = False
+        self.loaded_key = str(path)
+
+    def _compute_real(self, datamodule: DiffusionDataModule) -> None:
+        """Features of the whole split, each rank taking every ``world``-th batch."""
+        rank, world = _rank_and_world()
+        data = datamodule.dataset(self.split)
+        starts = range(rank * self.batch_size, len(data), world * self.batch_size)
+        index = [i for s in starts for i in range(s, min(s + self.batch_size, len(data)))]
+        loader = DataLoader(Subset(data, index), batch_size=self.batch_size)
+        bar = tqdm(loader, desc=f"FID reference ({self.split})", unit="batch",
+                   disable=not self.progress or rank != 0)  # fmt: skip
+        for x, _ in bar:
+            self._update(self._features(x), real=True)
+
+    def _save(self, path: Path, rank: int) -> None:
+        """Write the synced reference statistics from rank 0 (atomically)."""
+        with self.fid.sync_context(should_unsync=True):
+            n = int(self.fid.real_features_num_samples)
+            mu = self.fid.real_features_sum / n
+            sigma = (self.fid.real_features_cov_sum - n * torch.outer(mu, mu)) / (n - 1)
+            arrays = {"mu": mu.cpu().numpy(), "sigma": sigma.cpu().numpy(), "num_samples": n}
+            if self.kid is not None:
+                with self.kid.sync_context(should_unsync=True):
+                    arrays["features"] = torch.cat(self.kid.real_features).cpu().numpy()
+            if rank == 0:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+                np.savez(tmp, **arrays)
+                os.replace(tmp, path)
+
+    def _load(self, path: Path, rank: int) -> None:
+        """Statistics into rank 0's states (the others stay zero: DDP sums them)."""
+        stats = np.load(path)
+        mu = torch.as_tensor(stats["mu"], dtype=torch.float64)
+        sigma = torch.as_tensor(stats["sigma"], dtype=torch.float64)
+        # Published files (pytorch-fid, EDM) lack the count; any n > 1 gives back the same Σ.
+        n = int(stats["num_samples"]) if "num_samples" in stats else 50_000
+        if rank == 0:
+            device = self.fid.real_features_sum.device
+            self.fid.real_features_sum = (n * mu).to(device)
+            self.fid.real_features_cov_sum = ((n - 1) * sigma + n * torch.outer(mu, mu)).to(device)
+            self.fid.real_features_num_samples = torch.tensor(n, device=device)
+        if self.kid is not None:  # each rank keeps a share; DDP concatenates them
+            _, world = _rank_and_world()
+            features = torch.as_tensor(stats["features"][rank::world])
+            self.kid.real_features = [features.to(self.fid.real_features_sum.device)]
+
+    # --- generated images ---------------------------------------------------------------
+    def chunks(self) -> Iterator[tuple[int, int]]:
+        """``(chunk index, size)`` of this rank's share of the samples."""
+        rank, world = _rank_and_world()
+        num_chunks = -(-self.num_samples // self.batch_size)
+        for k in range(rank, num_chunks, world):
+            yield k, min(self.batch_size, self.num_samples - k * self.batch_size)
+
+    @torch.no_grad()
+    def evaluate(
+        self, module: nn.Module, datamodule: DiffusionDataModule, sampler: Sampler | None = None
+    ) -> dict[str, float]:
+        """FID (and KID) of ``module.sample`` against the reference split.
+
+        Args:
+            module: a formulation; a class-conditional one draws all classes equally often.
+            datamodule: the data the reference statistics come from.
+            sampler: overrides the module's default sampler.
+
+        Returns:
+            ``{"fid": float}``, plus ``"kid"`` and ``"kid_std"`` when KID is on.
+        """
+        self.to(module.device)
+        self.prepare_reference(datamodule)
+        rank, _ = _rank_and_world()
+        chunks = list(self.chunks())
+        bar = tqdm(total=sum(n for _, n in chunks), desc="FID samples", unit="img",
+                   disable=not self.progress or rank != 0)  # fmt: skip
+        for k, n in chunks:
+            generator = torch.Generator(module.device).manual_seed(self.seed * 2**20 + k)
+            labels = module.cycled_labels(n, start=k * self.batch_size)
+            x = module.sample(n, sampler=sampler, generator=generator, class_labels=labels)
+            self._update(self._features(x), real=False)
+            bar.update(n)
+        bar.close()
+        return self.compute()
+
+    def compute(self) -> dict[str, float]:
+        """Scores of the generated features so far, then forget them (not the reference)."""
+        result = {"fid": float(self.fid.compute())}
+        self.fid.reset()
+        if self.kid is not None:
+            n_real = sum(len(f) for f in self.kid.real_features)
+            n_fake = sum(len(f) for f in self.kid.fake_features)
+            self.kid.subset_size = min(self.kid.subset_size, n_real, n_fake)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)  # KID draws random subsets
+                kid_mean, kid_std = self.kid.compute()
+            result |= {"kid": float(kid_mean), "kid_std": float(kid_std)}
+            self.kid.reset()
+        return result
+
+    def score_images(self, images: Tensor) -> dict[str, float]:
+        """FID (and KID) of given images ``[N, C, H, W]`` in [−1, 1] against the reference.
+
+        For real-vs-real floors and tests; :meth:`prepare_reference` must have run.
+        """
+        for x in images.split(self.batch_size):
+            self._update(self._features(x), real=False)
+        return self.compute()
+
+    def _features(self, x: Tensor) -> Tensor:
+        return self.extractor(x.to(self.fid.real_features_sum.device)).double()
+
+    def _update(self, features: Tensor, real: bool) -> None:
+        self.fid.update(features, real=real)
+        if self.kid is not None:
+            self.kid.update(features.float(), real=real)

@@ -1,0 +1,119 @@
+"""Test-only pieces that runs load by ``class_path``; tests/ is on PYTHONPATH for subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning import Callback, LightningModule, Trainer
+from torch import Tensor
+
+from diffusion_pl.nets import MLP
+
+__all__ = ["TOY", "NaNAfterMLP", "Pace", "RankReport", "launch", "toy_overrides"]
+
+ROOT = Path(__file__).resolve().parents[1]
+TOY = ROOT / "configs/toy2d/rectified_flow.yaml"
+
+
+def toy_overrides(root: Path, max_steps: int, *extra: str) -> list[str]:
+    """CLI arguments for a tiny, fast toy rectified flow run under ``root`` on the CPU.
+
+    8 batches of 256 per epoch, an MLP of width 32, per-step CSV logs, no validation.
+    """
+    return [
+        "--config", str(TOY), "--trainer.default_root_dir", str(root),
+        "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false", "--trainer.max_steps", str(max_steps),
+        "--trainer.log_every_n_steps", "1", "--trainer.limit_val_batches", "0",
+        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+        "--trainer.logger.init_args.save_dir", str(root),
+        "--data.source.init_args.num_train", "2048", "--data.source.init_args.num_val", "64",
+        "--model.init_args.net.init_args.hidden", "32",
+        "--model.init_args.net.init_args.depth", "2",
+        "--model.init_args.sampler.init_args.steps", "2",
+        "--model.init_args.lr_scheduler.init_args.T_max", str(max_steps),
+        "--trainer.callbacks.init_args.num_samples", "16",  # the last callback: SampleGrid
+        *extra,
+    ]  # fmt: skip
+
+
+def launch(
+    args: list[str], *, timeout: float = 300, env: dict[str, str] | None = None, wait: bool = True
+) -> subprocess.CompletedProcess | subprocess.Popen:
+    """Run ``python ARGS`` with tests/ importable and one thread per process.
+
+    With ``wait=False`` return the running ``Popen`` (stdout and stderr piped together).
+    """
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        **(env or {}),
+    }
+    command = [sys.executable, *args]
+    if not wait:
+        return subprocess.Popen(
+            command, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+    return subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+class Pace(Callback):
+    """Write the global step to ``marker`` after every batch and sleep, so a test can interrupt."""
+
+    def __init__(self, marker: str, seconds: float = 0.1) -> None:
+        self.marker, self.seconds = Path(marker), seconds
+
+    def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
+        self.marker.write_text(str(trainer.global_step))
+        time.sleep(self.seconds)
+
+
+class RankReport(Callback):
+    """Each rank saves its final weights and how many checkpoint files it wrote to ``out``."""
+
+    def __init__(self, out: str) -> None:
+        self.out, self.writes = Path(out), 0
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        io = trainer.strategy.checkpoint_io
+        save = io.save_checkpoint
+
+        def counted(*args: Any, **kwargs: Any) -> None:
+            self.writes += 1
+            save(*args, **kwargs)
+
+        io.save_checkpoint = counted
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        report = {
+            "world_size": trainer.world_size,
+            "global_step": trainer.global_step,
+            "writes": self.writes,
+            "state_dict": {k: v.detach().cpu() for k, v in pl_module.state_dict().items()},
+        }
+        torch.save(report, self.out / f"rank{trainer.global_rank}.pt")
+
+
+class NaNAfterMLP(MLP):
+    """An MLP whose output turns NaN from its ``nan_from``-th training call (0-based) on."""
+
+    def __init__(self, nan_from: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.nan_from, self.calls = nan_from, 0
+
+    def forward(self, x: Tensor, noise_labels: Tensor | float, class_labels: Tensor | None = None):
+        out = super().forward(x, noise_labels, class_labels)
+        if self.training:
+            self.calls += 1
+            if self.calls > self.nan_from:
+                return out * float("nan")
+        return out

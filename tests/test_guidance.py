@@ -1,0 +1,196 @@
+"""Classifier-free and classifier guidance proven on the exact class-conditional mixture.
+
+The test mixture (mixture_checks: weights 0.8 / 0.2 at (∓4, 0), std 0.5) read with the
+component as class label is the exact class-conditional model: p_t(x | y = k) is component k on
+the path and p_t(y | x) the posterior responsibility. Fed as the "network", it separates the
+guidance code from training: at scale 1 guidance must sample component y, at scale 0 the whole
+mixture, on every sampler, since all of them read the guided (x̂_0, ε̂) pair.
+
+Tolerances (N = 4000 samples, 2000 per class): a class's mean within ±0.05 (≈ 4.5 standard
+errors of 0.5/√2000), its std within ±0.05, all samples in the requested mode (±1 point); the
+unconditional mixture as in mixture_checks (weights ±0.02, means and stds ±0.05).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from mixture_checks import MEANS, STDS, WEIGHTS, N, check_mixture, mixture_oracle
+from torch import Tensor
+
+from diffusion_pl.guidance import (
+    ClassifierFreeGuidance,
+    ClassifierGuidance,
+    check_class_labels,
+    check_same_path,
+    classifier_gradient,
+)
+from diffusion_pl.oracle import GaussianMixtureOracle
+from diffusion_pl.parameterization import (
+    Denoiser,
+    EpsilonPrediction,
+    Parameterization,
+    ScorePrediction,
+    VelocityPrediction,
+    VPrediction,
+    X0Prediction,
+)
+from diffusion_pl.paths import DDPMPath, LinearPath, NoisePath, VEPath, VPLinearPath
+from diffusion_pl.samplers import DDIMSampler, EulerSampler, PCSampler, Sampler
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """2-D batches are too small to split across threads (see test_samplers_stochastic)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+class OracleNet:
+    """The exact class-conditional mixture as a network whose output ``parameterization`` reads.
+
+    ``net(x, t, labels)`` returns the parameterization's target for the exact pair of
+    p_t(x | y) (label y < K) or of p_t(x) (label K = ∅, or None). Records each call's batch.
+    """
+
+    def __init__(self, oracle: GaussianMixtureOracle, parameterization: Parameterization) -> None:
+        self.oracle, self.parameterization = oracle, parameterization
+        self.num_classes = len(oracle.weights)
+        self.batches: list[int] = []
+
+    def __call__(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None) -> Tensor:
+        self.batches.append(x.shape[0])
+        pred = self.oracle(x, noise_labels, class_labels)
+        c = self.oracle.path.coefficients(noise_labels.double(), x.ndim)
+        return self.parameterization.target(pred.x0, pred.eps, c)
+
+
+def _labels(n: int) -> Tensor:
+    """Classes 0, 1, 0, 1, …"""
+    return torch.arange(n) % 2
+
+
+def test_fast_conditional_oracle_matches_general_oracle(path: NoisePath) -> None:
+    fast, exact = mixture_oracle(path), GaussianMixtureOracle(path, MEANS, STDS, WEIGHTS)
+    x = 3 * torch.randn(64, 2, dtype=torch.float64, generator=_gen(0))
+    labels = torch.arange(64) % 3  # 2 = ∅
+    for t in (path.t_min, 0.5, path.t_max):
+        a, b = fast(x, t, labels), exact(x, t, labels)
+        torch.testing.assert_close(a.x0, b.x0, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(a.eps, b.eps, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(fast.class_logits(x, t), exact.class_logits(x, t))
+        uncond = exact(x, t)
+        torch.testing.assert_close(b.eps[2::3], uncond.eps[2::3], rtol=0, atol=0)
+
+
+def test_exact_classifier_gradient_is_bayes_rule(path: NoisePath) -> None:
+    """∇ log p_t(y | x) by autograd = ∇ log p_t(x | y) − ∇ log p_t(x), in float64."""
+    oracle = GaussianMixtureOracle(path, MEANS, STDS, WEIGHTS)
+    x = 3 * torch.randn(32, 2, dtype=torch.float64, generator=_gen(1))
+    y = _labels(32)
+    for t in torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64):
+        t_batch = t.expand(32)
+        grad = classifier_gradient(oracle.class_logits, x, t_batch, y)
+        expected = oracle.score(x, t_batch, y) - oracle.score(x, t_batch)
+        torch.testing.assert_close(grad, expected, rtol=1e-9, atol=1e-9)
+
+
+PAIRS = [
+    (VelocityPrediction(), LinearPath()),
+    (EpsilonPrediction(), VPLinearPath()),
+    (ScorePrediction(), VEPath()),
+    (X0Prediction(), DDPMPath()),
+    (VPrediction(), VPLinearPath()),
+]
+PAIR_IDS = [f"{type(p).__name__}-{type(q).__name__}" for p, q in PAIRS]
+
+
+@pytest.mark.parametrize(("param", "path"), PAIRS, ids=PAIR_IDS)
+def test_cfg_mixes_the_pair_in_one_forward_call(param: Parameterization, path: NoisePath) -> None:
+    """The guided pair is ∅ + w (y − ∅) for x̂_0 and ε̂, still explains x, and costs one call
+    on the doubled batch [x; x] with labels [y; ∅]."""
+    net = OracleNet(mixture_oracle(path), param)
+    x = 3 * torch.randn(16, 2, dtype=torch.float64, generator=_gen(2))
+    y, w = _labels(16), 2.5
+    guided = ClassifierFreeGuidance(net, path, param, None, y, w)
+    for t in torch.tensor([0.2, 0.7], dtype=torch.float64):
+        pred = guided(x, t)
+        cond, uncond = net.oracle(x, t, y), net.oracle(x, t)
+        torch.testing.assert_close(pred.eps, uncond.eps + w * (cond.eps - uncond.eps))
+        torch.testing.assert_close(pred.x0, uncond.x0 + w * (cond.x0 - uncond.x0))
+        c = path.coefficients(t.expand(16), 2)
+        torch.testing.assert_close(c.alpha * pred.x0 + c.sigma * pred.eps, x)
+    assert net.batches == [32, 32] and guided.nfe == 2
+
+
+def test_classifier_guidance_at_scale_one_is_the_conditional_pair(path: NoisePath) -> None:
+    oracle = mixture_oracle(path)
+    x = 3 * torch.randn(16, 2, dtype=torch.float64, generator=_gen(3))
+    y = _labels(16)
+    guided = ClassifierGuidance(oracle, oracle.class_logits, path, y, scale=1.0)
+    for t in torch.tensor([0.2, 0.7], dtype=torch.float64):
+        pred, cond = guided(x, t), oracle(x, t, y)
+        torch.testing.assert_close(pred.eps, cond.eps, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(pred.x0, cond.x0, rtol=1e-9, atol=1e-9)
+
+
+def _cfg(path: NoisePath, param: Parameterization, y: Tensor, scale: float) -> Denoiser:
+    net = OracleNet(mixture_oracle(path), param)
+    return ClassifierFreeGuidance(net, path, param, None, y, scale)
+
+
+def _classifier(path: NoisePath, param: Parameterization, y: Tensor, scale: float):
+    oracle = mixture_oracle(path)
+    unconditional = Denoiser(OracleNet(oracle, param), path, param)
+    return ClassifierGuidance(unconditional, oracle.class_logits, path, y, scale)
+
+
+SAMPLING = [
+    (EulerSampler(steps=100), VelocityPrediction(), LinearPath()),
+    (DDIMSampler(steps=100), EpsilonPrediction(), VPLinearPath()),
+    (PCSampler(steps=200, snr=0.16), ScorePrediction(), VEPath()),
+]
+
+
+@pytest.mark.parametrize("guide", [_cfg, _classifier], ids=["cfg", "classifier"])
+@pytest.mark.parametrize(
+    ("sampler", "param", "path"),
+    SAMPLING,
+    ids=[f"{type(s).__name__}-{type(q).__name__}" for s, _, q in SAMPLING],
+)
+def test_guidance_scale_one_samples_each_class_and_zero_the_mixture(
+    guide, sampler: Sampler, param: Parameterization, path: NoisePath
+) -> None:
+    oracle = mixture_oracle(path)
+    y = _labels(N)
+    x = sampler(guide(path, param, y, 1.0), path, (N, 2), generator=_gen(0))
+    modes = oracle.assign(x)
+    for k in range(2):
+        xk = x[y == k].double()
+        assert float((modes[y == k] == k).double().mean()) >= 0.99
+        torch.testing.assert_close(xk.mean(0), MEANS[k], atol=0.05, rtol=0)
+        torch.testing.assert_close(xk.std(0), STDS[k].expand(2), atol=0.05, rtol=0)
+    x = sampler(guide(path, param, y, 0.0), path, (N, 2), generator=_gen(0))
+    check_mixture(oracle, x)
+
+
+def test_check_class_labels_names_the_bad_labels() -> None:
+    torch.testing.assert_close(check_class_labels([0, 2], 2, 3), torch.tensor([0, 2]))
+    with pytest.raises(ValueError, match=r"labels \[3, 7\] are out of range.*3 classes"):
+        check_class_labels(torch.tensor([3, 7, 0]), 3, 3)
+    with pytest.raises(ValueError, match="5 samples, 2 labels"):
+        check_class_labels([0, 1], 5, 3)
+    with pytest.raises(ValueError, match="integers"):
+        check_class_labels(torch.tensor([0.5]), 1, 3)
+
+
+def test_classifier_on_another_path_is_refused() -> None:
+    check_same_path(VPLinearPath(), VPLinearPath())
+    with pytest.raises(ValueError, match=r"trained on LinearPath.*samples on VPLinearPath"):
+        check_same_path(VPLinearPath(), LinearPath())

@@ -1,0 +1,150 @@
+"""Surviving long runs: SIGTERM and exact resume, NaN stops, atomic checkpoints, bf16, compile."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from run_helpers import launch, toy_overrides
+
+from diffusion_pl.callbacks import StopOnNonFinite
+from diffusion_pl.checkpoints import AtomicCheckpointIO, read_checkpoint
+from diffusion_pl.cli import main
+from diffusion_pl.data import DiffusionDataModule, Toy2D
+
+EMA = ["--trainer.callbacks+=diffusion_pl.callbacks.EMA",
+       "--trainer.callbacks.init_args.halflife_samples", "2000"]  # fmt: skip
+
+
+def _last(root: Path) -> Path:
+    """The newest last.ckpt under ``root``."""
+    return max(root.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+
+
+def _losses(root: Path) -> dict[int, float]:
+    """``step -> train/loss`` from every CSV log under ``root``."""
+    losses = {}
+    for path in root.rglob("metrics.csv"):
+        for row in csv.DictReader(path.open()):
+            if row.get("train/loss"):
+                losses[int(row["step"])] = float(row["train/loss"])
+    return losses
+
+
+@pytest.mark.slow
+def test_sigterm_leaves_a_checkpoint_and_the_resumed_run_matches_an_uninterrupted_one(
+    tmp_path: Path,
+) -> None:
+    steps = 28  # 8 batches per epoch: the interruption lands mid-epoch, the resumed run spans 3
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    main(["fit", *toy_overrides(whole, steps, *EMA)])
+
+    marker = tmp_path / "step"
+    pace = ["--trainer.callbacks+=run_helpers.Pace", "--trainer.callbacks.init_args.marker",
+            str(marker), "--trainer.callbacks.init_args.seconds", "0.2"]  # fmt: skip
+    fit = ["-m", "diffusion_pl", "fit", *toy_overrides(split, steps, *EMA, *pace)]
+    run = launch(fit, wait=False)
+    deadline = time.monotonic() + 240
+    while not (marker.is_file() and marker.read_text() and int(marker.read_text()) >= 10):
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()[0]
+        time.sleep(0.05)
+    run.send_signal(signal.SIGTERM)
+    output = run.communicate(timeout=120)[0]
+    assert run.returncode == 0, output
+    interrupted = read_checkpoint(_last(split))
+    assert 10 <= interrupted["global_step"] < steps, output
+
+    main(["fit", *toy_overrides(split, steps, *EMA), "--ckpt_path", "last"])
+    a, b = read_checkpoint(_last(whole)), read_checkpoint(_last(split))
+    assert a["global_step"] == b["global_step"] == steps
+    for key in ("state_dict", "current_model_state"):  # EMA average and raw weights
+        for name, value in a[key].items():
+            torch.testing.assert_close(b[key][name], value, rtol=1e-5, atol=1e-6, msg=name)
+    opt_a, opt_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    for i, state in opt_a.items():
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            torch.testing.assert_close(opt_b[i][name], state[name], rtol=1e-5, atol=1e-7)
+    assert a["lr_schedulers"][0]["_last_lr"] == pytest.approx(b["lr_schedulers"][0]["_last_lr"])
+    loss_a, loss_b = _losses(whole), _losses(split)
+    resumed = [s for s in loss_a if s > interrupted["global_step"]]
+    assert resumed and all(loss_b[s] == pytest.approx(loss_a[s], rel=1e-4) for s in resumed)
+
+
+def test_training_loader_resumes_mid_epoch_and_across_epochs() -> None:
+    dm = DiffusionDataModule(Toy2D(num_train=64, num_val=8), batch_size=16)  # 4 batches/epoch
+    torch.manual_seed(3)
+    whole = dm.train_dataloader()
+    order = [x for _ in range(3) for x, _ in whole]
+    torch.manual_seed(3)
+    first = dm.train_dataloader()
+    served = [x for _, (x, _) in zip(range(6), _epochs(first), strict=False)]
+    state, epoch = first.state_dict(), first.sampler.epoch - 1  # stopped 2 batches into epoch 1
+    assert state == {"batches_served": 2}
+    torch.manual_seed(3)
+    again = dm.train_dataloader()
+    again.load_state_dict(state)
+    again.sampler.set_epoch(epoch)  # as Lightning does before each epoch
+    rest = [x for _ in range(2) for x, _ in again]
+    for got, want in zip(served + rest, order, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def _epochs(loader):
+    """Batches of ``loader`` over as many epochs as are consumed."""
+    while True:
+        yield from loader
+
+
+def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path,
+) -> None:
+    net = ["--model.init_args.net", "run_helpers.NaNAfterMLP",
+           "--model.init_args.net.init_args.nan_from", "5",
+           "--model.init_args.net.init_args.hidden", "32",
+           "--trainer.callbacks.init_args.num_samples", "16",
+           "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+           "--trainer.callbacks.init_args.every_n_train_steps", "2",
+           "--trainer.callbacks.init_args.save_last", "true"]  # fmt: skip
+    with pytest.raises(FloatingPointError, match=r"training loss is nan at step 5 .*learning rate"):
+        main(["fit", *toy_overrides(tmp_path, 20), *net])
+    good = read_checkpoint(_last(tmp_path))
+    assert good["global_step"] == 4
+    assert all(torch.isfinite(v).all() for v in good["state_dict"].values())
+
+
+def test_a_checkpoint_with_nonfinite_weights_is_refused() -> None:
+    class Stub:
+        global_step, checkpoint_callback = 7, None
+
+    state = {"net.w": torch.tensor([1.0, float("inf")]), "steps": torch.tensor(3)}
+    with pytest.raises(FloatingPointError, match=r"step 7: 1 weight tensors .*first: net.w"):
+        StopOnNonFinite().on_save_checkpoint(Stub(), None, {"state_dict": state})
+
+
+def test_atomic_checkpoint_io_never_leaves_a_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    io, path = AtomicCheckpointIO(), tmp_path / "run" / "last.ckpt"
+    io.save_checkpoint({"step": torch.tensor(1)}, path)
+    replaced, real_replace = [], os.replace
+    monkeypatch.setattr(
+        os, "replace", lambda a, b: replaced.append(Path(a).parent) or real_replace(a, b)
+    )
+    io.save_checkpoint({"step": torch.tensor(2)}, path)
+    assert replaced == [path.parent]  # staged beside the target, then renamed over it
+
+    def crash(obj, f) -> None:
+        f.write(b"half a checkpoint")
+        raise SIGTERMException  # killed mid-write
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(SIGTERMException):
+        io.save_checkpoint({"step": torch.tensor(3)}, path)
+    assert io.load_checkpoint(path)["step"] == 2  # the old checkpoint, intact
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary left
