@@ -1,0 +1,50 @@
+"""What the benchmark scripts share: the machine they ran on and their Markdown / JSON output."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+__all__ = ["ROOT", "machine", "markdown_table", "write_results"]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine(device: str = "cpu") -> dict:
+    """Where and with what a benchmark ran: date, CPU or GPU name, torch version and threads."""
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else _cpu_name()
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "device": name,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
+
+
+def _cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    """A GitHub Markdown table; each cell is written with ``str``."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_results(out: Path, results: dict, markdown: str) -> None:
+    """Write ``out`` (JSON) and the Markdown report beside it (``.md``)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown + "\n")

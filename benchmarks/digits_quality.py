@@ -1,0 +1,336 @@
+"""FID vs NFE of the four formulations on the digits at one training budget, and bits/dim.
+
+    python benchmarks/digits_quality.py [--formulations rectified_flow vdm ncsn score_sde]
+        [--max_steps 2000] [--base_channels 16] [--batch_size 128] [--num_samples 2000]
+        [--nfe 5 10 20 50 100] [--skip_fit] [--out benchmarks/results/digits_quality.json]
+
+About an hour on 2 CPU cores with the defaults: ~8 minutes of training per formulation and
+~1,700 network evaluations of 2,000 samples over all samplers (~0.8 s each). ``--nfe`` 250
+adds about half an hour, 1000 about two hours; time scales about with ``--base_channels``².
+
+Each formulation's configs/digits/<name>.yaml is fitted with the same UNet, steps, batch, EMA
+and seed (keeping its own path, loss, learning rate and gradient clipping), without the FID and
+sample-grid callbacks and without validation, so every fit costs the same. Then, with the EMA
+weights: FID of ``--num_samples`` samples against the held-out val split (the shipped digits
+feature network) for each of the formulation's samplers (``SWEEPS``) at each NFE of ``--nfe``.
+A sampler's steps follow from the NFE (Heun and PC spend 2 network evaluations per step,
+annealed Langevin one per level per Langevin step); the NFE reported is the number of network
+calls per sample, counted. Also reported:
+
+* the real-data floor: FID of the whole train split (1,437 images) against val, same evaluator;
+* bits/dim of the val split: VDM's variational bound on all of it (its ``val/bpd``, averaged
+  over ``--bound_repeats`` draws of t and ε per image) and score-SDE's PF-ODE likelihood of its
+  first ``--likelihood_samples`` images (``diffusion-pl likelihood``: RK45, Hutchinson trace,
+  uniform dequantization). Both bound the NLL of the 17-level digits (at most log2 17 = 4.09
+  bits/dim for a uniform model).
+
+Writes JSON and a Markdown report (``.md`` beside it, also printed) after each formulation, so
+a stopped run keeps what it measured, and at the end an FID-vs-NFE plot (``.png``).
+``--skip_fit`` re-evaluates the newest ``last.ckpt`` under ``--workdir/<formulation>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from unittest.mock import patch
+
+import torch
+import yaml
+from _common import ROOT, machine, markdown_table, write_results
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+
+from diffusion_pl.cli import likelihood, load_datamodule, load_module
+from diffusion_pl.cli import main as cli_main
+from diffusion_pl.data import DiffusionDataModule
+from diffusion_pl.formulations import VDM, DiffusionModule
+from diffusion_pl.metrics import FIDEvaluator
+from diffusion_pl.samplers import SAMPLERS, Sampler
+
+CONFIGS = ROOT / "configs/digits"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One sampler of a formulation, run at each NFE of the sweep.
+
+    Args:
+        name: the sampler's short name in ``diffusion_pl.samplers.SAMPLERS``.
+        settings: fixed init arguments. The formulation's default sampler also keeps its
+            config's settings (PC's snr, DDIM's clipping, NCSN's levels and step size).
+        evals_per_step: network evaluations per unit of ``knob``; for annealed Langevin
+            (``knob="steps_per_level"``) the number of levels multiplies it.
+        knob: the init argument the NFE sets.
+    """
+
+    name: str
+    settings: dict = field(default_factory=dict)
+    evals_per_step: int = 1
+    knob: str = "steps"
+
+    def sampler(self, default: Sampler, nfe: int) -> Sampler:
+        """This sampler with about ``nfe`` network evaluations per sample (at least one step)."""
+        cls = SAMPLERS[self.name]
+        settings = {**(vars(default) if type(default) is cls else {}), **self.settings}
+        levels = settings["steps"] if self.knob == "steps_per_level" else 1
+        return cls(**{**settings, self.knob: max(1, round(nfe / (self.evals_per_step * levels)))})
+
+
+SWEEPS: dict[str, tuple[Sweep, ...]] = {
+    "rectified_flow": (Sweep("euler"), Sweep("heun", evals_per_step=2)),
+    "vdm": (Sweep("ddpm", {"clip_x0": 1.0}), Sweep("ddim")),  # x̂_0 clipped as in Ho et al.'s code
+    "ncsn": (Sweep("annealed_langevin", knob="steps_per_level"),),  # at the 20 trained levels
+    "score_sde": (
+        Sweep("pc", evals_per_step=2),
+        Sweep("euler_maruyama"),
+        Sweep("euler"),  # probability-flow ODE
+        Sweep("heun", evals_per_step=2),
+    ),
+}
+"""Each formulation's samplers: its own family, plus the PF-ODE where the net is continuous in t."""
+
+
+def benchmark_config(name: str, root: Path, args: argparse.Namespace) -> Path:
+    """configs/digits/<name>.yaml with the shared budget, written to ``root/config.yaml``."""
+    config = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    config["seed_everything"] = args.seed
+    config["trainer"].update(
+        accelerator="gpu" if args.device.startswith("cuda") else "cpu",
+        max_steps=args.max_steps,
+        default_root_dir=str(root),
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        callbacks=[
+            {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+             "init_args": {"save_last": True, "every_n_train_steps": args.max_steps}},
+            {"class_path": "diffusion_pl.callbacks.EMA",
+             "init_args": {"halflife_samples": args.ema_halflife, "rampup_ratio": 0.05}},
+        ],
+    )  # fmt: skip
+    config["model"]["init_args"]["net"] = {
+        "class_path": "diffusion_pl.nets.UNet",
+        "init_args": {"in_channels": 1, "image_size": 8, "base_channels": args.base_channels,
+                      "channel_mult": [1, 2], "num_res_blocks": 2, "attn_resolutions": [4],
+                      "dropout": 0.1},
+    }  # fmt: skip
+    config["data"]["batch_size"] = args.batch_size
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def newest_checkpoint(root: Path) -> Path:
+    """The newest ``last.ckpt`` under ``root``."""
+    found = list(root.rglob("last.ckpt"))
+    if not found:
+        raise FileNotFoundError(f"no last.ckpt under {root}: run without --skip_fit first")
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+@contextmanager
+def counting_calls(net: nn.Module) -> Iterator[list[int]]:
+    """Count ``net``'s forward calls inside the block, in ``calls[0]``."""
+    calls = [0]
+
+    def hook(*_) -> None:
+        calls[0] += 1
+
+    handle = net.register_forward_pre_hook(hook)
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+def fid_sweep(
+    module: DiffusionModule,
+    datamodule: DiffusionDataModule,
+    evaluator: FIDEvaluator,
+    sweeps: tuple[Sweep, ...],
+    nfes: list[int],
+) -> Iterator[dict]:
+    """FID of each sampler of ``sweeps`` at each NFE; NFEs that give the same sampler run once."""
+    chunks = len(list(evaluator.chunks()))  # one module.sample call per chunk
+    for sweep in sweeps:
+        seen = set()
+        for nfe in nfes:
+            sampler = sweep.sampler(module.sampler, nfe)
+            if repr(sampler) in seen:
+                continue
+            seen.add(repr(sampler))
+            with counting_calls(module.net) as calls:
+                start = time.perf_counter()
+                scores = evaluator.evaluate(module, datamodule, sampler)
+                seconds = time.perf_counter() - start
+            yield {"sampler": sweep.name, "settings": repr(sampler), "nfe": calls[0] // chunks,
+                   "fid": round(scores["fid"], 3), "seconds": round(seconds, 1)}  # fmt: skip
+
+
+@torch.no_grad()
+def vdm_bits_per_dim(module: VDM, data: Tensor, repeats: int) -> dict:
+    """VDM's variational bound on ``data`` in bits/dim: mean over ``repeats`` draws of (t, ε)."""
+    module.eval()
+    means = torch.tensor([
+        float(module.bound(data, generator=torch.Generator(module.device).manual_seed(r))
+              .bits_per_dim(module.dim).mean())
+        for r in range(repeats)
+    ])  # fmt: skip
+    stderr = float(means.std() / math.sqrt(repeats)) if repeats > 1 else None
+    return {"bpd": round(float(means.mean()), 4), "stderr": stderr and round(stderr, 4),
+            "method": f"variational bound, {repeats} draws of (t, eps) per image"}  # fmt: skip
+
+
+def bits_per_dim(
+    name: str, module: DiffusionModule, ckpt: Path, val: Tensor, args: argparse.Namespace
+) -> dict | None:
+    """Bits/dim of the val split: VDM's bound, score-SDE's PF-ODE likelihood; else None."""
+    start = time.perf_counter()
+    if name == "vdm":
+        result = vdm_bits_per_dim(module, val.to(module.device), args.bound_repeats)
+    elif name == "score_sde":
+        tol, n = args.likelihood_tol, min(args.likelihood_samples, len(val))
+        scores = likelihood(str(ckpt), "val", n, rtol=tol, atol=tol, device=args.device)
+        result = {"bpd": round(scores["bpd"], 4), "stderr": None,
+                  "method": f"PF-ODE, RK45 rtol=atol={tol:g}, Hutchinson, dequantized",
+                  "examples": n}  # fmt: skip
+    else:
+        return None
+    return {"examples": len(val), **result, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def evaluate(
+    name: str, ckpt: Path, evaluator: FIDEvaluator, args: argparse.Namespace
+) -> tuple[dict, list[dict]]:
+    """Bits/dim and the FID sweep of one checkpoint: (summary, rows)."""
+    module = load_module(ckpt, map_location=args.device).eval()
+    datamodule = load_datamodule(ckpt)
+    val = datamodule.real_samples("val", len(datamodule.dataset("val")))
+    summary = {
+        "checkpoint": str(ckpt),
+        "parameters": sum(p.numel() for p in module.net.parameters()),
+        "lr": module.optimizer_factory(module.parameters()).defaults["lr"],
+        "bits_per_dim": bits_per_dim(name, module, ckpt, val, args),
+    }
+    rows = []
+    for row in fid_sweep(module, datamodule, evaluator, SWEEPS[name], args.nfe):
+        rows.append({"formulation": name, **row})
+        print(json.dumps(rows[-1]), flush=True)
+    return summary, rows
+
+
+def plot(rows: list[dict], floor: float, path: Path) -> None:
+    """FID against NFE, log-log: one line per (formulation, sampler), the real-data floor."""
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.subplots()
+    lines = {(r["formulation"], r["sampler"]): None for r in rows}  # ordered, unique
+    for formulation, sampler in lines:
+        points = [(r["nfe"], r["fid"]) for r in rows
+                  if (r["formulation"], r["sampler"]) == (formulation, sampler)]  # fmt: skip
+        samplers = [s.name for s in SWEEPS[formulation]]
+        ax.plot(*zip(*points, strict=True), marker="o", markersize=3,
+                color=f"C{list(SWEEPS).index(formulation)}",
+                linestyle=["-", "--", "-.", ":"][samplers.index(sampler)],
+                label=f"{formulation} · {sampler}")  # fmt: skip
+    ax.axhline(floor, color="gray", linewidth=1, linestyle=":", label="real data (train vs val)")
+    ax.set(xscale="log", yscale="log", xlabel="network evaluations per sample (NFE)",
+           ylabel="FID (digits features, vs val)", title="Digits: FID vs NFE")  # fmt: skip
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+
+
+def report(results: dict) -> str:
+    """The Markdown report: settings, training and bits/dim per formulation, the FID sweep."""
+    s, m = results["settings"], results["machine"]
+    lines = [
+        "## Digits: FID vs NFE of the four formulations",
+        "",
+        f"`{results['command']}`",
+        "",
+        f"{m['date']}, {m['device']}, torch {m['torch']}, torch threads: {m['threads']}. Every "
+        f"formulation: the same UNet (base {s['base_channels']}), {s['max_steps']} steps × "
+        f"batch {s['batch_size']}, EMA half-life {s['ema_halflife']:,} samples, seed {s['seed']}. "
+        f"FID of {s['num_samples']:,} samples (EMA weights) against the val split, digits "
+        f"features. Real-data floor (train split vs val): **{results['real_data_floor']:.2f}**.",
+        "",
+    ]
+    rows = []
+    for name, f in results["formulations"].items():
+        bpd = f["bits_per_dim"]
+        cell = "—" if bpd is None else f"{bpd['bpd']:.3f} ({bpd['method']})"
+        rows.append([name, f"{f['parameters']:,}", f["lr"], f["fit_seconds"], cell])
+    lines += [markdown_table(["formulation", "parameters", "LR", "fit s", "bits/dim (val)"], rows)]
+    rows = [[r["formulation"], r["sampler"], r["nfe"], f"{r['fid']:.2f}", r["seconds"]]
+            for r in results["fid"]]  # fmt: skip
+    lines += ["", markdown_table(["formulation", "sampler", "NFE", "FID", "sampling s"], rows)]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--formulations", nargs="+", choices=list(SWEEPS), default=list(SWEEPS))
+    parser.add_argument("--max_steps", type=int, default=2000)
+    parser.add_argument("--base_channels", type=int, default=16, help="UNet width (0.25M)")
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--ema_halflife", type=int, default=10_000, help="in training samples")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num_samples", type=int, default=2000, help="generated images per FID")
+    parser.add_argument("--sample_batch", type=int, default=500, help="images per sampling batch")
+    parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20, 50, 100])
+    parser.add_argument("--bound_repeats", type=int, default=10, help="VDM bound: draws per image")
+    parser.add_argument("--likelihood_samples", type=int, default=360, help="score-SDE: val images")
+    parser.add_argument("--likelihood_tol", type=float, default=1e-5, help="score-SDE: RK45 tol")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skip_fit", action="store_true", help="evaluate existing checkpoints")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "runs/benchmarks/digits_quality")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/digits_quality.json")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark; return what it wrote to ``--out``."""
+    args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    evaluator = FIDEvaluator("digits", "val", args.num_samples, args.sample_batch, progress=False)
+    results = {
+        "command": " ".join(["python benchmarks/digits_quality.py", *argv]),
+        "machine": machine(args.device),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "real_data_floor": None,
+        "formulations": {},
+        "fid": [],
+    }
+    for name in args.formulations:
+        root = args.workdir / name
+        fit_seconds = None
+        if not args.skip_fit:
+            start = time.perf_counter()
+            with patch.object(sys, "argv", sys.argv[:1]):  # LightningCLI reads only its args
+                cli_main(["fit", "--config", str(benchmark_config(name, root, args))])
+            fit_seconds = round(time.perf_counter() - start, 1)
+        ckpt = newest_checkpoint(root)
+        if results["real_data_floor"] is None:
+            datamodule = load_datamodule(ckpt)
+            evaluator.prepare_reference(datamodule)
+            train = datamodule.real_samples("train", len(datamodule.dataset("train")))
+            results["real_data_floor"] = round(evaluator.score_images(train)["fid"], 3)
+        summary, rows = evaluate(name, ckpt, evaluator, args)
+        results["formulations"][name] = {"fit_seconds": fit_seconds, **summary}
+        results["fid"] += rows
+        write_results(args.out, results, report(results))  # after each: a stopped run keeps it
+    plot(results["fid"], results["real_data_floor"], args.out.with_suffix(".png"))
+    print(report(results), flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()

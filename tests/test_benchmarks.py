@@ -1,0 +1,113 @@
+"""Each benchmark script runs end to end on a tiny setting and writes what it promises.
+
+Benchmarks are not tests: the numbers they print are measured by hand (benchmarks/RESULTS.md).
+Here each script's ``main(argv)`` runs in-process (one Lightning import for all of them).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def load(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], ModuleType]:
+    """Import ``benchmarks/<name>.py`` as the scripts run: with ``benchmarks/`` on the path."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+
+    def load_script(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(
+            f"benchmark_{name}", BENCHMARKS / f"{name}.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
+        spec.loader.exec_module(module)
+        return module
+
+    return load_script
+
+
+TINY_UNET = ["--preset", "digits", "--base_channels", "8", "--batch", "4", "--steps", "1",
+             "--warmup", "1", "--repeats", "1", "--sample_nfe", "2",
+             "--matmul_size", "64"]  # fmt: skip
+
+
+def test_unet_throughput_ours_only(load: Callable, tmp_path: Path) -> None:
+    out = tmp_path / "unet.json"
+    results = load("unet_throughput").main([*TINY_UNET, "--ours_only", "--out", str(out)])
+    assert json.loads(out.read_text())["presets"][0]["nets"] == results["presets"][0]["nets"]
+    assert results["matmul_peak_gflops"] > 0
+    (preset,) = results["presets"]
+    assert preset["layout"]["batch"] == 4 and preset["layout"]["base_channels"] == 8
+    assert set(preset["nets"]) == {"ours"} and "ratio" not in preset
+    ours = preset["nets"]["ours"]
+    assert ours["parameters"] > 0 and ours["train_gflop_per_step"] > 0
+    assert ours["train_images_per_s"] > 0 and ours["sample_per_s"] > 0
+    before, peak = ours["train_memory_mib"]
+    assert 0 < before <= peak
+    assert "| digits (1×8×8, batch 4) | ours |" in out.with_suffix(".md").read_text()
+
+
+def test_unet_throughput_against_diffusers(load: Callable, tmp_path: Path) -> None:
+    pytest.importorskip("diffusers")
+    results = load("unet_throughput").main([*TINY_UNET, "--out", str(tmp_path / "unet.json")])
+    (preset,) = results["presets"]
+    ours, theirs = preset["nets"]["ours"], preset["nets"]["diffusers"]
+    # The same layout: parameters within 2 % (only the attention projections differ in shape).
+    assert ours["parameters"] == pytest.approx(theirs["parameters"], rel=0.02)
+    assert ours["train_gflop_per_step"] == pytest.approx(theirs["train_gflop_per_step"], rel=0.05)
+    assert preset["ratio"]["train"] > 0 and preset["ratio"]["sample"] > 0
+
+
+def test_digits_quality(load: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DIFFUSION_PL_CACHE", str(tmp_path / "cache"))
+    script = load("digits_quality")
+    out = tmp_path / "quality.json"
+    results = script.main([
+        "--max_steps", "2", "--base_channels", "8", "--batch_size", "16", "--num_samples", "20",
+        "--sample_batch", "10", "--nfe", "2", "4", "--bound_repeats", "2",
+        "--likelihood_samples", "10", "--likelihood_tol", "1e-2",
+        "--workdir", str(tmp_path / "runs"), "--out", str(out),
+    ])  # fmt: skip
+    assert json.loads(out.read_text()) == results
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert "| rectified_flow | euler | 2 |" in out.with_suffix(".md").read_text()
+    # The whole train split against val, as measured in tests/test_fid.py and RESULTS.md.
+    assert results["real_data_floor"] == pytest.approx(4.25, abs=0.01)
+    # Every sampler of every formulation ran; NFE is counted, and NFEs that give the same
+    # sampler ran once (annealed Langevin: at least one step at each of the 20 levels).
+    nfe = {}
+    for row in results["fid"]:
+        nfe.setdefault((row["formulation"], row["sampler"]), []).append(row["nfe"])
+        assert math.isfinite(row["fid"])
+    assert {(f, s.name) for f, sweeps in script.SWEEPS.items() for s in sweeps} == set(nfe)
+    assert nfe["rectified_flow", "euler"] == [2, 4]
+    assert nfe["rectified_flow", "heun"] == [1, 3]  # the step to σ = 0 takes one evaluation
+    assert nfe["vdm", "ddim"] == [3, 5]  # plus the final denoising step at t_min = 1/T
+    assert nfe["ncsn", "annealed_langevin"] == [21]
+    assert nfe["score_sde", "pc"] == [3, 5]
+    for name, formulation in results["formulations"].items():
+        assert formulation["fit_seconds"] > 0 and formulation["parameters"] > 0
+        bpd = formulation["bits_per_dim"]
+        if name in ("vdm", "score_sde"):
+            assert math.isfinite(bpd["bpd"]) and bpd["examples"] == (360 if name == "vdm" else 10)
+        else:
+            assert bpd is None
+    # --skip_fit evaluates the checkpoints already there.
+    again = script.main([
+        "--formulations", "rectified_flow", "--skip_fit", "--num_samples", "20",
+        "--sample_batch", "10", "--nfe", "2", "--workdir", str(tmp_path / "runs"),
+        "--out", str(tmp_path / "again.json"),
+    ])  # fmt: skip
+    assert again["formulations"]["rectified_flow"]["fit_seconds"] is None
+    first, same = results["fid"][0], again["fid"][0]
+    assert (same["nfe"], same["fid"]) == (first["nfe"], first["fid"])
