@@ -27,7 +27,7 @@ from lightning.pytorch.callbacks import WeightAveraging
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
-__all__ = ["EMA", "Weights", "find_ema", "weights_in_use"]
+__all__ = ["EMA", "Weights", "find_ema", "weights_in_use", "weights_list"]
 
 Weights = Literal["ema", "raw"]
 """Which weights to evaluate: the moving average or the optimizer's raw ones."""
@@ -210,6 +210,14 @@ def _batch_size(batch: Any) -> int:
     """Examples in a batch ``(x, ...)`` or ``x``."""
     x = batch[0] if isinstance(batch, (tuple, list)) else batch
     return len(x)
+
+
+def weights_list(weights: list[Weights] | None) -> list[Weights]:
+    """A callback's ``weights`` option: ``["ema"]`` by default, each name at most once."""
+    weights = ["ema"] if weights is None else list(weights)
+    if not weights or len(set(weights)) != len(weights):
+        raise ValueError(f"weights must list 'ema' and/or 'raw' once each, got {weights}")
+    return weights
 
 
 def find_ema(trainer: Trainer) -> EMA | None:

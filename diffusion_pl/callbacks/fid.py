@@ -5,7 +5,7 @@ from __future__ import annotations
 from lightning import Callback, LightningModule, Trainer
 from torch import nn
 
-from diffusion_pl.callbacks.ema import Weights, weights_in_use
+from diffusion_pl.callbacks.ema import Weights, weights_in_use, weights_list
 from diffusion_pl.data.sources import Split
 from diffusion_pl.metrics.fid import FIDEvaluator
 from diffusion_pl.samplers import Sampler
@@ -51,9 +51,7 @@ class FID(Callback):
     ) -> None:
         if every_n_validations <= 0:
             raise ValueError(f"every_n_validations must be > 0, got {every_n_validations}")
-        weights = ["ema"] if weights is None else list(weights)
-        if not weights or len(set(weights)) != len(weights):
-            raise ValueError(f"weights must list 'ema' and/or 'raw' once each, got {weights}")
+        weights = weights_list(weights)
         self.evaluator = FIDEvaluator(
             feature, split, num_samples, batch_size, kid=kid, cache_dir=cache_dir, seed=seed
         )

@@ -9,7 +9,7 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from diffusion_pl.callbacks.ema import Weights, weights_in_use
+from diffusion_pl.callbacks.ema import Weights, weights_in_use, weights_list
 from diffusion_pl.visualize import save_samples_figure
 
 __all__ = ["SampleGrid", "run_dir"]
@@ -55,9 +55,7 @@ class SampleGrid(Callback):
             raise ValueError(
                 f"every_n_steps must be >= 0 (0 = only at the end), got {every_n_steps}"
             )
-        weights = ["ema"] if weights is None else list(weights)
-        if not weights or len(set(weights)) != len(weights):
-            raise ValueError(f"weights must list 'ema' and/or 'raw' once each, got {weights}")
+        weights = weights_list(weights)
         self.num_samples, self.every_n_steps, self.seed = num_samples, every_n_steps, seed
         self.weights = weights
         self.last_path: Path | None = None
