@@ -38,14 +38,7 @@ from diffusion_pl.parameterization import (
 from diffusion_pl.paths import DDPMPath, LinearPath, NoisePath, VEPath, VPLinearPath
 from diffusion_pl.samplers import DDIMSampler, EulerSampler, PCSampler, Sampler
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """2-D batches are too small to split across threads (see test_samplers_stochastic)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gen(seed: int) -> torch.Generator:

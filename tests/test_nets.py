@@ -10,14 +10,7 @@ from torch import nn
 
 from diffusion_pl.nets import MLP, FourierEmbedding, NoiseEmbedding, PositionalEmbedding, UNet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Run these tiny nets on one CPU thread: on a shared 2-core box two threads are ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = {"base_channels": 16, "num_res_blocks": 1, "dropout": 0.0}

@@ -22,15 +22,7 @@ from diffusion_pl.samplers.langevin import AnnealedLangevinSampler, langevin_dyn
 from diffusion_pl.samplers.ode import sample_euler
 from diffusion_pl.samplers.sde import EulerMaruyamaSampler, PCSampler
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """2-D batches are too small to split across threads; spare threads only spin (5× slower
-    on a shared 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gen(seed: int) -> torch.Generator:
