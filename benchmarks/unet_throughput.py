@@ -34,7 +34,7 @@ The layouts match block for block (``diffusers_unet``):
     dropout                             → dropout
 
 Left different, at no cost in FLOPs: our residual sums are scaled by 1/√2 (NCSN++), and our
-attention projects q, k, v with a 1×1 convolution where diffusers uses linear layers.
+q, k, v come from one fused linear layer where diffusers uses three.
 """
 
 from __future__ import annotations

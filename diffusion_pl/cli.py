@@ -33,9 +33,9 @@ from tqdm.auto import tqdm
 from diffusion_pl import formulations
 from diffusion_pl.callbacks import (
     FinalCheckpoint,
-    RNGCheckpoint,
     SampleGrid,
     SigtermCheckpoint,
+    StepSeed,
     StopOnNonFinite,
     Weights,
     run_dir,
@@ -418,7 +418,7 @@ def fid(
         feature: ``inception`` (torch-fidelity's InceptionV3) or ``digits`` (offline).
         feature_weights: weights file of the extractor (default: its usual place).
         split: split of the reference statistics, ``train`` or ``val``.
-        reference: a ``.npz`` with ``mu``/``sigma`` (pytorch-fid / EDM format) instead.
+        reference: ready ``mu``/``sigma``: ``.npz`` (pytorch-fid, EDM) or torch-fidelity ``.pt``.
         sampler: sampler name (one of SAMPLERS); default: the checkpoint's.
         steps: sampler steps; default: the sampler's.
         batch_size: images per sampling batch (per process).
@@ -491,7 +491,7 @@ def main(args: list[str] | None = None) -> None:
         trainer_defaults={
             "callbacks": [
                 SigtermCheckpoint(),
-                RNGCheckpoint(),
+                StepSeed(),
                 StopOnNonFinite(),
                 FinalCheckpoint(),
             ]

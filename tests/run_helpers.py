@@ -77,10 +77,16 @@ class Pace(Callback):
 
 
 class RankReport(Callback):
-    """Each rank saves its final weights and how many checkpoint files it wrote to ``out``."""
+    """Each rank saves its final weights, how many checkpoint files it wrote and the global RNG
+    state after its first training batch (which reflects the t and ε it drew) to ``out``."""
 
     def __init__(self, out: str) -> None:
         self.out, self.writes = Path(out), 0
+        self.rng_after_first_batch: Tensor | None = None
+
+    def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
+        if self.rng_after_first_batch is None:
+            self.rng_after_first_batch = torch.get_rng_state()
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         io = trainer.strategy.checkpoint_io
@@ -98,6 +104,7 @@ class RankReport(Callback):
             "world_size": trainer.world_size,
             "global_step": trainer.global_step,
             "writes": self.writes,
+            "rng_after_first_batch": self.rng_after_first_batch,
             "state_dict": {k: v.detach().cpu() for k, v in pl_module.state_dict().items()},
         }
         torch.save(report, self.out / f"rank{trainer.global_rank}.pt")

@@ -85,6 +85,9 @@ def test_every_formulation_trains_on_labels_and_samples_guided(name: str) -> Non
     net.calls.clear()
     module.sample(3, class_labels=labels, guidance_scale=1.0)  # w = 1: the conditional net alone
     assert all(b == 3 and torch.equal(c, labels) for b, c in net.calls)
+    net.calls.clear()
+    module.sample(3, class_labels=labels, guidance_scale=0.0)  # w = 0: the null label alone
+    assert net.calls and all(b == 3 and torch.equal(c, torch.full((3,), 2)) for b, c in net.calls)
 
 
 def test_sample_refuses_bad_guidance_requests() -> None:

@@ -27,11 +27,14 @@ def _fit_args(root: Path, *extra: str) -> list[str]:
 
 
 def _check_ranks_agree(root: Path) -> None:
-    """Both ranks trained STEPS steps to identical weights; only rank 0 wrote checkpoints."""
+    """Both ranks trained STEPS steps to identical weights from their own noise draws; only
+    rank 0 wrote checkpoints."""
     reports = [torch.load(root / "ranks" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert [r["world_size"] for r in reports] == [2, 2]
     assert [r["global_step"] for r in reports] == [STEPS, STEPS]
     assert reports[0]["writes"] >= 1 and reports[1]["writes"] == 0  # one checkpoint writer
+    rngs = [r["rng_after_first_batch"] for r in reports]
+    assert not torch.equal(*rngs)  # StepSeed: each rank its own t and ε
     for name, value in reports[0]["state_dict"].items():
         assert torch.equal(reports[1]["state_dict"][name], value), name
     (ckpt,) = root.rglob("*.ckpt")

@@ -93,6 +93,30 @@ def test_reference_statistics_are_cached_once_per_key(
     assert len(list(tmp_path.glob("*.npz"))) == 2  # another split, another key
 
 
+def test_torch_fidelity_statistics_drop_in_as_reference(
+    tmp_path: Path, digits: DiffusionDataModule, train_images: Tensor
+) -> None:
+    """A torch-fidelity stat cache (torch.save of numpy mu/sigma) scores like our own .npz."""
+    from torch_fidelity.utils_torch import torch_atomic_save
+
+    ours = evaluator(tmp_path / "cache", digits)
+    (npz,) = (tmp_path / "cache").glob("*.npz")
+    stats = np.load(npz)
+    pt = tmp_path / "digits-val-digitsfeatures-stat-fid-128.pt"
+    torch_atomic_save({"mu": stats["mu"], "sigma": stats["sigma"]}, str(pt))
+    theirs = evaluator(tmp_path / "unused", digits, reference=str(pt))
+    assert theirs.cache_hit is True
+    assert theirs.score_images(train_images)["fid"] == pytest.approx(
+        ours.score_images(train_images)["fid"], rel=1e-6
+    )
+    torch.save({"mean": stats["mu"]}, tmp_path / "wrong.pt")
+    with pytest.raises(ValueError, match=r"lack \['mu', 'sigma'\]"):
+        evaluator(tmp_path, digits, reference=str(tmp_path / "wrong.pt"))
+    (tmp_path / "text.pt").write_text("not a pickle")
+    with pytest.raises(ValueError, match=r"neither an \.npz nor torch-fidelity statistics"):
+        evaluator(tmp_path, digits, reference=str(tmp_path / "text.pt"))
+
+
 def test_inception_offline_without_weights_names_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,13 +7,15 @@ import os
 import signal
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from run_helpers import launch, toy_overrides
+from torch import Tensor
 
-from diffusion_pl.callbacks import StopOnNonFinite
+from diffusion_pl.callbacks import StepSeed, StopOnNonFinite
 from diffusion_pl.checkpoints import AtomicCheckpointIO, read_checkpoint
 from diffusion_pl.cli import main
 from diffusion_pl.data import DiffusionDataModule, Toy2D
@@ -74,6 +76,27 @@ def test_sigterm_leaves_a_checkpoint_and_the_resumed_run_matches_an_uninterrupte
     loss_a, loss_b = _losses(whole), _losses(split)
     resumed = [s for s in loss_a if s > interrupted["global_step"]]
     assert resumed and all(loss_b[s] == pytest.approx(loss_a[s], rel=1e-4) for s in resumed)
+
+
+def test_step_seed_gives_each_rank_step_and_batch_its_own_draws() -> None:
+    """Same (seed, rank, step, batch) → same draws; any one of them changed → different draws;
+    the run seed travels in the callback's state, so a resumed run keeps it."""
+
+    def draws(callback: StepSeed, rank: int, step: int, batch_idx: int) -> Tensor:
+        trainer = SimpleNamespace(global_rank=rank, global_step=step)
+        callback.on_train_batch_start(trainer, None, None, batch_idx)
+        return torch.rand(4)
+
+    seeded = StepSeed(seed=7)
+    reference = draws(seeded, 0, 5, 3)
+    torch.rand(100)  # whatever happened in between
+    assert torch.equal(draws(seeded, 0, 5, 3), reference)
+    for other in [(1, 5, 3), (0, 6, 3), (0, 5, 4)]:
+        assert not torch.equal(draws(seeded, *other), reference), other
+    assert not torch.equal(draws(StepSeed(seed=8), 0, 5, 3), reference)
+    resumed = StepSeed()
+    resumed.load_state_dict(seeded.state_dict())
+    assert torch.equal(draws(resumed, 0, 5, 3), reference)
 
 
 def test_training_loader_resumes_mid_epoch_and_across_epochs() -> None:

@@ -4,8 +4,8 @@ from diffusion_pl.callbacks.compile import CompileNet
 from diffusion_pl.callbacks.ema import EMA, Weights, find_ema, weights_in_use
 from diffusion_pl.callbacks.fault_tolerance import (
     FinalCheckpoint,
-    RNGCheckpoint,
     SigtermCheckpoint,
+    StepSeed,
     StopOnNonFinite,
     last_checkpoint_path,
 )
@@ -17,9 +17,9 @@ __all__ = [
     "FID",
     "CompileNet",
     "FinalCheckpoint",
-    "RNGCheckpoint",
     "SampleGrid",
     "SigtermCheckpoint",
+    "StepSeed",
     "StopOnNonFinite",
     "Weights",
     "find_ema",

@@ -3,12 +3,15 @@
 ``diffusion-pl fit`` adds all three to every run (Lightning's "persistent callbacks"). With them a
 preempted run resumed by ``--ckpt_path last`` continues as if it had never stopped: the same
 step, learning rate, optimizer and EMA state (Lightning restores those), the same batches (the
-DataModule's loader resumes mid-epoch) and the same draws of t and ε (:class:`RNGCheckpoint`).
+DataModule's loader resumes mid-epoch) and the same draws of t and ε (:class:`StepSeed`, which
+also gives each DDP rank its own).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +26,11 @@ from diffusion_pl.callbacks.sample_grid import run_dir
 
 __all__ = [
     "FinalCheckpoint",
-    "RNGCheckpoint",
     "SigtermCheckpoint",
+    "StepSeed",
     "StopOnNonFinite",
     "last_checkpoint_path",
+    "step_seed",
 ]
 
 
@@ -88,39 +92,48 @@ class FinalCheckpoint(Callback):
             ckpt.last_model_path = str(path)
 
 
-class RNGCheckpoint(Callback):
-    """Keep the global torch RNG state in checkpoints and restore it when training resumes.
+class StepSeed(Callback):
+    """Seed the global torch RNG before every training batch from (run seed, rank, step, batch).
 
-    Training draws t, ε and dropout masks from the global generator; Lightning's checkpoints
-    do not hold its state, so a resumed run would draw different noise from an uninterrupted
-    one. The state is put back at ``on_train_start``, after the sanity check and the data
-    loaders have drawn their own seeds, so the first resumed step draws what the
-    uninterrupted run drew. (All DDP ranks share one seed, so rank 0's state serves all.)
+    Training draws t, ε, label-dropout and dropout masks from the global generator, and Lightning
+    seeds every DDP rank alike. Re-seeding it before each batch with
+    ``seed(run seed, global rank, global step, batch index)`` (a hash) makes
+
+    * every rank draw its own noise — otherwise all ranks draw the same t and ε for different
+      images, and the gradient averages correlated noise (EDM seeds ``seed·world + rank`` for
+      the same reason);
+    * a resumed run draw exactly what the uninterrupted run drew, for any number of ranks, with
+      no generator state to gather from the ranks into the checkpoint: step and batch index
+      are restored by Lightning and the resumable loader, the run seed by this callback's state.
+
+    Args:
+        seed: the run seed; default: ``seed_everything``'s (``PL_GLOBAL_SEED``), else
+            ``torch.initial_seed()``.
     """
 
-    def __init__(self) -> None:
-        self._pending: dict[str, Tensor] | None = None
+    def __init__(self, seed: int | None = None) -> None:
+        self.seed = seed
 
-    def on_save_checkpoint(
-        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.seed is None:
+            self.seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.seed = state_dict["seed"]
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        states = {"cpu": torch.get_rng_state()}
-        if pl_module.device.type == "cuda":
-            states["cuda"] = torch.cuda.get_rng_state(pl_module.device)
-        checkpoint["rng_states"] = states
+        torch.manual_seed(step_seed(self.seed, trainer.global_rank, trainer.global_step, batch_idx))
 
-    def on_load_checkpoint(
-        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        self._pending = checkpoint.get("rng_states")
 
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._pending is None:
-            return
-        torch.set_rng_state(self._pending["cpu"])
-        if "cuda" in self._pending and pl_module.device.type == "cuda":
-            torch.cuda.set_rng_state(self._pending["cuda"], pl_module.device)
-        self._pending = None
+def step_seed(seed: int, rank: int, step: int, batch_idx: int) -> int:
+    """A 63-bit seed for one (run seed, rank, optimizer step, batch index) tuple."""
+    key = f"{seed}/{rank}/{step}/{batch_idx}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
 
 
 class StopOnNonFinite(Callback):

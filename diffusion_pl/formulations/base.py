@@ -193,13 +193,16 @@ class DiffusionModule(LightningModule):
     def denoiser(self, class_labels: Tensor | None = None, guidance_scale: float = 1.0) -> Denoiser:
         """The ``(x, t) -> Prediction`` view of the network that samplers consume.
 
-        With class labels and w ≠ 1, classifier-free guidance at scale w (one forward call on
-        the doubled batch); w = 1 is the conditional net alone.
+        With class labels and w ∉ {0, 1}, classifier-free guidance at scale w (one forward call
+        on the doubled batch); w = 1 is the conditional net alone, w = 0 the unconditional
+        (null-label) net alone, each at half the cost of the doubled batch.
         """
-        parts = (self.net, self.path, self.parameterization, self.noise_label, class_labels)
+        parts = (self.net, self.path, self.parameterization, self.noise_label)
         if class_labels is None or guidance_scale == 1:
-            return Denoiser(*parts)
-        return ClassifierFreeGuidance(*parts, guidance_scale)
+            return Denoiser(*parts, class_labels)
+        if guidance_scale == 0 and getattr(self.net, "num_classes", None) is not None:
+            return Denoiser(*parts, torch.full_like(class_labels, self.net.num_classes))
+        return ClassifierFreeGuidance(*parts, class_labels, guidance_scale)
 
     def guided_denoiser(
         self,

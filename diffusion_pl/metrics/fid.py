@@ -8,7 +8,8 @@ extractor runs once for both, and torchmetrics sums the statistics over DDP rank
 
 Reference statistics (μ, Σ and, for KID, the features) are computed once per (dataset, split,
 resolution, extractor) and cached as ``.npz`` with the ``mu`` / ``sigma`` keys of pytorch-fid
-and EDM, so published reference files drop in.
+and EDM, so published reference files drop in; torch-fidelity's own statistics caches
+(``…-stat-fid-2048.pt``) are read too (:func:`read_statistics`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,11 @@ from diffusion_pl.data.sources import Split
 from diffusion_pl.metrics.features import extractor_id, resolve_extractor
 from diffusion_pl.samplers import Sampler
 
-__all__ = ["FIDEvaluator", "default_cache_dir", "reference_key"]
+__all__ = ["FIDEvaluator", "default_cache_dir", "read_statistics", "reference_key"]
+
+# What torch-fidelity's pickled statistics hold besides tensors: numpy arrays of float32/64.
+_NUMPY_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype,
+                  np.dtypes.Float32DType, np.dtypes.Float64DType]  # fmt: skip
 
 
 def default_cache_dir() -> Path:
@@ -63,6 +68,37 @@ class _Features(nn.Module):
         return features
 
 
+def read_statistics(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a reference-statistics file: ``mu``, ``sigma`` and any ``num_samples``,
+    ``features``.
+
+    ``.npz`` files are pytorch-fid's, EDM's and this module's cache; any other suffix is read as
+    torch-fidelity's cache, a ``torch.save``-d ``{"mu", "sigma"}`` dict of numpy arrays (e.g.
+    ``~/.cache/torch/fidelity_cache/cifar10-train-inception-v3-compat-stat-fid-2048.pt``),
+    loaded with ``weights_only=True`` and only numpy's array types allowed.
+    """
+    if path.suffix == ".npz":
+        with np.load(path) as stats:
+            arrays = {key: stats[key] for key in stats.files}
+    else:
+        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+            try:
+                loaded = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as error:
+                raise ValueError(
+                    f"{str(path)!r} is neither an .npz nor torch-fidelity statistics "
+                    f"(a torch.save-d dict of numpy arrays): {error}"
+                ) from error
+        arrays = {k: np.asarray(v) for k, v in loaded.items()} if isinstance(loaded, dict) else {}
+    missing = {"mu", "sigma"} - set(arrays)
+    if missing:
+        raise ValueError(
+            f"reference statistics {str(path)!r} lack {sorted(missing)}; expected the mu/sigma "
+            "of pytorch-fid / EDM (.npz) or torch-fidelity (.pt)"
+        )
+    return arrays
+
+
 def _rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -85,7 +121,8 @@ class FIDEvaluator(nn.Module):
         kid: also compute KID (keeps the reference features; cheap for small extractors).
         kid_subset_size: KID subset size (capped by the number of real and fake images).
         cache_dir: where reference statistics live; default :func:`default_cache_dir`.
-        reference: a ready ``.npz`` with ``mu`` and ``sigma`` to use instead of the cache.
+        reference: ready statistics to use instead of the cache: an ``.npz`` with ``mu`` and
+            ``sigma`` (pytorch-fid, EDM) or torch-fidelity's ``.pt`` (:func:`read_statistics`).
         seed: seed of the sampling generators.
         progress: show progress bars (rank 0).
     """
@@ -139,14 +176,15 @@ class FIDEvaluator(nn.Module):
         if self.kid is not None:
             self.kid.reset_real_features = True
             self.kid.reset()
-        self.cache_hit = path.is_file() and (self.kid is None or "features" in np.load(path))
+        stats = read_statistics(path) if path.is_file() else {}
+        self.cache_hit = bool(stats) and (self.kid is None or "features" in stats)
         if self.reference is not None and not self.cache_hit:
             raise FileNotFoundError(
                 f"reference statistics {str(path)!r} not found"
                 + ("" if self.kid is None else " or without the `features` KID needs")
             )
         if self.cache_hit:
-            self._load(path, rank)
+            self._load(stats, rank)
         else:
             self._compute_real(datamodule)
             self._save(path, rank)
@@ -183,9 +221,8 @@ class FIDEvaluator(nn.Module):
                 np.savez(tmp, **arrays)
                 os.replace(tmp, path)
 
-    def _load(self, path: Path, rank: int) -> None:
+    def _load(self, stats: dict[str, np.ndarray], rank: int) -> None:
         """Statistics into rank 0's states (the others stay zero: DDP sums them)."""
-        stats = np.load(path)
         mu = torch.as_tensor(stats["mu"], dtype=torch.float64)
         sigma = torch.as_tensor(stats["sigma"], dtype=torch.float64)
         # Published files (pytorch-fid, EDM) lack the count; any n > 1 gives back the same Σ.

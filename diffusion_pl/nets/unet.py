@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -31,8 +33,11 @@ def group_norm(channels: int, num_groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(groups, channels, eps=1e-6)
 
 
-def zero_init(module: nn.Conv2d) -> nn.Conv2d:
-    """Zero a convolution's weight and bias so the branch it ends starts as the identity/zero."""
+Layer = TypeVar("Layer", nn.Conv2d, nn.Linear)
+
+
+def zero_init(module: Layer) -> Layer:
+    """Zero a layer's weight and bias so the branch it ends starts as the identity/zero."""
     nn.init.zeros_(module.weight)
     nn.init.zeros_(module.bias)
     return module
@@ -89,7 +94,14 @@ class ResBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    """Multi-head self-attention over all pixels: GN → qkv 1×1 → fused attention → 1×1 (zero-init).
+    """Multi-head self-attention over all pixels: GN → qkv linear → fused attention → linear.
+
+    The pixels are treated as tokens ``[B, H·W, C]``, so q, k and v come out of one matmul with
+    each head's channels contiguous — the layout ``scaled_dot_product_attention`` needs for its
+    fused (flash) kernels on the CPU and the GPU; q, k, v cut from a 1×1 convolution's
+    ``[B, C, H·W]`` output have stride H·W there and fall back to the unfused math kernel, which
+    stores the whole H·W × H·W attention matrix (measured in benchmarks/RESULTS.md). The output
+    projection is zero-initialized, so the block starts as the identity.
 
     Args:
         channels: channels of the feature map.
@@ -106,18 +118,19 @@ class AttnBlock(nn.Module):
             raise ValueError(f"num_heads={num_heads} must divide the {channels} attention channels")
         self.num_heads = num_heads
         self.norm = group_norm(channels, num_groups)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = zero_init(nn.Conv2d(channels, channels, 1))
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj = zero_init(nn.Linear(channels, channels))
         self.out_scale = 2**-0.5 if skip_rescale else 1.0
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the block to ``x`` of shape ``[B, C, H, W]``; returns the same shape."""
         b, c, height, width = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, -1)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each [B, heads, H·W, C / heads]
-        h = F.scaled_dot_product_attention(q, k, v)
-        h = h.transpose(-1, -2).reshape(b, c, height, width)
-        return (x + self.proj(h)) * self.out_scale
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # [B, H·W, C]
+        qkv = self.qkv(tokens).view(b, height * width, 3, self.num_heads, c // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [B, heads, H·W, C / heads]
+        h = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, c)
+        h = self.proj(h).transpose(1, 2).reshape(b, c, height, width)
+        return (x + h) * self.out_scale
 
 
 class ResAttnBlock(nn.Module):
