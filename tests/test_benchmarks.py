@@ -57,6 +57,21 @@ def test_unet_throughput_ours_only(load: Callable, tmp_path: Path) -> None:
     assert "| digits (1×8×8, batch 4) | ours |" in out.with_suffix(".md").read_text()
 
 
+def test_attention_layout(load: Callable, tmp_path: Path) -> None:
+    out = tmp_path / "attention.json"
+    results = load("attention_layout").main(
+        ["--shapes", "2x16x4", "--iters", "1", "--repeats", "1", "--out", str(out)]
+    )
+    layouts = results["shapes"]["2x16x4"]
+    assert json.loads(out.read_text())["shapes"]["2x16x4"] == layouts
+    # The token layout reaches a fused kernel; the 1×1-conv layout falls back to the math one.
+    assert layouts["tokens (current)"]["kernels"] != layouts["1×1 conv (first)"]["kernels"]
+    assert any("math" in k for k in layouts["1×1 conv (first)"]["kernels"])
+    assert not any("math" in k for k in layouts["tokens (current)"]["kernels"])
+    assert all(r["train_ms"] > 0 and r["forward_ms"] > 0 for r in layouts.values())
+    assert "| 2x16x4 | tokens (current) |" in out.with_suffix(".md").read_text()
+
+
 def test_unet_throughput_against_diffusers(load: Callable, tmp_path: Path) -> None:
     pytest.importorskip("diffusers")
     results = load("unet_throughput").main([*TINY_UNET, "--out", str(tmp_path / "unet.json")])
