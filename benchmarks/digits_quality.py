@@ -69,12 +69,19 @@ class Sweep:
         evals_per_step: network evaluations per unit of ``knob``; for annealed Langevin
             (``knob="steps_per_level"``) the number of levels multiplies it.
         knob: the init argument the NFE sets.
+        label: how rows and the plot name it; default ``name``.
     """
 
     name: str
     settings: dict = field(default_factory=dict)
     evals_per_step: int = 1
     knob: str = "steps"
+    label: str = ""
+
+    @property
+    def title(self) -> str:
+        """The sweep's name in rows and the plot."""
+        return self.label or self.name
 
     def sampler(self, default: Sampler, nfe: int) -> Sampler:
         """This sampler with about ``nfe`` network evaluations per sample (at least one step)."""
@@ -87,7 +94,15 @@ class Sweep:
 SWEEPS: dict[str, tuple[Sweep, ...]] = {
     "rectified_flow": (Sweep("euler"), Sweep("heun", evals_per_step=2)),
     "vdm": (Sweep("ddpm", {"clip_x0": 1.0}), Sweep("ddim")),  # x̂_0 clipped as in Ho et al.'s code
-    "ncsn": (Sweep("annealed_langevin", knob="steps_per_level"),),  # at the 20 trained levels
+    "ncsn": (  # at the 20 trained levels; the config's ε = 2e-5 is sized for 50 steps a level
+        Sweep("annealed_langevin", knob="steps_per_level"),
+        Sweep(
+            "annealed_langevin",
+            {"step_lr": 1e-4},
+            knob="steps_per_level",
+            label="annealed_langevin eps=1e-4",
+        ),  # ε = σ_L²: α_L = σ_L², for few steps
+    ),
     "score_sde": (
         Sweep("pc", evals_per_step=2),
         Sweep("euler_maruyama"),
@@ -171,7 +186,7 @@ def fid_sweep(
                 start = time.perf_counter()
                 scores = evaluator.evaluate(module, datamodule, sampler)
                 seconds = time.perf_counter() - start
-            yield {"sampler": sweep.name, "settings": repr(sampler), "nfe": calls[0] // chunks,
+            yield {"sampler": sweep.title, "settings": repr(sampler), "nfe": calls[0] // chunks,
                    "fid": round(scores["fid"], 3), "seconds": round(seconds, 1)}  # fmt: skip
 
 
@@ -235,7 +250,7 @@ def plot(rows: list[dict], floor: float, path: Path) -> None:
     for formulation, sampler in lines:
         points = [(r["nfe"], r["fid"]) for r in rows
                   if (r["formulation"], r["sampler"]) == (formulation, sampler)]  # fmt: skip
-        samplers = [s.name for s in SWEEPS[formulation]]
+        samplers = [s.title for s in SWEEPS[formulation]]
         ax.plot(*zip(*points, strict=True), marker="o", markersize=3,
                 color=f"C{list(SWEEPS).index(formulation)}",
                 linestyle=["-", "--", "-.", ":"][samplers.index(sampler)],

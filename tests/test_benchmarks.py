@@ -104,11 +104,14 @@ def test_digits_quality(load: Callable, tmp_path: Path, monkeypatch: pytest.Monk
     for row in results["fid"]:
         nfe.setdefault((row["formulation"], row["sampler"]), []).append(row["nfe"])
         assert math.isfinite(row["fid"])
-    assert {(f, s.name) for f, sweeps in script.SWEEPS.items() for s in sweeps} == set(nfe)
+    assert {(f, s.title) for f, sweeps in script.SWEEPS.items() for s in sweeps} == set(nfe)
     assert nfe["rectified_flow", "euler"] == [2, 4]
     assert nfe["rectified_flow", "heun"] == [1, 3]  # the step to σ = 0 takes one evaluation
     assert nfe["vdm", "ddim"] == [3, 5]  # plus the final denoising step at t_min = 1/T
-    assert nfe["ncsn", "annealed_langevin"] == [21]
+    assert nfe["ncsn", "annealed_langevin"] == nfe["ncsn", "annealed_langevin eps=1e-4"] == [21]
+    ncsn = {r["sampler"]: r["settings"] for r in results["fid"] if r["formulation"] == "ncsn"}
+    assert "step_lr=0.0001" in ncsn["annealed_langevin eps=1e-4"]
+    assert "step_lr=2e-05" in ncsn["annealed_langevin"]  # the config's own
     assert nfe["score_sde", "pc"] == [3, 5]
     for name, formulation in results["formulations"].items():
         assert formulation["fit_seconds"] > 0 and formulation["parameters"] > 0
