@@ -36,8 +36,10 @@ from diffusion_pl.samplers import Sampler
 
 __all__ = ["FIDEvaluator", "default_cache_dir", "read_statistics", "reference_key"]
 
-# What torch-fidelity's pickled statistics hold besides tensors: numpy arrays of float32/64.
-_NUMPY_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype,
+# What torch-fidelity's pickled statistics hold besides tensors: numpy arrays of float32/64
+# (numpy 2 pickles them through numpy._core, numpy 1 through numpy.core).
+_MULTIARRAY = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+_NUMPY_GLOBALS = [_MULTIARRAY._reconstruct, np.ndarray, np.dtype,
                   np.dtypes.Float32DType, np.dtypes.Float64DType]  # fmt: skip
 
 
