@@ -276,8 +276,8 @@ def measure(benches: dict[str, Bench], args: argparse.Namespace) -> dict[str, di
     for _ in range(args.repeats):
         for phase, (fn, warmup, iters) in phases.items():
             for name, bench in benches.items():
+                reset_peak_memory(args.device)  # then the peak is at least the current level
                 before = memory_mib(args.device, peak=False)
-                reset_peak_memory(args.device)
                 seconds = seconds_per_call(lambda b=bench, f=fn: f(b), warmup, iters, args.device)
                 best[name, phase] = min(best[name, phase], seconds)
                 memory.setdefault((name, phase), (before, memory_mib(args.device, peak=True)))
