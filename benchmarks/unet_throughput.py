@@ -396,7 +396,9 @@ def main(argv: list[str] | None = None) -> dict:
         results["presets"].append(preset)
     # Measured before and after the nets (the best of both), so a disturbance at one end of
     # the run cannot put the peak below what the nets achieved.
-    results["matmul_peak_gflops"] = round(max(peak, peak_gflops()), 1)
+    # Unrounded: a tiny --matmul_size under load can measure < 0.05 GFLOP/s, and the report
+    # divides by it.
+    results["matmul_peak_gflops"] = max(peak, peak_gflops())
     write_results(args.out, results, report(results))
     print(report(results), flush=True)
     return results
