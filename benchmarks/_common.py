@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-__all__ = ["ROOT", "machine", "markdown_table", "write_results"]
+__all__ = ["ROOT", "command_line", "machine", "markdown_table", "write_results"]
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """How to re-run ``benchmarks/<script>`` with ``argv`` (default: this process's arguments)."""
+    args = sys.argv[1:] if argv is None else argv
+    return " ".join([f"python benchmarks/{script}", *args])
 
 
 def machine(device: str = "cpu") -> dict:

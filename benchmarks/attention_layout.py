@@ -19,14 +19,13 @@ best of ``--repeats`` runs of ``--iters`` calls, the two layouts interleaved.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import ROOT, machine, markdown_table, write_results
+from _common import ROOT, command_line, machine, markdown_table, write_results
 from torch import Tensor, nn
 from torch.profiler import profile
 
@@ -146,9 +145,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    argv = sys.argv[1:] if argv is None else argv
     results = {
-        "command": " ".join(["python benchmarks/attention_layout.py", *argv]),
+        "command": command_line("attention_layout.py", argv),
         "machine": machine(args.device),
         "iters": args.iters,
         "repeats": args.repeats,

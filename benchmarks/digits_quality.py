@@ -44,7 +44,7 @@ from unittest.mock import patch
 
 import torch
 import yaml
-from _common import ROOT, machine, markdown_table, write_results
+from _common import ROOT, command_line, machine, markdown_table, write_results
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
@@ -314,10 +314,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; return what it wrote to ``--out``."""
     args = parse_args(argv)
-    argv = sys.argv[1:] if argv is None else argv
     evaluator = FIDEvaluator("digits", "val", args.num_samples, args.sample_batch, progress=False)
     results = {
-        "command": " ".join(["python benchmarks/digits_quality.py", *argv]),
+        "command": command_line("digits_quality.py", argv),
         "machine": machine(args.device),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "real_data_floor": None,

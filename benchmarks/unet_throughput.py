@@ -43,14 +43,13 @@ import argparse
 import contextlib
 import dataclasses
 import resource
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import ROOT, machine, markdown_table, write_results
+from _common import ROOT, command_line, machine, markdown_table, write_results
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
@@ -358,7 +357,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; return what it wrote to ``--out``."""
     args = parse_args(argv)
-    argv = sys.argv[1:] if argv is None else argv
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -371,7 +369,7 @@ def main(argv: list[str] | None = None) -> dict:
     peak = peak_gflops()
     builders = {"ours": our_unet} | ({} if args.ours_only else {"diffusers": diffusers_unet})
     results = {
-        "command": " ".join(["python benchmarks/unet_throughput.py", *argv]),
+        "command": command_line("unet_throughput.py", argv),
         "machine": machine(args.device),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "memory_kind": (
