@@ -72,7 +72,10 @@ class Pace(Callback):
         self.marker, self.seconds = Path(marker), seconds
 
     def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
-        self.marker.write_text(str(trainer.global_step))
+        # Atomically: a reader polling the marker never sees it truncated (empty).
+        tmp = self.marker.with_suffix(".tmp")
+        tmp.write_text(str(trainer.global_step))
+        os.replace(tmp, self.marker)
         time.sleep(self.seconds)
 
 
