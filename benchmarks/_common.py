@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["ROOT", "command_line", "machine", "markdown_table", "write_results"]
+__all__ = ["ROOT", "command_line", "machine", "markdown_table", "report_header", "write_results"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,6 +41,20 @@ def _cpu_name() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def report_header(title: str, results: dict, details: str) -> list[str]:
+    """A report's opening lines: the title, the command, then where it ran and ``details``."""
+    m = results["machine"]
+    return [
+        f"## {title}",
+        "",
+        f"`{results['command']}`",
+        "",
+        f"{m['date']}, {m['device']}, torch {m['torch']}, torch threads: {m['threads']}. "
+        + details,
+        "",
+    ]
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import ROOT, command_line, machine, markdown_table, write_results
+from _common import ROOT, command_line, machine, markdown_table, report_header, write_results
 from torch import Tensor, nn
 from torch.profiler import profile
 
@@ -112,20 +112,18 @@ def measure(shape: str, args: argparse.Namespace) -> dict:
 
 def report(results: dict) -> str:
     """The Markdown report: one row per (shape, layout)."""
-    m = results["machine"]
     rows = [
         [shape, name, ", ".join(r["kernels"]), r["train_ms"], r["forward_ms"]]
         for shape, layouts in results["shapes"].items()
         for name, r in layouts.items()
     ]
-    return "\n".join([
-        "## AttnBlock: q/k/v layout and the SDPA kernel it reaches",
-        "",
-        f"`{results['command']}`",
-        "",
-        f"{m['date']}, {m['device']}, torch {m['torch']}, threads: {m['threads']}. "
+    header = report_header(
+        "AttnBlock: q/k/v layout and the SDPA kernel it reaches",
+        results,
         f"Best of {results['repeats']} × {results['iters']} calls, ms per call.",
-        "",
+    )
+    return "\n".join([
+        *header,
         markdown_table(["B×C×R", "layout", "SDPA kernel", "train (fwd + bwd) ms", "forward ms"],
                        rows),
     ])  # fmt: skip

@@ -44,7 +44,7 @@ from unittest.mock import patch
 
 import torch
 import yaml
-from _common import ROOT, command_line, machine, markdown_table, write_results
+from _common import ROOT, command_line, machine, markdown_table, report_header, write_results
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
@@ -265,19 +265,15 @@ def plot(rows: list[dict], floor: float, path: Path) -> None:
 
 def report(results: dict) -> str:
     """The Markdown report: settings, training and bits/dim per formulation, the FID sweep."""
-    s, m = results["settings"], results["machine"]
-    lines = [
-        "## Digits: FID vs NFE of the four formulations",
-        "",
-        f"`{results['command']}`",
-        "",
-        f"{m['date']}, {m['device']}, torch {m['torch']}, torch threads: {m['threads']}. Every "
-        f"formulation: the same UNet (base {s['base_channels']}), {s['max_steps']} steps × "
+    s = results["settings"]
+    lines = report_header(
+        "Digits: FID vs NFE of the four formulations",
+        results,
+        f"Every formulation: the same UNet (base {s['base_channels']}), {s['max_steps']} steps × "
         f"batch {s['batch_size']}, EMA half-life {s['ema_halflife']:,} samples, seed {s['seed']}. "
         f"FID of {s['num_samples']:,} samples (EMA weights) against the val split, digits "
         f"features. Real-data floor (train split vs val): **{results['real_data_floor']:.2f}**.",
-        "",
-    ]
+    )
     rows = []
     for name, f in results["formulations"].items():
         bpd = f["bits_per_dim"]

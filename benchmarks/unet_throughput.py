@@ -49,7 +49,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import ROOT, command_line, machine, markdown_table, write_results
+from _common import ROOT, command_line, machine, markdown_table, report_header, write_results
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
@@ -299,20 +299,17 @@ def measure(benches: dict[str, Bench], args: argparse.Namespace) -> dict[str, di
 
 def report(results: dict) -> str:
     """The Markdown report: one row per (preset, network), the ratios below."""
-    m, s = results["machine"], results["settings"]
-    lines = [
-        "## UNet throughput: ours against diffusers' UNet2DModel",
-        "",
-        f"`{results['command']}`",
-        "",
-        f"{m['date']}, {m['device']}, torch {m['torch']}, torch threads: {m['threads']}, fp32. "
+    s = results["settings"]
+    lines = report_header(
+        "UNet throughput: ours against diffusers' UNet2DModel",
+        results,
+        "fp32. "
         f"Matmul peak measured in the run (best of {s['repeats']} before and after the nets): "
         f"**{results['matmul_peak_gflops']:.0f} GFLOP/s**. "
         f"Training: forward + backward + Adam, best of {s['repeats']} × {s['steps']} steps. "
         f"Sampling: Euler, {s['sample_nfe']} NFE. Memory (before → peak of the phase, MiB): "
         f"{results['memory_kind']}.",
-        "",
-    ]
+    )
     rows, ratios = [], []
     for preset in results["presets"]:
         layout = preset["layout"]
