@@ -58,6 +58,12 @@ class Sampler:
             raise ValueError(f"{type(self).__name__}: steps must be >= 1, got {steps}")
         self.steps, self.denoise_final = steps, denoise_final
 
+    def with_steps(self, steps: int) -> Sampler:
+        """A copy of this sampler with ``steps`` steps (every other setting kept)."""
+        if "steps" not in vars(self):
+            raise ValueError(f"{type(self).__name__} chooses its own steps; drop --steps")
+        return type(self)(**{**vars(self), "steps": steps})
+
     def check(self, path: NoisePath) -> None:
         """Raise ValueError, saying why, if this sampler cannot run on ``path``."""
 
