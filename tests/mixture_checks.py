@@ -13,6 +13,7 @@ import math
 import torch
 from torch import Tensor
 
+from diffusion_pl.mixture import GaussianMixtureSpec
 from diffusion_pl.oracle import GaussianMixtureOracle, responsibilities
 from diffusion_pl.parameterization import Prediction
 from diffusion_pl.paths import NoisePath
@@ -20,6 +21,7 @@ from diffusion_pl.tensors import as_batch
 
 __all__ = [
     "MEANS",
+    "MIXTURE",
     "STDS",
     "WEIGHTS",
     "IsotropicMixtureOracle",
@@ -32,6 +34,7 @@ __all__ = [
 MEANS = torch.tensor([[-4.0, 0.0], [4.0, 0.0]], dtype=torch.float64)
 STDS = torch.tensor([0.5, 0.5], dtype=torch.float64)
 WEIGHTS = torch.tensor([0.8, 0.2], dtype=torch.float64)
+MIXTURE = GaussianMixtureSpec.isotropic(MEANS.tolist(), STDS.tolist(), WEIGHTS.tolist())
 N = 4000
 
 
@@ -45,9 +48,9 @@ class IsotropicMixtureOracle(GaussianMixtureOracle):
     checks it against the general oracle on every path.
     """
 
-    def __init__(self, path: NoisePath, means: Tensor, stds: Tensor, weights: Tensor) -> None:
-        super().__init__(path, means, stds, weights)
-        self.stds = torch.as_tensor(stds, dtype=torch.float64)
+    def __init__(self, path: NoisePath, mixture: GaussianMixtureSpec) -> None:
+        super().__init__(path, mixture)
+        self.stds = mixture.stds
 
     def _iso(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """log π_k N(x; α μ_k, c_k I) and c_k ``[K, B]``, x − α μ_k ``[K, B, D]``, α ``[B]``.
@@ -58,10 +61,10 @@ class IsotropicMixtureOracle(GaussianMixtureOracle):
         t = as_batch(t, x.shape[0], x).to(torch.float64)
         alpha, sigma = self.path.alpha(t), self.path.sigma(t)
         var = alpha**2 * self.stds[:, None] ** 2 + sigma**2
-        diff = x - alpha[:, None] * self.means[:, None, :]
+        diff = x - alpha[:, None] * self.mixture.means[:, None, :]
         sq = (diff * diff) @ torch.ones(x.shape[1], dtype=x.dtype, device=x.device)
         log_joint = (
-            torch.log(self.weights)[:, None]
+            torch.log(self.mixture.weights)[:, None]
             - 0.5 * sq / var
             - 0.5 * x.shape[1] * torch.log(2 * math.pi * var)
         )
@@ -83,20 +86,21 @@ class IsotropicMixtureOracle(GaussianMixtureOracle):
         resp = responsibilities(log_joint, class_labels, dim=0)
         score = -((resp / var)[..., None] * diff).sum(0)
         shrink = (resp * self.stds[:, None] ** 2 / var)[..., None] * diff
-        x0 = (resp[..., None] * self.means[:, None, :]).sum(0) + alpha[:, None] * shrink.sum(0)
+        means = self.mixture.means[:, None, :]
+        x0 = (resp[..., None] * means).sum(0) + alpha[:, None] * shrink.sum(0)
         sigma = self.path.sigma(as_batch(t, x.shape[0], x).to(torch.float64))
         return Prediction(x0=x0, eps=-sigma[:, None] * score)
 
 
 def mixture_oracle(path: NoisePath) -> IsotropicMixtureOracle:
     """The exact denoiser of the test mixture on ``path``."""
-    return IsotropicMixtureOracle(path, MEANS, STDS, WEIGHTS)
+    return IsotropicMixtureOracle(path, MIXTURE)
 
 
 def mode_weights(oracle: GaussianMixtureOracle, x: Tensor) -> Tensor:
     """Share of samples assigned to each mode ``[K]``."""
-    labels = oracle.assign(x)
-    return torch.bincount(labels, minlength=len(oracle.weights)).double() / len(x)
+    mixture = oracle.mixture
+    return torch.bincount(mixture.assign(x), minlength=mixture.num_components).double() / len(x)
 
 
 def check_mixture(
@@ -109,11 +113,10 @@ def check_mixture(
 ) -> None:
     """Assert mode weights within ±``weight_tol``, per-mode means and stds within their tols."""
     assert torch.isfinite(x).all()
-    labels = oracle.assign(x)
-    weights = torch.bincount(labels, minlength=len(oracle.weights)).double() / len(x)
-    torch.testing.assert_close(weights, oracle.weights, atol=weight_tol, rtol=0)
-    for k in range(len(oracle.weights)):
+    mixture, labels = oracle.mixture, oracle.mixture.assign(x)
+    torch.testing.assert_close(mode_weights(oracle, x), mixture.weights, atol=weight_tol, rtol=0)
+    for k in range(mixture.num_components):
         xk = x[labels == k].double()
-        std_k = torch.sqrt(torch.diagonal(oracle.covs[k]))
-        torch.testing.assert_close(xk.mean(0), oracle.means[k], atol=mean_tol, rtol=0)
+        std_k = torch.sqrt(torch.diagonal(mixture.covs[k]))
+        torch.testing.assert_close(xk.mean(0), mixture.means[k], atol=mean_tol, rtol=0)
         torch.testing.assert_close(xk.std(0), std_k, atol=std_tol, rtol=0)

@@ -136,7 +136,7 @@ def test_noisy_classifier_learns_the_exact_posterior(toy_classifier: NoisyClassi
     path = VPLinearPath()
     oracle = mixture_oracle(path)
     g = torch.Generator().manual_seed(1)
-    x0, _ = oracle.sample(2000, generator=g)
+    x0, _ = oracle.mixture.sample(2000, generator=g)
     for t in (0.1, 0.3, 0.5):
         t_batch = torch.full((2000,), t, dtype=torch.float64)
         x_t = path.marginal(x0, t_batch, torch.randn(x0.shape, generator=g, dtype=torch.float64))
@@ -155,7 +155,7 @@ def test_trained_classifier_guides_the_exact_model(toy_classifier: NoisyClassifi
     y = torch.ones(1000, dtype=torch.long)
     guided = ClassifierGuidance(oracle, toy_classifier, path, y, scale=1.0)
     x = DDIMSampler(steps=50)(guided, path, (1000, 2), generator=torch.Generator().manual_seed(0))
-    assert float((oracle.assign(x) == 1).double().mean()) >= 0.97
+    assert float((oracle.mixture.assign(x) == 1).double().mean()) >= 0.97
 
 
 @pytest.mark.slow

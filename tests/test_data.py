@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import math
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from diffusion_pl.data import (
     Toy2D,
 )
 
+DATA_PACKAGE = Path(__file__).resolve().parents[1] / "diffusion_pl" / "data"
 TOY_NAMES = ["8gaussians", "2gaussians-unequal", "moons", "checkerboard", "swissroll"]
 
 
@@ -127,6 +129,41 @@ def test_gaussian_mixture_validation(kwargs: dict[str, Any], match: str) -> None
 def test_toy2d_rejects_unknown_name() -> None:
     with pytest.raises(ValueError, match="name must be one of"):
         Toy2D("spiral")  # type: ignore[arg-type]
+
+
+def import_cycle(package: Path) -> list[str] | None:
+    """A chain of modules of ``package`` that import each other in a circle, or None.
+
+    Every ``import`` counts, those under ``if TYPE_CHECKING:`` too.
+    """
+    prefix = "diffusion_pl." + package.name
+    graph: dict[str, set[str]] = {}
+    for file in package.glob("*.py"):
+        name = prefix if file.stem == "__init__" else f"{prefix}.{file.stem}"
+        graph[name] = set()
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                graph[name].add(node.module)
+            elif isinstance(node, ast.Import):
+                graph[name].update(alias.name for alias in node.names)
+    done: set[str] = set()
+
+    def visit(name: str, chain: list[str]) -> list[str] | None:
+        if name in chain:
+            return [*chain[chain.index(name) :], name]
+        if name in done or name not in graph:
+            return None
+        for target in sorted(graph[name]):
+            if cycle := visit(target, [*chain, name]):
+                return cycle
+        done.add(name)
+        return None
+
+    return next(filter(None, (visit(name, []) for name in sorted(graph))), None)
+
+
+def test_data_modules_import_no_circle() -> None:
+    assert import_cycle(DATA_PACKAGE) is None
 
 
 # --- digits ------------------------------------------------------------------------------------

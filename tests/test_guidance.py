@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mixture_checks import MEANS, STDS, WEIGHTS, N, check_mixture, mixture_oracle
+from mixture_checks import MEANS, MIXTURE, STDS, N, check_mixture, mixture_oracle
 from torch import Tensor
 
 from diffusion_pl.guidance import (
@@ -54,7 +54,7 @@ class OracleNet:
 
     def __init__(self, oracle: GaussianMixtureOracle, parameterization: Parameterization) -> None:
         self.oracle, self.parameterization = oracle, parameterization
-        self.num_classes = len(oracle.weights)
+        self.num_classes = oracle.mixture.num_components
         self.batches: list[int] = []
 
     def __call__(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None) -> Tensor:
@@ -70,7 +70,7 @@ def _labels(n: int) -> Tensor:
 
 
 def test_fast_conditional_oracle_matches_general_oracle(path: NoisePath) -> None:
-    fast, exact = mixture_oracle(path), GaussianMixtureOracle(path, MEANS, STDS, WEIGHTS)
+    fast, exact = mixture_oracle(path), GaussianMixtureOracle(path, MIXTURE)
     x = 3 * torch.randn(64, 2, dtype=torch.float64, generator=_gen(0))
     labels = torch.arange(64) % 3  # 2 = ∅
     for t in (path.t_min, 0.5, path.t_max):
@@ -84,7 +84,7 @@ def test_fast_conditional_oracle_matches_general_oracle(path: NoisePath) -> None
 
 def test_exact_classifier_gradient_is_bayes_rule(path: NoisePath) -> None:
     """∇ log p_t(y | x) by autograd = ∇ log p_t(x | y) − ∇ log p_t(x), in float64."""
-    oracle = GaussianMixtureOracle(path, MEANS, STDS, WEIGHTS)
+    oracle = GaussianMixtureOracle(path, MIXTURE)
     x = 3 * torch.randn(32, 2, dtype=torch.float64, generator=_gen(1))
     y = _labels(32)
     for t in torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64):
@@ -163,7 +163,7 @@ def test_guidance_scale_one_samples_each_class_and_zero_the_mixture(
     oracle = mixture_oracle(path)
     y = _labels(N)
     x = sampler(guide(path, param, y, 1.0), path, (N, 2), generator=_gen(0))
-    modes = oracle.assign(x)
+    modes = oracle.mixture.assign(x)
     for k in range(2):
         xk = x[y == k].double()
         assert float((modes[y == k] == k).double().mean()) >= 0.99

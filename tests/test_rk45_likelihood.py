@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from diffusion_pl.likelihood import bits_per_dim, dequantize, discrete_nll, log_likelihood
+from diffusion_pl.mixture import GaussianMixtureSpec
 from diffusion_pl.oracle import GaussianMixtureOracle
 from diffusion_pl.parameterization import Prediction
 from diffusion_pl.paths import LinearPath, NoisePath, VEPath, VPLinearPath
@@ -16,6 +17,7 @@ from diffusion_pl.samplers.rk45 import RK45Sampler, solve_ode_rk45
 MEANS = torch.tensor([[-4.0, 0.0], [4.0, 0.0]], dtype=torch.float64)
 STDS = torch.tensor([0.5, 0.5], dtype=torch.float64)
 WEIGHTS = torch.tensor([0.8, 0.2], dtype=torch.float64)
+MIXTURE = GaussianMixtureSpec.isotropic(MEANS.tolist(), STDS.tolist(), WEIGHTS.tolist())
 ORACLE_PATHS = [VPLinearPath(), VEPath(sigma_min=0.01, sigma_max=50.0), LinearPath()]
 X0 = torch.tensor([[1.0, 0.5], [2.0, -1.0], [-0.3, 3.0]], dtype=torch.float64)
 
@@ -96,13 +98,13 @@ def test_rk45_float32_first_step_and_max_steps() -> None:
 
 @pytest.mark.parametrize("path", ORACLE_PATHS, ids=lambda p: type(p).__name__)
 def test_rk45_sampler_reproduces_unequal_mixture(path: NoisePath) -> None:
-    oracle = GaussianMixtureOracle(path, MEANS, STDS, WEIGHTS)
+    oracle = GaussianMixtureOracle(path, MIXTURE)
     counted = CountingDenoiser(oracle)
     x = RK45Sampler()(counted, path, (4000, 2), generator=torch.Generator().manual_seed(0))
     print(f"RK45Sampler on {type(path).__name__}: NFE = {counted.nfe}")
     assert 20 < counted.nfe < 300
     assert torch.isfinite(x).all()
-    labels = oracle.assign(x)
+    labels = oracle.mixture.assign(x)
     weights = torch.bincount(labels, minlength=2).double() / len(x)
     torch.testing.assert_close(weights, WEIGHTS, atol=0.02, rtol=0)
     for k in range(2):
@@ -125,8 +127,8 @@ def test_rk45_sampler_config_round_trip() -> None:
 
 @pytest.mark.parametrize("path", ORACLE_PATHS, ids=lambda p: type(p).__name__)
 def test_exact_trace_likelihood_matches_oracle(path: NoisePath) -> None:
-    oracle = GaussianMixtureOracle(path, MEANS, STDS, WEIGHTS)
-    x, _ = oracle.sample(48, generator=torch.Generator().manual_seed(1))
+    oracle = GaussianMixtureOracle(path, MIXTURE)
+    x, _ = oracle.mixture.sample(48, generator=torch.Generator().manual_seed(1))
     x = torch.cat([x, torch.tensor([[0.0, 0.0], [-4.0, 2.5]], dtype=torch.float64)])
     counted = CountingDenoiser(oracle)
     # The exact p_{t_max} isolates the ODE from the prior's approximation N(0, σ_max² I).
@@ -152,8 +154,8 @@ def _correlated_mixture() -> tuple[NoisePath, GaussianMixtureOracle, torch.Tenso
     path = VPLinearPath()
     covs = torch.tensor([[[0.5, 0.3], [0.3, 0.4]], [[0.3, -0.1], [-0.1, 0.6]]])
     means = torch.tensor([[-2.0, -2.0], [2.0, 2.0]])
-    oracle = GaussianMixtureOracle(path, means, covs, torch.tensor([0.7, 0.3]))
-    x, _ = oracle.sample(16, generator=torch.Generator().manual_seed(2))
+    oracle = GaussianMixtureOracle(path, GaussianMixtureSpec(means, covs, torch.tensor([0.7, 0.3])))
+    x, _ = oracle.mixture.sample(16, generator=torch.Generator().manual_seed(2))
     return path, oracle, x
 
 
@@ -206,7 +208,7 @@ def test_hutchinson_gaussian_agrees_with_exact_in_mean() -> None:
 
 def test_likelihood_rejects_unknown_options() -> None:
     path = LinearPath()
-    oracle = GaussianMixtureOracle(path, MEANS, STDS, WEIGHTS)
+    oracle = GaussianMixtureOracle(path, MIXTURE)
     with pytest.raises(ValueError, match="divergence"):
         log_likelihood(oracle, path, X0, divergence="skilling")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="probe"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mixture_checks import MEANS, STDS, WEIGHTS, N, check_mixture, mixture_oracle
+from mixture_checks import MIXTURE, N, check_mixture, mixture_oracle
 
 from diffusion_pl.oracle import GaussianMixtureOracle
 from diffusion_pl.paths import LinearPath, NoisePath, VEPath, VPCosinePath, VPLinearPath
@@ -12,7 +12,7 @@ from diffusion_pl.samplers import EulerSampler, HeunSampler, Sampler
 
 
 def test_oracle_score_is_gradient_of_log_prob() -> None:
-    oracle = GaussianMixtureOracle(VPLinearPath(), MEANS, STDS, WEIGHTS)
+    oracle = GaussianMixtureOracle(VPLinearPath(), MIXTURE)
     x = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 3
     for t in (0.01, 0.3, 0.9):
         xr = x.clone().requires_grad_(True)

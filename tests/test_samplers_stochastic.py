@@ -6,8 +6,7 @@ import pytest
 import torch
 from mixture_checks import (
     MEANS,
-    STDS,
-    WEIGHTS,
+    MIXTURE,
     N,
     check_mixture,
     mixture_oracle,
@@ -30,7 +29,7 @@ def _gen(seed: int) -> torch.Generator:
 
 
 def test_fast_oracle_matches_general_oracle(path: NoisePath) -> None:
-    fast, exact = mixture_oracle(path), GaussianMixtureOracle(path, MEANS, STDS, WEIGHTS)
+    fast, exact = mixture_oracle(path), GaussianMixtureOracle(path, MIXTURE)
     x = 3 * torch.randn(256, 2, dtype=torch.float64, generator=_gen(0))
     for t in (path.t_min, 0.3, 0.9, path.t_max):
         a, b = fast(x, t), exact(x, t)
@@ -90,7 +89,7 @@ def test_plain_langevin_at_small_noise_misses_the_weights() -> None:
     weights = mode_weights(oracle, x)
     assert weights[0] < 0.65, weights
     # Within a mode the chain is right: mean μ_k and std √(0.5² + 0.05²).
-    labels = oracle.assign(x)
+    labels = oracle.mixture.assign(x)
     for k in range(2):
         torch.testing.assert_close(x[labels == k].mean(0), MEANS[k], atol=0.05, rtol=0)
         torch.testing.assert_close(

@@ -271,9 +271,9 @@ def test_bound_with_exact_denoiser_is_above_the_true_nll(name: str) -> None:
     steps, n, repeats, (low, high) = BOUND_CASES[name]
     path = _bound_path(name)
     spec = Toy2D("8gaussians").mixture()
-    oracle = GaussianMixtureOracle(path, spec.means, spec.stds, spec.weights)
+    oracle = GaussianMixtureOracle(path, spec)
     g = torch.Generator().manual_seed(0)
-    x, _ = oracle.sample(n, g)
+    x, _ = spec.sample(n, g)
     # Repeating x spreads each example's low-discrepancy times over [t_min, t_max] evenly.
     bound = variational_bound(
         oracle, path, x.repeat(repeats, 1), steps=steps, num_levels=None, generator=g

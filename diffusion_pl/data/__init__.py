@@ -4,7 +4,8 @@ from diffusion_pl.data.datamodule import DiffusionDataModule
 from diffusion_pl.data.images import Digits, HFImages
 from diffusion_pl.data.pairs import ReflowPairs
 from diffusion_pl.data.sources import Example, Source, Split
-from diffusion_pl.data.toy2d import GaussianMixture, GaussianMixtureSpec, Toy2D
+from diffusion_pl.data.toy2d import GaussianMixture, Toy2D
+from diffusion_pl.mixture import GaussianMixtureSpec
 
 __all__ = [
     "DiffusionDataModule",

@@ -10,13 +10,12 @@ none. Default collation turns a batch into ``x: [B, *shape]`` and ``y: [B]``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import Literal, get_args
 
 from torch import Tensor
 from torch.utils.data import Dataset
 
-if TYPE_CHECKING:
-    from diffusion_pl.data.toy2d import GaussianMixtureSpec
+from diffusion_pl.mixture import GaussianMixtureSpec
 
 __all__ = ["Example", "Source", "Split", "check_split"]
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal, get_args
 
 import torch
@@ -13,90 +11,11 @@ from torch import Tensor
 from torch.utils.data import TensorDataset
 
 from diffusion_pl.data.sources import Source, Split, check_split
+from diffusion_pl.mixture import GaussianMixtureSpec
 
-__all__ = ["GaussianMixture", "GaussianMixtureSpec", "Toy2D", "Toy2DName"]
+__all__ = ["GaussianMixture", "Toy2D", "Toy2DName"]
 
 Toy2DName = Literal["8gaussians", "2gaussians-unequal", "moons", "checkerboard", "swissroll"]
-
-
-@dataclass(frozen=True)
-class GaussianMixtureSpec:
-    """Isotropic Gaussian mixture p(x) = Σ_k π_k N(x; μ_k, σ_k² I), the exact-score test bed.
-
-    Args:
-        means: μ, ``[K, D]`` float64.
-        stds: σ, ``[K]`` float64, all > 0.
-        weights: π, ``[K]`` float64, positive and summing to 1 within 1e-6.
-    """
-
-    means: Tensor
-    stds: Tensor
-    weights: Tensor
-
-    def __post_init__(self) -> None:
-        """Check shapes and values; every message names the offending value."""
-        if self.means.ndim != 2 or 0 in self.means.shape:
-            raise ValueError(f"means must be a non-empty [K, D] table, got {self.means.tolist()}")
-        k = self.means.shape[0]
-        for name, value in (("std", self.stds), ("weights", self.weights)):
-            if value.shape != (k,):
-                raise ValueError(f"{name} needs one entry per mean ({k}), got {value.tolist()}")
-        if (self.stds <= 0).any():
-            raise ValueError(f"std must be > 0, got {self.stds.tolist()}")
-        if (self.weights <= 0).any():
-            raise ValueError(f"weights must be positive, got {self.weights.tolist()}")
-        total = self.weights.sum().item()
-        if abs(total - 1.0) > 1e-6:
-            raise ValueError(
-                f"weights must sum to 1 (within 1e-6), got {self.weights.tolist()} "
-                f"summing to {total}"
-            )
-
-    @classmethod
-    def isotropic(
-        cls,
-        means: Sequence[Sequence[float]],
-        std: float | Sequence[float],
-        weights: Sequence[float] | None = None,
-    ) -> GaussianMixtureSpec:
-        """Build a mixture from plain lists, as written in YAML.
-
-        Args:
-            means: K points of equal dimension D.
-            std: one σ shared by all components, or one per component.
-            weights: K mixture weights; None gives equal weights 1/K.
-        """
-        lengths = [len(m) for m in means]
-        if len(set(lengths)) > 1:
-            raise ValueError(f"all means must have the same dimension, got lengths {lengths}")
-        k = len(means)
-        stds = torch.as_tensor(std, dtype=torch.float64)
-        return cls(
-            means=torch.as_tensor(means, dtype=torch.float64),
-            stds=stds.repeat(k) if stds.ndim == 0 else stds,
-            weights=torch.ones(k, dtype=torch.float64) / k
-            if weights is None
-            else torch.as_tensor(weights, dtype=torch.float64),
-        )
-
-    @property
-    def dim(self) -> int:
-        """Dimension D of the data space."""
-        return self.means.shape[1]
-
-    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Draw ``n`` points and the component each came from.
-
-        Args:
-            n: number of points.
-            generator: source of randomness.
-
-        Returns:
-            ``x``: ``[n, D]`` float64 and ``k``: ``[n]`` int64 component indices.
-        """
-        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        eps = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
-        return self.means[k] + self.stds[k].unsqueeze(-1) * eps, k
 
 
 class _SampledSource(Source):
@@ -166,7 +85,7 @@ class GaussianMixture(_SampledSource):
     @property
     def num_classes(self) -> int:
         """Number of mixture components K."""
-        return len(self._spec.weights)
+        return self._spec.num_components
 
     def mixture(self) -> GaussianMixtureSpec:
         """The mixture the data are drawn from."""
@@ -256,7 +175,7 @@ class Toy2D(_SampledSource):
     def num_classes(self) -> int | None:
         """Number of mixture components, or None for the unlabelled shapes."""
         spec = self.mixture()
-        return None if spec is None else len(spec.weights)
+        return None if spec is None else spec.num_components
 
     def mixture(self) -> GaussianMixtureSpec | None:
         """The exact mixture for ``8gaussians`` and ``2gaussians-unequal``, else None."""
