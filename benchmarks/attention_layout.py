@@ -29,7 +29,7 @@ from _common import ROOT, command_line, machine, markdown_table, report_header, 
 from torch import Tensor, nn
 from torch.profiler import profile
 
-from diffusion_pl.nets.unet import AttnBlock
+from diffusion_pl.nets.blocks import AttnBlock
 
 
 class ConvLayoutAttn(nn.Module):

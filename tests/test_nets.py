@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
+from jsonargparse import ArgumentParser
 from torch import nn
 
-from diffusion_pl.nets import MLP, FourierEmbedding, NoiseEmbedding, PositionalEmbedding, UNet
+from diffusion_pl.nets import (
+    MLP,
+    FourierEmbedding,
+    MLPClassifier,
+    NoiseEmbedding,
+    NoiseFeatures,
+    PositionalEmbedding,
+    UNet,
+    UNetEncoderClassifier,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,14 +43,14 @@ def perturb_output_layers(net: nn.Module) -> None:
             nn.init.normal_(p, std=0.1)
 
 
-@pytest.mark.parametrize("embedding", ["positional", "fourier"])
+@pytest.mark.parametrize("embedding", [PositionalEmbedding, FourierEmbedding])
 @pytest.mark.parametrize("in_channels", [1, 3])
 @pytest.mark.parametrize(
     ("image_size", "channel_mult", "attn_resolutions"),
     [(8, (1, 2), ()), (8, (1, 2), (4,)), (16, (1, 2, 2), (8,)), (16, (1,), (16,))],
 )
 def test_unet_output_shape(
-    embedding: str,
+    embedding: NoiseFeatures,
     in_channels: int,
     image_size: int,
     channel_mult: tuple[int, ...],
@@ -61,8 +72,8 @@ def test_unet_out_channels_and_plain_resampling() -> None:
     assert net(torch.randn(2, 3, 8, 8), torch.rand(2)).shape == (2, 2, 8, 8)
 
 
-@pytest.mark.parametrize("embedding", ["positional", "fourier"])
-def test_mlp_output_shape(embedding: str) -> None:
+@pytest.mark.parametrize("embedding", [PositionalEmbedding, FourierEmbedding])
+def test_mlp_output_shape(embedding: NoiseFeatures) -> None:
     torch.manual_seed(0)
     net = MLP(dim=3, hidden=32, depth=2, embedding=embedding)
     x = torch.randn(5, 3)
@@ -128,7 +139,7 @@ def test_unconditional_net_rejects_labels() -> None:
             r"32 groups do not divide 144 channels",
         ),
         ({"num_heads": 3}, r"num_heads=3 .* 32"),
-        ({"embedding": "gaussian"}, r"'fourier', 'positional'.*'gaussian'"),
+        ({"embedding": "fourier"}, r"PositionalEmbedding or .*FourierEmbedding.*'fourier'"),
     ],
 )
 def test_unet_constructor_errors(kwargs: dict, match: str) -> None:
@@ -166,7 +177,7 @@ def test_gradients_reach_every_parameter() -> None:
 
 
 def test_positional_embedding_formula() -> None:
-    emb = PositionalEmbedding(dim=4, max_period=10000.0, scale=1000.0)
+    emb = PositionalEmbedding(dim=4, max_period=10000.0, label_scale=1000.0)
     t = torch.tensor([0.0, 0.25])
     # Frequencies 10000^(-i/2), i = 0, 1  →  1 and 0.01.
     expected = torch.tensor(
@@ -191,8 +202,67 @@ def test_fourier_embedding_is_a_fixed_seeded_buffer() -> None:
     torch.testing.assert_close(out[0, 4], torch.tensor(math.cos(2 * math.pi * 0.3 * w)))
 
 
-def test_embedding_scale_overrides_the_default() -> None:
-    emb = NoiseEmbedding("positional", features_dim=8, out_dim=16, scale=1.0)
-    assert emb.features.scale == 1.0
+def test_embedding_settings_come_with_its_class() -> None:
+    emb = NoiseEmbedding(partial(PositionalEmbedding, label_scale=1.0), features_dim=8, out_dim=16)
+    assert emb.features.label_scale == 1.0 and emb.features.dim == 8
     with pytest.raises(ValueError, match=r"even"):
         PositionalEmbedding(dim=7)
+
+
+@pytest.mark.parametrize(
+    ("embedding", "expected"),
+    [
+        ({}, PositionalEmbedding),
+        ({"class_path": "diffusion_pl.nets.FourierEmbedding"}, FourierEmbedding),
+        (
+            {"class_path": "diffusion_pl.nets.FourierEmbedding", "init_args": {"scale": 4.0}},
+            FourierEmbedding,
+        ),
+    ],
+)
+def test_yaml_chooses_the_embedding_by_class_path(embedding: dict, expected: type) -> None:
+    """A class switched in YAML keeps its own defaults (Fourier's scale 16, not 1000)."""
+    parser = ArgumentParser()
+    parser.add_argument("--net", type=nn.Module)
+    net = {"class_path": "diffusion_pl.nets.MLP", "init_args": {"dim": 2}}
+    if embedding:
+        net["init_args"]["embedding"] = embedding
+    config = parser.parse_object({"net": net})
+    torch.manual_seed(0)
+    features = parser.instantiate(config).net.embed.features
+    assert type(features) is expected
+    if expected is PositionalEmbedding:
+        assert features.label_scale == 1000.0
+    else:  # the first draw of the net: its frequencies N(0, scale²)
+        torch.manual_seed(0)
+        scale = embedding.get("init_args", {}).get("scale", 16.0)
+        torch.testing.assert_close(features.freqs, torch.randn(features.dim // 2) * scale)
+
+
+def test_mlp_classifier_is_the_mlp_trunk_with_k_outputs() -> None:
+    torch.manual_seed(0)
+    classifier = MLPClassifier(dim=2, num_classes=3, hidden=16, depth=2, embedding_dim=8)
+    torch.manual_seed(0)
+    mlp = MLP(dim=2, hidden=16, depth=2, embedding_dim=8)
+    trunk = {k: v for k, v in mlp.state_dict().items() if not k.startswith("fc_out")}
+    for name, value in trunk.items():  # same layers, same order of initialisation
+        torch.testing.assert_close(classifier.state_dict()[name], value, rtol=0, atol=0)
+    assert classifier.fc_out.weight.shape == (3, 16)
+    assert classifier(torch.randn(5, 2), torch.rand(5)).shape == (5, 3)
+    with pytest.raises(ValueError, match=r"MLPClassifier expects x of shape \[B, 2\]"):
+        classifier(torch.randn(5, 3), torch.rand(5))
+
+
+def test_encoder_classifier_trunk_is_the_unet_encoder() -> None:
+    settings = {"base_channels": 16, "channel_mult": (1, 2), "num_res_blocks": 1}
+    unet = UNet(in_channels=1, image_size=8, attn_resolutions=(4,), **settings)
+    classifier = UNetEncoderClassifier(
+        in_channels=1, image_size=8, num_classes=10, attn_resolutions=(4,), **settings
+    )
+    encoder = {k: v.shape for k, v in unet.state_dict().items() if k.startswith("down.")}
+    trunk = {
+        "down." + k.removeprefix("levels."): v.shape
+        for k, v in classifier.state_dict().items()
+        if k.startswith("levels.")
+    }
+    assert trunk == encoder

@@ -2,9 +2,9 @@
 
 from diffusion_pl.nets.classifier import MLPClassifier, UNetEncoderClassifier
 from diffusion_pl.nets.embeddings import (
-    EmbeddingKind,
     FourierEmbedding,
     NoiseEmbedding,
+    NoiseFeatures,
     PositionalEmbedding,
 )
 from diffusion_pl.nets.mlp import MLP
@@ -12,10 +12,10 @@ from diffusion_pl.nets.unet import UNet
 
 __all__ = [
     "MLP",
-    "EmbeddingKind",
     "FourierEmbedding",
     "MLPClassifier",
     "NoiseEmbedding",
+    "NoiseFeatures",
     "PositionalEmbedding",
     "UNet",
     "UNetEncoderClassifier",

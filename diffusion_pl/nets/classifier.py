@@ -1,24 +1,19 @@
 """Noise-conditional classifiers ``net(x_t, noise_labels) -> logits [B, K]`` for guidance.
 
 Both reuse the denoisers' parts: the noise embedding and residual blocks of :class:`~.mlp.MLP`
-(2-D toys) and the encoder half of :class:`~.unet.UNet` (images).
+(2-D toys) and the encoder half of :class:`~.unet.UNet`, :func:`~.blocks.encoder_levels` (images).
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffusion_pl.nets.embeddings import EmbeddingKind, NoiseEmbedding
-from diffusion_pl.nets.mlp import MLPBlock
-from diffusion_pl.nets.unet import (
-    AttnBlock,
-    Downsample,
-    ResAttnBlock,
-    ResBlock,
-    UNetLevel,
-    group_norm,
-)
+from diffusion_pl.nets.blocks import encoder_levels, group_norm, res_attn_block
+from diffusion_pl.nets.embeddings import NoiseEmbedding, NoiseFeatures, PositionalEmbedding
+from diffusion_pl.nets.mlp import ResidualMLP
 
 __all__ = ["MLPClassifier", "UNetEncoderClassifier"]
 
@@ -28,7 +23,7 @@ def _check_num_classes(num_classes: int) -> None:
         raise ValueError(f"a classifier needs num_classes >= 2, got {num_classes}")
 
 
-class MLPClassifier(nn.Module):
+class MLPClassifier(ResidualMLP):
     """Residual MLP ``(x [B, D], noise_labels [B]) -> logits [B, K]`` for low-dimensional data.
 
     Args:
@@ -36,7 +31,8 @@ class MLPClassifier(nn.Module):
         num_classes: number of classes K.
         hidden: width of the hidden layers.
         depth: number of residual blocks.
-        embedding: noise-label features, ``"positional"`` or ``"fourier"``.
+        embedding: noise-label features, a class taking the width
+            (:class:`~.embeddings.PositionalEmbedding`, :class:`~.embeddings.FourierEmbedding`).
         embedding_dim: width of the sinusoidal features.
 
     Reference: Dhariwal & Nichol (2021), Sec. 4.1 (a classifier of noisy x_t, conditioned on t).
@@ -48,28 +44,16 @@ class MLPClassifier(nn.Module):
         num_classes: int = 2,
         hidden: int = 128,
         depth: int = 2,
-        embedding: EmbeddingKind = "positional",
+        embedding: NoiseFeatures = PositionalEmbedding,
         embedding_dim: int = 64,
     ) -> None:
-        super().__init__()
         _check_num_classes(num_classes)
-        self.dim, self.num_classes = dim, num_classes
-        self.embed = NoiseEmbedding(embedding, embedding_dim, hidden)
-        self.fc_in = nn.Linear(dim, hidden)
-        self.blocks = nn.ModuleList(MLPBlock(hidden, hidden) for _ in range(depth))
-        self.fc_out = nn.Linear(hidden, num_classes)
+        super().__init__(dim, num_classes, hidden, depth, embedding, embedding_dim, None)
+        self.num_classes = num_classes
 
-    def forward(self, x: Tensor, noise_labels: Tensor | float) -> Tensor:
+    def forward(self, x: Tensor, noise_labels: Tensor | float) -> Tensor:  # type: ignore[override]
         """Logits ``[B, K]`` of noisy points ``x`` ``[B, D]`` at noise labels ``[B]``."""
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(
-                f"MLPClassifier expects x of shape [B, {self.dim}], got {list(x.shape)}"
-            )
-        emb = self.embed(noise_labels, None, x.shape[0])
-        h = self.fc_in(x)
-        for block in self.blocks:
-            h = block(h, emb)
-        return self.fc_out(F.silu(h))
+        return super().forward(x, noise_labels)
 
 
 class UNetEncoderClassifier(nn.Module):
@@ -87,7 +71,8 @@ class UNetEncoderClassifier(nn.Module):
         num_res_blocks: residual blocks per level.
         attn_resolutions: resolutions (pixels) with self-attention.
         dropout: dropout inside the residual blocks.
-        embedding: noise-label features, ``"positional"`` or ``"fourier"``.
+        embedding: noise-label features, a class taking the width
+            (:class:`~.embeddings.PositionalEmbedding`, :class:`~.embeddings.FourierEmbedding`).
         num_groups: largest GroupNorm group count.
 
     Reference: Dhariwal & Nichol (2021), "Diffusion Models Beat GANs on Image Synthesis",
@@ -105,7 +90,7 @@ class UNetEncoderClassifier(nn.Module):
         num_res_blocks: int = 1,
         attn_resolutions: tuple[int, ...] = (),
         dropout: float = 0.0,
-        embedding: EmbeddingKind = "positional",
+        embedding: NoiseFeatures = PositionalEmbedding,
         num_groups: int = 32,
     ) -> None:
         super().__init__()
@@ -113,19 +98,20 @@ class UNetEncoderClassifier(nn.Module):
         self.in_channels, self.num_classes = in_channels, num_classes
         emb_dim = 4 * base_channels
         self.embed = NoiseEmbedding(embedding, base_channels, emb_dim)
+        block = partial(
+            res_attn_block,
+            emb_dim=emb_dim,
+            dropout=dropout,
+            num_heads=1,
+            num_groups=num_groups,
+            skip_rescale=True,
+        )
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
-        self.levels, ch = nn.ModuleList(), base_channels
-        for level, mult in enumerate(channel_mult):
-            res, blocks = image_size // 2**level, nn.ModuleList()
-            for _ in range(num_res_blocks):
-                out = base_channels * mult
-                attn = AttnBlock(out, 1, num_groups, True) if res in attn_resolutions else None
-                blocks.append(
-                    ResAttnBlock(ResBlock(ch, out, emb_dim, dropout, num_groups, True), attn)
-                )
-                ch = out
-            last = level == len(channel_mult) - 1
-            self.levels.append(UNetLevel(blocks, None if last else Downsample(ch, with_conv=True)))
+        resolutions = [image_size // 2**level for level in range(len(channel_mult))]
+        self.levels, skip_channels = encoder_levels(
+            block, base_channels, channel_mult, num_res_blocks, resolutions, attn_resolutions, True
+        )
+        ch = skip_channels[-1]
         self.norm_out = group_norm(ch, num_groups)
         self.fc_out = nn.Linear(ch, num_classes)
 

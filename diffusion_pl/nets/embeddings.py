@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["EmbeddingKind", "FourierEmbedding", "NoiseEmbedding", "PositionalEmbedding"]
+__all__ = ["FourierEmbedding", "NoiseEmbedding", "NoiseFeatures", "PositionalEmbedding"]
 
-EmbeddingKind = Literal["positional", "fourier"]
+NoiseFeatures = Callable[[int], nn.Module]
+"""A class (or factory) that builds the noise-label features of a given even width:
+:class:`PositionalEmbedding` or :class:`FourierEmbedding`, chosen in YAML by ``class_path`` with
+its own ``init_args`` (the net supplies the width)."""
 
 
 def _check_even(dim: int, name: str) -> None:
@@ -24,21 +27,24 @@ class PositionalEmbedding(nn.Module):
     """Sinusoidal embedding ``[sin(s·n·f_i), cos(s·n·f_i)]`` of a noise label n.
 
     The frequencies are ``f_i = max_period^(-i / (dim/2))``, ``i = 0 … dim/2 − 1``. With
-    ``scale = 1000`` a continuous ``t ∈ [0, 1]`` is embedded like DDPM's integer step ``1000 t``.
+    ``label_scale = 1000`` a continuous ``t ∈ [0, 1]`` is embedded like DDPM's integer step
+    ``1000 t``.
 
     Args:
         dim: output width (even).
-        max_period: longest period of the sinusoids (in units of ``scale · n``).
-        scale: factor applied to the noise label before embedding.
+        max_period: longest period of the sinusoids (in units of ``label_scale · n``).
+        label_scale: factor s applied to the noise label before embedding. (Not named ``scale``:
+            jsonargparse carries init_args of the same name over when YAML switches the class,
+            and Fourier's ``scale`` means something else.)
 
     Reference: Vaswani et al. (2017), Sec. 3.5; Ho et al. (2020), Appendix B.
     """
 
-    def __init__(self, dim: int, max_period: float = 10000.0, scale: float = 1000.0) -> None:
+    def __init__(self, dim: int, max_period: float = 10000.0, label_scale: float = 1000.0) -> None:
         super().__init__()
         _check_even(dim, "PositionalEmbedding")
         self.dim = dim
-        self.scale = scale
+        self.label_scale = label_scale
         half = dim // 2
         freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
         self.register_buffer("freqs", freqs, persistent=False)
@@ -52,7 +58,7 @@ class PositionalEmbedding(nn.Module):
         Returns:
             ``[B, dim]`` float32 embedding, sines first then cosines.
         """
-        args = torch.outer(self.scale * noise_labels.float(), self.freqs)
+        args = torch.outer(self.label_scale * noise_labels.float(), self.freqs)
         return torch.cat([args.sin(), args.cos()], dim=1)
 
 
@@ -88,12 +94,6 @@ class FourierEmbedding(nn.Module):
         return torch.cat([args.sin(), args.cos()], dim=1)
 
 
-_EMBEDDINGS: dict[str, type[PositionalEmbedding] | type[FourierEmbedding]] = {
-    "positional": PositionalEmbedding,
-    "fourier": FourierEmbedding,
-}
-
-
 class NoiseEmbedding(nn.Module):
     """Noise-label features → Linear → SiLU → Linear, plus an optional learned class embedding.
 
@@ -102,11 +102,10 @@ class NoiseEmbedding(nn.Module):
     "no label" embedding used for unconditional samples and classifier-free guidance.
 
     Args:
-        kind: ``"positional"`` (:class:`PositionalEmbedding`) or ``"fourier"``
-            (:class:`FourierEmbedding`).
+        features: builds the noise-label features given their width, e.g.
+            :class:`PositionalEmbedding` or :class:`FourierEmbedding` (or a partial of either).
         features_dim: width of the sinusoidal features.
         out_dim: width of the returned embedding.
-        scale: the kind's ``scale``; ``None`` keeps the kind's default (1000 or 16).
         num_classes: number of classes K, or ``None`` for an unconditional net.
 
     Reference: Ho et al. (2020), Appendix B; Ho & Salimans (2022), classifier-free guidance.
@@ -114,19 +113,20 @@ class NoiseEmbedding(nn.Module):
 
     def __init__(
         self,
-        kind: EmbeddingKind,
+        features: NoiseFeatures,
         features_dim: int,
         out_dim: int,
-        scale: float | None = None,
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
-        if kind not in _EMBEDDINGS:
-            raise ValueError(f"embedding must be one of {sorted(_EMBEDDINGS)}, got {kind!r}")
+        if not callable(features):
+            raise ValueError(
+                f"embedding must be a class such as diffusion_pl.nets.PositionalEmbedding or "
+                f"diffusion_pl.nets.FourierEmbedding (class_path in YAML), got {features!r}"
+            )
         if num_classes is not None and num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer or None, got {num_classes}")
-        cls = _EMBEDDINGS[kind]
-        self.features = cls(features_dim) if scale is None else cls(features_dim, scale=scale)
+        self.features = features(features_dim)
         self.fc1 = nn.Linear(features_dim, out_dim)
         self.fc2 = nn.Linear(out_dim, out_dim)
         self.num_classes = num_classes

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffusion_pl.nets.embeddings import EmbeddingKind, NoiseEmbedding
+from diffusion_pl.nets.embeddings import NoiseEmbedding, NoiseFeatures, PositionalEmbedding
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "MLPBlock", "ResidualMLP"]
 
 
 class MLPBlock(nn.Module):
@@ -40,7 +40,68 @@ class MLPBlock(nn.Module):
         return h + self.fc2(F.silu(z))
 
 
-class MLP(nn.Module):
+class ResidualMLP(nn.Module):
+    """``x [B, D]`` → Linear → residual blocks fed the noise (and class) embedding → SiLU → Linear.
+
+    The trunk of the denoiser :class:`MLP` and of the noisy classifier
+    :class:`~diffusion_pl.nets.classifier.MLPClassifier`; they differ in the output width.
+
+    Args:
+        dim: data dimension D.
+        out_dim: output width.
+        hidden: width of the hidden layers.
+        depth: number of residual blocks.
+        embedding: builds the noise-label features (:class:`~.embeddings.PositionalEmbedding`,
+            :class:`~.embeddings.FourierEmbedding`, by ``class_path`` in YAML).
+        embedding_dim: width of the sinusoidal features (the embedding MLP outputs ``hidden``).
+        class_embeddings: number of classes K the trunk is conditioned on, or None.
+
+    Reference: He et al. (2016), residual learning; Ho et al. (2020), time-embedding injection.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        out_dim: int,
+        hidden: int,
+        depth: int,
+        embedding: NoiseFeatures,
+        embedding_dim: int,
+        class_embeddings: int | None,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.embed = NoiseEmbedding(embedding, embedding_dim, hidden, class_embeddings)
+        self.fc_in = nn.Linear(dim, hidden)
+        self.blocks = nn.ModuleList(MLPBlock(hidden, hidden) for _ in range(depth))
+        self.fc_out = nn.Linear(hidden, out_dim)
+
+    def forward(
+        self, x: Tensor, noise_labels: Tensor | float, class_labels: Tensor | None = None
+    ) -> Tensor:
+        """Evaluate the network.
+
+        Args:
+            x: ``[B, D]`` noisy data.
+            noise_labels: ``[B]`` float noise conditioning (``t``, ``log σ``, …), or one value.
+            class_labels: ``[B]`` int64 in ``[0, K]``, or ``None`` (unconditional).
+
+        Returns:
+            ``[B, out_dim]`` raw network output.
+        """
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(
+                f"{type(self).__name__} expects x of shape [B, {self.dim}], got {list(x.shape)}; "
+                f"set dim={x.shape[-1]} to match the data"
+            )
+        emb = self.embed(noise_labels, class_labels, x.shape[0])
+        h = self.fc_in(x)
+        for block in self.blocks:
+            h = block(h, emb)
+        return self.fc_out(F.silu(h))
+
+
+class MLP(ResidualMLP):
     """Residual MLP ``(x, noise_labels, class_labels) → output shaped like x`` for ``[B, D]`` data.
 
     The embedded noise label (plus class embedding) is added inside every residual block. The
@@ -50,10 +111,9 @@ class MLP(nn.Module):
         dim: data dimension D.
         hidden: width of the hidden layers.
         depth: number of residual blocks.
-        embedding: noise-label features, ``"positional"`` or ``"fourier"``.
+        embedding: noise-label features, a class taking the width
+            (:class:`~.embeddings.PositionalEmbedding`, :class:`~.embeddings.FourierEmbedding`).
         embedding_dim: width of the sinusoidal features (the embedding MLP outputs ``hidden``).
-        embedding_scale: the embedding's ``scale``; ``None`` keeps its default (1000 positional,
-            16 Fourier).
         num_classes: number of classes K for a class-conditional net; label K means "no label".
 
     Reference: Ho et al. (2020); Song et al. (2021) for the Fourier-feature variant.
@@ -64,18 +124,12 @@ class MLP(nn.Module):
         dim: int = 2,
         hidden: int = 256,
         depth: int = 4,
-        embedding: EmbeddingKind = "positional",
+        embedding: NoiseFeatures = PositionalEmbedding,
         embedding_dim: int = 128,
-        embedding_scale: float | None = None,
         num_classes: int | None = None,
     ) -> None:
-        super().__init__()
-        self.dim = dim
+        super().__init__(dim, dim, hidden, depth, embedding, embedding_dim, num_classes)
         self.num_classes = num_classes
-        self.embed = NoiseEmbedding(embedding, embedding_dim, hidden, embedding_scale, num_classes)
-        self.fc_in = nn.Linear(dim, hidden)
-        self.blocks = nn.ModuleList(MLPBlock(hidden, hidden) for _ in range(depth))
-        self.fc_out = nn.Linear(hidden, dim)
         nn.init.zeros_(self.fc_out.weight)
         nn.init.zeros_(self.fc_out.bias)
 
@@ -95,27 +149,3 @@ class MLP(nn.Module):
                 f"the data are {data_shape[0]}-dimensional but the MLP has dim={self.dim}: "
                 f"set model.init_args.net.init_args.dim: {data_shape[0]}"
             )
-
-    def forward(
-        self, x: Tensor, noise_labels: Tensor | float, class_labels: Tensor | None = None
-    ) -> Tensor:
-        """Evaluate the network.
-
-        Args:
-            x: ``[B, D]`` noisy data.
-            noise_labels: ``[B]`` float noise conditioning (``t``, ``log σ``, …), or one value.
-            class_labels: ``[B]`` int64 in ``[0, num_classes]``, or ``None`` (unconditional).
-
-        Returns:
-            ``[B, D]`` raw network output.
-        """
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(
-                f"MLP expects x of shape [B, {self.dim}], got {list(x.shape)}; "
-                f"set dim={x.shape[-1]} to match the data"
-            )
-        emb = self.embed(noise_labels, class_labels, x.shape[0])
-        h = self.fc_in(x)
-        for block in self.blocks:
-            h = block(h, emb)
-        return self.fc_out(F.silu(h))
