@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from jsonargparse import ArgumentParser
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from diffusion_pl.data import DiffusionDataModule, Digits
 from diffusion_pl.metrics import DigitsClassifier, DigitsFeatures, FIDEvaluator, InceptionFeatures
-from diffusion_pl.metrics.features import DIGITS_WEIGHTS, resolve_extractor
+from diffusion_pl.metrics.features import DIGITS_WEIGHTS, extractor_id, resolve_extractor
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +145,13 @@ def test_any_module_with_num_features_is_an_extractor(
         resolve_extractor(nn.Identity())
     with pytest.raises(ValueError, match="unknown feature extractor 'resnet'"):
         resolve_extractor("resnet")
+
+
+def test_short_name_and_class_path_share_the_reference_cache() -> None:
+    """``--feature digits`` and YAML's ``class_path: …DigitsFeatures`` key the same statistics."""
+    parser = ArgumentParser()
+    parser.add_argument("--feature", type=str | nn.Module)
+    yaml = {"feature": {"class_path": "diffusion_pl.metrics.DigitsFeatures"}}
+    from_yaml = parser.instantiate(parser.parse_object(yaml)).feature
+    assert isinstance(from_yaml, DigitsFeatures)
+    assert extractor_id(resolve_extractor(from_yaml)) == extractor_id(resolve_extractor("digits"))
