@@ -83,11 +83,11 @@ class Sweep:
         """The sweep's name in rows and the plot."""
         return self.label or self.name
 
-    def sampler(self, default: Sampler, nfe: int) -> Sampler:
+    def sampler(self, default: Sampler, nfe: int, path_levels: int | None = None) -> Sampler:
         """This sampler with about ``nfe`` network evaluations per sample (at least one step)."""
         cls = SAMPLERS[self.name]
         settings = {**(vars(default) if type(default) is cls else {}), **self.settings}
-        levels = settings["steps"] if self.knob == "steps_per_level" else 1
+        levels = (settings["steps"] or path_levels) if self.knob == "steps_per_level" else 1
         return cls(**{**settings, self.knob: max(1, round(nfe / (self.evals_per_step * levels)))})
 
 
@@ -178,7 +178,7 @@ def fid_sweep(
     for sweep in sweeps:
         seen = set()
         for nfe in nfes:
-            sampler = sweep.sampler(module.sampler, nfe)
+            sampler = sweep.sampler(module.sampler, nfe, module.path.num_steps)
             if repr(sampler) in seen:
                 continue
             seen.add(repr(sampler))

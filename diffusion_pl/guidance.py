@@ -32,11 +32,11 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from diffusion_pl.parameterization import Denoiser, Parameterization, Prediction
+from diffusion_pl.nets.protocol import DenoiserNet
+from diffusion_pl.parameterization import Denoiser, Parameterization, Prediction, batch_times
 from diffusion_pl.paths import NoisePath
-from diffusion_pl.tensors import as_batch
 
 __all__ = [
     "ClassifierFn",
@@ -73,13 +73,20 @@ def check_class_labels(class_labels: Tensor, n: int, num_classes: int) -> Tensor
     return labels.long()
 
 
-def check_same_path(model_path: NoisePath, classifier_path: NoisePath) -> None:
+def check_same_path(
+    model_path: NoisePath,
+    classifier_path: NoisePath,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> None:
     """Refuse a classifier trained on a path with other α_t, σ_t than the model's.
 
     The classifier models p_t(y | x_t) for x_t = α_t x_0 + σ_t ε; guiding a model on another
-    path would query it at noise levels it has not seen. Compared on 65 times in [0, 1].
+    path would query it at noise levels it has not seen. Compared on 65 times in [0, 1], made
+    on the model's ``device`` in its ``dtype`` (a learned path's parameters live there).
     """
-    t = torch.linspace(0, 1, 65, dtype=torch.float64)
+    t = torch.linspace(0, 1, 65, dtype=dtype, device=device)
     for name in ("alpha", "sigma"):
         a, b = getattr(model_path, name)(t), getattr(classifier_path, name)(t)
         if not torch.allclose(a, b, rtol=1e-5, atol=1e-6):
@@ -119,7 +126,6 @@ class ClassifierFreeGuidance(Denoiser):
         net: a class-conditional net ``net(x, noise_labels, class_labels)`` with ``num_classes``.
         path: the noise path the net was trained on.
         parameterization: how to read the net's output.
-        noise_label: maps times ``[B]`` to the net's conditioning input ``[B]``.
         class_labels: ``[B]`` int64 in [0, num_classes).
         scale: w; 1 conditional, 0 unconditional, > 1 sharper.
 
@@ -128,25 +134,24 @@ class ClassifierFreeGuidance(Denoiser):
 
     def __init__(
         self,
-        net: nn.Module | Callable[..., Tensor],
+        net: DenoiserNet,
         path: NoisePath,
         parameterization: Parameterization,
-        noise_label: Callable[[Tensor], Tensor] | None,
         class_labels: Tensor,
         scale: float,
     ) -> None:
-        null = getattr(net, "num_classes", None)
+        null = net.num_classes
         if null is None:
             raise ValueError(
                 "classifier-free guidance needs a class-conditional net (num_classes set, "
                 "trained with p_uncond > 0); this one is unconditional"
             )
         labels = torch.cat([class_labels, torch.full_like(class_labels, null)])
-        super().__init__(net, path, parameterization, noise_label, labels)
+        super().__init__(net, path, parameterization, labels)
         self.scale = scale
 
     def __call__(self, x: Tensor, t: Tensor | float) -> Prediction:
-        t = as_batch(t, x.shape[0], x)
+        t = batch_times(t, x)
         both = super().__call__(torch.cat([x, x]), torch.cat([t, t]))
         (x0_cond, x0_uncond), (eps_cond, eps_uncond) = both.x0.chunk(2), both.eps.chunk(2)
         return Prediction(
@@ -180,7 +185,7 @@ class ClassifierGuidance:
         self.class_labels, self.scale = class_labels, scale
 
     def __call__(self, x: Tensor, t: Tensor | float) -> Prediction:
-        t = as_batch(t, x.shape[0], x)
+        t = batch_times(t, x)
         pred = self.denoiser(x, t)
         grad = classifier_gradient(self.classifier, x, t, self.class_labels).to(pred.eps.dtype)
         c = self.path.coefficients(t.to(pred.eps.dtype), x.ndim)

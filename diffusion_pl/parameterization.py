@@ -1,20 +1,21 @@
 """What the network predicts, and the one ``Denoiser`` view every sampler consumes.
 
-A parameterization reads the raw network output F at (x_t, t) as the pair (x̂_0, ε̂), each in
-its numerically stable form, and names the regression target for training. Every other
-quantity follows from the pair and the path (MATH.md, "Parameterizations"):
+A parameterization decides what the network sees and how its output is read: its noise label
+at (t, α_t, σ_t), the reading of the raw output F at (x_t, t) as the pair (x̂_0, ε̂), each in
+its numerically stable form, and the regression target for training. Every other quantity
+follows from the pair and the path (MATH.md, "Parameterizations"):
 
     score  s = −ε̂ / σ            velocity  u = α' x̂_0 + σ' ε̂
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from diffusion_pl.nets.protocol import DenoiserNet
 from diffusion_pl.paths import NoisePath, PathCoefficients
 from diffusion_pl.tensors import as_batch
 
@@ -27,6 +28,7 @@ __all__ = [
     "VPrediction",
     "VelocityPrediction",
     "X0Prediction",
+    "batch_times",
 ]
 
 
@@ -47,7 +49,15 @@ class Prediction:
 
 
 class Parameterization:
-    """Maps network output ↔ (x̂_0, ε̂) and names the training target."""
+    """Maps network output ↔ (x̂_0, ε̂), names the training target and the net's noise label."""
+
+    def noise_label(self, t: Tensor, c: PathCoefficients) -> Tensor:
+        """What the network sees of the noise level at times t ``[B]``: t itself by default."""
+        return t
+
+    def eps_scale(self, c: PathCoefficients) -> Tensor | float:
+        """k = ∂ε̂/∂F, so that ε̂ − ε = k (F − target) (ε̂ is affine in F at fixed x, t)."""
+        raise NotImplementedError
 
     def predict(self, out: Tensor, x: Tensor, c: PathCoefficients) -> Prediction:
         """Read raw network output ``out`` at ``x = α x_0 + σ ε`` as (x̂_0, ε̂)."""
@@ -67,6 +77,9 @@ class EpsilonPrediction(Parameterization):
     def target(self, x0: Tensor, eps: Tensor, c: PathCoefficients) -> Tensor:
         return eps
 
+    def eps_scale(self, c: PathCoefficients) -> float:
+        return 1.0
+
 
 class X0Prediction(Parameterization):
     """F = x̂_0; ε̂ = (x − α x̂_0) / σ."""
@@ -76,6 +89,9 @@ class X0Prediction(Parameterization):
 
     def target(self, x0: Tensor, eps: Tensor, c: PathCoefficients) -> Tensor:
         return x0
+
+    def eps_scale(self, c: PathCoefficients) -> Tensor:
+        return -c.alpha / c.sigma
 
 
 class VPrediction(Parameterization):
@@ -93,6 +109,9 @@ class VPrediction(Parameterization):
 
     def target(self, x0: Tensor, eps: Tensor, c: PathCoefficients) -> Tensor:
         return c.alpha * eps - c.sigma * x0
+
+    def eps_scale(self, c: PathCoefficients) -> Tensor:
+        return c.alpha / (c.alpha**2 + c.sigma**2)
 
 
 class ScorePrediction(Parameterization):
@@ -112,6 +131,9 @@ class ScorePrediction(Parameterization):
     def target(self, x0: Tensor, eps: Tensor, c: PathCoefficients) -> Tensor:
         return -eps if self.scaled_by_sigma else -eps / c.sigma
 
+    def eps_scale(self, c: PathCoefficients) -> Tensor | float:
+        return -1.0 if self.scaled_by_sigma else -c.sigma
+
 
 class VelocityPrediction(Parameterization):
     """F = û with u = α' x_0 + σ' ε (flow matching; Lipman et al., 2023; Liu et al., 2023).
@@ -130,40 +152,51 @@ class VelocityPrediction(Parameterization):
     def target(self, x0: Tensor, eps: Tensor, c: PathCoefficients) -> Tensor:
         return c.d_alpha * x0 + c.d_sigma * eps
 
+    def eps_scale(self, c: PathCoefficients) -> Tensor:
+        return c.alpha / (c.alpha * c.d_sigma - c.sigma * c.d_alpha)
+
+
+def batch_times(t: Tensor | float, x: Tensor) -> Tensor:
+    """Times ``[B]`` on x's device for a batch x; a Python float takes x's dtype (≥ float32).
+
+    A tensor keeps its dtype (float64 grids stay float64), so a float64 model never sees a
+    time rounded to float32.
+    """
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    return as_batch(t if isinstance(t, Tensor) else torch.tensor(t, dtype=dtype), x.shape[0], x)
+
 
 class Denoiser:
     """The callable every sampler consumes: ``denoiser(x, t) -> Prediction``.
 
-    Wraps a network, the path and the parameterization. The network sees
-    ``noise_label(t)`` (t itself by default), and its output is cast to float32 before it
-    meets the path math (float64 inputs stay float64). Counts network evaluations (``nfe``).
+    Wraps a network, the path and the parameterization. The network sees the
+    parameterization's ``noise_label(t, c)``, and its output is cast to float32 before it meets
+    the path math (float64 inputs stay float64, and so do times given as Python floats).
+    Counts network evaluations (``nfe``).
 
     Args:
         net: ``net(x, noise_labels [B], class_labels [B] | None) -> Tensor`` shaped as x.
         path: the noise path the net was trained on.
         parameterization: how to read the net's output.
-        noise_label: maps times ``[B]`` to the net's conditioning input ``[B]``.
         class_labels: optional labels ``[B]`` passed to every call.
     """
 
     def __init__(
         self,
-        net: nn.Module | Callable[..., Tensor],
+        net: DenoiserNet,
         path: NoisePath,
         parameterization: Parameterization,
-        noise_label: Callable[[Tensor], Tensor] | None = None,
         class_labels: Tensor | None = None,
     ) -> None:
         self.net, self.path, self.parameterization = net, path, parameterization
-        self.noise_label = noise_label
         self.class_labels = class_labels
         self.nfe = 0
 
     def __call__(self, x: Tensor, t: Tensor | float) -> Prediction:
-        t = as_batch(t, x.shape[0], x)
-        labels = t if self.noise_label is None else self.noise_label(t)
         dtype = torch.promote_types(x.dtype, torch.float32)
+        t = batch_times(t, x)
+        c = self.path.coefficients(t.to(dtype), x.ndim)
+        labels = self.parameterization.noise_label(t, c)
         out = self.net(x, labels.to(x.dtype), self.class_labels).to(dtype)
         self.nfe += 1
-        c = self.path.coefficients(t.to(dtype), x.ndim)
         return self.parameterization.predict(out, x.to(dtype), c)

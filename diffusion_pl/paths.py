@@ -50,10 +50,14 @@ class NoisePath:
         t_min: smallest time a sampler visits (its last step); a final denoising step maps
             ``x_{t_min}`` to data when σ_{t_min} > 0.
         t_max: the time samplers start from, where x_t is drawn from the prior.
+        num_steps: None for a continuous path; for a discrete one, the number of times it is
+            defined at: t_min + i (t_max − t_min) / (num_steps − 1), i = 0 … num_steps − 1
+            (DDPM's steps i/T, NCSN's noise levels).
     """
 
     t_min: float = 0.0
     t_max: float = 1.0
+    num_steps: int | None = None
 
     def alpha(self, t: Tensor) -> Tensor:
         raise NotImplementedError
@@ -207,14 +211,21 @@ class VPCosinePath(NoisePath):
 class VEPath(NoisePath):
     """Variance-exploding path: α_t = 1, σ_t = σ_min (σ_max / σ_min)^t.
 
+    With ``num_levels`` = L it is NCSN's discrete path: the L geometric levels σ_max … σ_min at
+    t_i = i / (L − 1) (``num_steps`` = L), the only levels its net is trained and sampled at.
+
     Reference: Song et al. (2021), "Score-Based Generative Modeling through SDEs", Eq. 31;
     the NCSN noise levels are this path at discrete times (Song & Ermon, 2019).
     """
 
-    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0) -> None:
+    def __init__(
+        self, sigma_min: float = 0.01, sigma_max: float = 50.0, num_levels: int | None = None
+    ) -> None:
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+        if num_levels is not None and num_levels < 2:
+            raise ValueError(f"num_levels must be >= 2 or None (continuous), got {num_levels}")
+        self.sigma_min, self.sigma_max, self.num_steps = sigma_min, sigma_max, num_levels
         self._log_ratio = math.log(sigma_max / sigma_min)
 
     def alpha(self, t: Tensor) -> Tensor:

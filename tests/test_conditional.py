@@ -21,6 +21,7 @@ from diffusion_pl.nets import MLP, MLPClassifier
 from diffusion_pl.paths import VPLinearPath
 from diffusion_pl.samplers import DDIMSampler, EulerSampler, PCSampler
 from diffusion_pl.samplers.langevin import AnnealedLangevinSampler
+from diffusion_pl.weighting import ELBO
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,6 +43,9 @@ class Recorder(nn.Module):
         self.calls.append((x.shape[0], class_labels))
         return self.mlp(x, noise_labels, class_labels)
 
+    def check_data_shape(self, data_shape: tuple[int, ...]) -> None:
+        self.mlp.check_data_shape(data_shape)
+
 
 def test_label_dropout_replaces_labels_by_null_at_rate_p_uncond() -> None:
     net = Recorder(num_classes=3)
@@ -59,9 +63,11 @@ FORMULATIONS = {
     "rectified_flow": lambda net, **kw: RectifiedFlow(net, (2,), **kw),
     "vdm": lambda net, **kw: VDM(net, (2,), sampler=DDIMSampler(steps=3), **kw),
     "vdm_elbo": lambda net, **kw: VDM(
-        net, (2,), path=VPLinearPath(), weighting="elbo", sampler=DDIMSampler(steps=3), **kw
+        net, (2,), path=VPLinearPath(), weighting=ELBO(), sampler=DDIMSampler(steps=3), **kw
     ),
-    "ncsn": lambda net, **kw: NCSN(net, (2,), sampler=AnnealedLangevinSampler(3, 2), **kw),
+    "ncsn": lambda net, **kw: NCSN(
+        net, (2,), num_levels=3, sampler=AnnealedLangevinSampler(steps_per_level=2), **kw
+    ),
     "score_sde": lambda net, **kw: ScoreSDE(net, (2,), sampler=PCSampler(steps=3), **kw),
 }
 

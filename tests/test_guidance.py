@@ -13,11 +13,14 @@ unconditional mixture as in mixture_checks (weights ±0.02, means and stds ±0.0
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from mixture_checks import MEANS, MIXTURE, STDS, N, check_mixture, mixture_oracle
 from torch import Tensor
 
+from diffusion_pl.formulations import VDM, NoisyClassifier
 from diffusion_pl.guidance import (
     ClassifierFreeGuidance,
     ClassifierGuidance,
@@ -25,6 +28,8 @@ from diffusion_pl.guidance import (
     check_same_path,
     classifier_gradient,
 )
+from diffusion_pl.learned_schedule import LearnedVPPath
+from diffusion_pl.nets import MLP, MLPClassifier
 from diffusion_pl.oracle import GaussianMixtureOracle
 from diffusion_pl.parameterization import (
     Denoiser,
@@ -37,6 +42,7 @@ from diffusion_pl.parameterization import (
 )
 from diffusion_pl.paths import DDPMPath, LinearPath, NoisePath, VEPath, VPLinearPath
 from diffusion_pl.samplers import DDIMSampler, EulerSampler, PCSampler, Sampler
+from diffusion_pl.weighting import ELBO
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -111,7 +117,7 @@ def test_cfg_mixes_the_pair_in_one_forward_call(param: Parameterization, path: N
     net = OracleNet(mixture_oracle(path), param)
     x = 3 * torch.randn(16, 2, dtype=torch.float64, generator=_gen(2))
     y, w = _labels(16), 2.5
-    guided = ClassifierFreeGuidance(net, path, param, None, y, w)
+    guided = ClassifierFreeGuidance(net, path, param, y, w)
     for t in torch.tensor([0.2, 0.7], dtype=torch.float64):
         pred = guided(x, t)
         cond, uncond = net.oracle(x, t, y), net.oracle(x, t)
@@ -135,7 +141,7 @@ def test_classifier_guidance_at_scale_one_is_the_conditional_pair(path: NoisePat
 
 def _cfg(path: NoisePath, param: Parameterization, y: Tensor, scale: float) -> Denoiser:
     net = OracleNet(mixture_oracle(path), param)
-    return ClassifierFreeGuidance(net, path, param, None, y, scale)
+    return ClassifierFreeGuidance(net, path, param, y, scale)
 
 
 def _classifier(path: NoisePath, param: Parameterization, y: Tensor, scale: float):
@@ -187,3 +193,52 @@ def test_classifier_on_another_path_is_refused() -> None:
     check_same_path(VPLinearPath(), VPLinearPath())
     with pytest.raises(ValueError, match=r"trained on LinearPath.*samples on VPLinearPath"):
         check_same_path(VPLinearPath(), LinearPath())
+
+
+class _RecordingPath(LearnedVPPath):
+    """A learned schedule that records the dtype and device of every time it is asked about."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.seen: list[tuple[torch.dtype, torch.device]] = []
+
+    def gamma_and_slope(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        self.seen.append((t.dtype, t.device))
+        return super().gamma_and_slope(t)
+
+
+class _RecordingClassifier(NoisyClassifier):
+    """A noisy classifier that records the dtype of every time it is queried at."""
+
+    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
+        self.seen.append(torch.as_tensor(t).dtype)
+        return super().forward(x, t)
+
+
+def test_guided_sampling_in_float64_with_a_learned_schedule() -> None:
+    """A float64 model on a learned path is probed, guided and denoised in float64 only.
+
+    Covers both guidances and the final denoising step at ``path.t_min`` (a Python float).
+    """
+    torch.manual_seed(0)
+    path = _RecordingPath(hidden=8, t_min=1e-3)
+    net = MLP(hidden=16, depth=1, num_classes=2)
+    model = VDM(net, (2,), path=path, weighting=ELBO(), sampler=DDIMSampler(steps=3)).double()
+    classifier = _RecordingClassifier(MLPClassifier(hidden=16, depth=1), (2,), copy.deepcopy(path))
+    classifier.seen = []
+    classifier.double().eval()
+    labels = torch.tensor([0, 1, 1])
+    denoiser = model.guided_denoiser(3, labels, 2.0, classifier, 1.5)
+    x = torch.randn(3, 2, dtype=torch.float64, generator=_gen(0))
+    x = model.sampler.solve(denoiser, path, x, generator=_gen(1))
+    x0 = denoiser(x, path.t_min).x0
+    assert x0.dtype == torch.float64 and torch.isfinite(x0).all()
+    assert classifier.seen and set(classifier.seen) == {torch.float64}
+    assert path.seen and set(path.seen) == {(torch.float64, torch.device("cpu"))}
+
+
+def test_check_same_path_probes_on_the_given_device_and_dtype() -> None:
+    torch.manual_seed(0)
+    path = _RecordingPath(hidden=4)
+    check_same_path(path, copy.deepcopy(path), device="cpu", dtype=torch.float32)
+    assert path.seen == [(torch.float32, torch.device("cpu"))] * 2  # α and σ

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import Tensor
 
 from diffusion_pl.parameterization import (
     Denoiser,
@@ -14,7 +15,7 @@ from diffusion_pl.parameterization import (
     VPrediction,
     X0Prediction,
 )
-from diffusion_pl.paths import LinearPath, NoisePath
+from diffusion_pl.paths import LinearPath, NoisePath, PathCoefficients
 
 PARAMETERIZATIONS = [
     EpsilonPrediction(),
@@ -78,9 +79,23 @@ def test_denoiser_casts_and_counts() -> None:
         seen["labels"] = labels
         return torch.zeros_like(x, dtype=torch.bfloat16)
 
-    den = Denoiser(net, path, VelocityPrediction(), noise_label=lambda t: 1000 * t)
+    class ScaledLabels(VelocityPrediction):  # the net sees 1000 t, as DDPM's nets do
+        def noise_label(self, t: Tensor, c: PathCoefficients) -> Tensor:
+            return 1000 * t
+
+    den = Denoiser(net, path, ScaledLabels())
     x = torch.randn(5, 2)
     pred = den(x, 0.25)
     assert pred.x0.dtype == torch.float32 and den.nfe == 1
     torch.testing.assert_close(seen["labels"], torch.full((5,), 250.0))
     torch.testing.assert_close(pred.x0, x)  # û = 0 ⇒ x̂_0 = x − t·0
+
+
+@pytest.mark.parametrize("param", PARAMETERIZATIONS, ids=lambda p: repr(type(p).__name__))
+def test_eps_scale_is_the_derivative_of_eps_hat(param: Parameterization, path: NoisePath) -> None:
+    """ε̂ − ε = k (F − target) with k = ∂ε̂/∂F, in float64 on every path."""
+    x0, eps, _, c, x = _draw(path, (16, 2))
+    target = param.target(x0, eps, c)
+    out = target + torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).double()
+    eps_hat = param.predict(out, x, c).eps
+    torch.testing.assert_close(eps_hat - eps, param.eps_scale(c) * (out - target))

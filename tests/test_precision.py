@@ -16,6 +16,7 @@ from diffusion_pl.learned_schedule import LearnedVPPath
 from diffusion_pl.nets import MLP
 from diffusion_pl.paths import DDPMPath, NoisePath, VEPath
 from diffusion_pl.samplers import EulerSampler
+from diffusion_pl.weighting import ELBO
 
 BF16 = {"device_type": "cpu", "dtype": torch.bfloat16}
 
@@ -50,7 +51,7 @@ def _formulations() -> dict[str, object]:
         "rectified_flow": RectifiedFlow(net, (2,), sampler=euler),
         "vdm_ddpm": VDM(net, (2,), path=DDPMPath(), sampler=euler),
         "vdm_learned_elbo": VDM(
-            net, (2,), path=LearnedVPPath(hidden=16), weighting="elbo", sampler=euler
+            net, (2,), path=LearnedVPPath(hidden=16), weighting=ELBO(), sampler=euler
         ),
         "ncsn": NCSN(net, (2,), sampler=euler),
         "score_sde_ve": ScoreSDE(net, (2,), path=VEPath(), sampler=euler),

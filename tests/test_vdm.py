@@ -1,4 +1,4 @@
-"""VDM / DDPM: the learned γ, the four loss weightings by hand, the bound against exact answers."""
+"""VDM / DDPM: the learned γ, the loss weightings by hand, the bound against exact answers."""
 
 from __future__ import annotations
 
@@ -9,22 +9,21 @@ import numpy as np
 import pytest
 import torch
 from cli_runs import fit_config
+from jsonargparse import lazy_instance
 from lightning import Trainer
 from torch import Tensor, nn
 
+from diffusion_pl.bound import bound_times, discretized_gaussian_log_prob, variational_bound
 from diffusion_pl.cli import main
 from diffusion_pl.data import DiffusionDataModule, Digits, Toy2D
-from diffusion_pl.formulations.vdm import (
-    VDM,
-    discretized_gaussian_log_prob,
-    draw_times,
-    variational_bound,
-)
+from diffusion_pl.formulations import VDM
 from diffusion_pl.learned_schedule import LearnedVPPath, d_gamma, gamma
 from diffusion_pl.nets import MLP, UNet
 from diffusion_pl.oracle import GaussianMixtureOracle
 from diffusion_pl.parameterization import EpsilonPrediction, VPrediction, X0Prediction
 from diffusion_pl.paths import DDPMPath, VPCosinePath, VPLinearPath
+from diffusion_pl.time_sampling import DiscreteUniform, Uniform
+from diffusion_pl.weighting import ELBO, SNR, MinSNR
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,8 +35,13 @@ class _Affine(nn.Module):
         super().__init__()
         self.bias = nn.Parameter(torch.tensor([0.1, -0.2]))
 
+    num_classes = None
+
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         return 0.3 * x + 0.5 * t[:, None] + self.bias
+
+    def check_data_shape(self, data_shape: tuple[int, ...]) -> None:
+        pass
 
 
 def _vdm(**kwargs) -> VDM:
@@ -110,7 +114,7 @@ def test_gamma_view_of_fixed_paths(path) -> None:
 def _draws(model: VDM, x0: Tensor, seed: int) -> tuple[Tensor, Tensor]:
     """The t and ε a module's ``loss`` draws from ``manual_seed(seed)``, in the same order."""
     g = torch.Generator().manual_seed(seed)
-    t = model.sample_time(x0.shape[0], g)
+    t = model.time_sampling(x0.shape[0], model.path, generator=g)
     return t, torch.randn(x0.shape, generator=g)
 
 
@@ -119,9 +123,9 @@ def test_regression_weightings_by_hand(parameterization) -> None:
     x0 = torch.tensor([[1.0, -2.0], [0.5, 0.0], [-3.0, 4.0], [2.0, 2.0]])
     path = VPLinearPath()
     losses = {}
-    for weighting in ("eps_mse", "snr_x0", "min_snr"):
-        model = _vdm(parameterization=parameterization, weighting=weighting, min_snr_gamma=5.0)
-        losses[weighting] = model.loss(x0, generator=torch.Generator().manual_seed(3))
+    for weighting in (SNR(), MinSNR(5.0)):
+        model = _vdm(parameterization=parameterization, weighting=weighting)
+        losses[type(weighting)] = model.loss(x0, generator=torch.Generator().manual_seed(3))
         t, eps = _draws(model, x0, 3)
     a, s = path.alpha(t)[:, None], path.sigma(t)[:, None]
     x_t = a * x0 + s * eps
@@ -136,21 +140,19 @@ def test_regression_weightings_by_hand(parameterization) -> None:
     snr = (a / s)[:, 0] ** 2
     mse_eps = ((eps_hat - eps) ** 2).mean(1)
     mse_x0 = ((x0_hat - x0) ** 2).mean(1)
-    torch.testing.assert_close(losses["eps_mse"], mse_eps)
-    torch.testing.assert_close(losses["snr_x0"], snr * mse_x0)  # the same loss in x₀ form
-    torch.testing.assert_close(losses["min_snr"], snr.clamp(max=5.0) * mse_x0)
+    torch.testing.assert_close(losses[SNR], mse_eps)
+    torch.testing.assert_close(losses[SNR], snr * mse_x0)  # the same loss in x₀ form
+    torch.testing.assert_close(losses[MinSNR], snr.clamp(max=5.0) * mse_x0)
     assert (snr > 5).any() and (snr < 5).any()  # both sides of the truncation were exercised
 
 
 def test_elbo_weighting_continuous_by_hand() -> None:
     x0 = torch.tensor([[1.0, -2.0], [0.5, 0.0], [-3.0, 4.0]])
-    model = _vdm(weighting="elbo", low_discrepancy=False)
+    model = _vdm(weighting=ELBO(), low_discrepancy=False)
     path = model.path
     loss = model.loss(x0, generator=torch.Generator().manual_seed(7))
     g = torch.Generator().manual_seed(7)
-    t = (
-        path.t_min + (path.t_max - path.t_min) * torch.rand(3, generator=g, dtype=torch.float64)
-    ).float()
+    t = path.t_min + (path.t_max - path.t_min) * torch.rand(3, generator=g)
     eps, eps0 = torch.randn(x0.shape, generator=g), torch.randn(x0.shape, generator=g)
 
     def eps_hat(x: Tensor, t: Tensor) -> Tensor:
@@ -176,46 +178,54 @@ def test_elbo_weighting_continuous_by_hand() -> None:
 def test_elbo_weighting_discrete_is_vdm_eq_13() -> None:
     """(N/2) expm1(λ_s − λ_t) ‖ε − ε̂‖² equals (N/2)(SNR(s) − SNR(t)) ‖x_0 − x̂_0‖²."""
     path = DDPMPath(1000)
-    model = VDM(_Affine(), (2,), path=path, weighting="elbo")
-    assert model.discrete_steps == 999
+    model = VDM(_Affine(), (2,), path=path, weighting=ELBO())
     t = torch.tensor([0.002, 0.5, 1.0])
     snr = path.log_snr(t.double()).exp()
     snr_s = path.log_snr(t.double() - 0.001).exp()
     # ‖ε − ε̂‖² = SNR(t) ‖x_0 − x̂_0‖², so the ε-weight is (N/2)(SNR(s) − SNR(t)) / SNR(t).
     expected = (999 / 2 * (snr_s - snr) / snr).float()
-    torch.testing.assert_close(model.loss_weight(t), expected, rtol=1e-4, atol=0)
+    torch.testing.assert_close(model.weighting(path, t), expected, rtol=1e-4, atol=0)
 
 
 def test_ddpm_training_times_are_the_grid() -> None:
-    regression = VDM(_Affine(), (2,), path=DDPMPath(1000))
-    elbo = VDM(_Affine(), (2,), path=DDPMPath(1000), weighting="elbo")
+    path = DDPMPath(1000)
+    regression = VDM(_Affine(), (2,), path=path)
+    assert isinstance(regression.time_sampling, DiscreteUniform)
     g = torch.Generator().manual_seed(0)
-    for model, first in ((regression, 1), (elbo, 2)):
-        steps = (model.sample_time(20_000, g).double() * 1000).round().long()
-        assert set(steps.tolist()) == set(range(first, 1001))
-    continuous = _vdm()
-    assert continuous.discrete_steps is None
-    assert VDM(_Affine(), (2,), path=DDPMPath(1000), discrete_steps=0).discrete_steps is None
+    steps = (regression.time_sampling(20_000, path, generator=g).double() * 1000).round().long()
+    assert set(steps.tolist()) == set(range(1, 1001))
+    steps = (bound_times(path, 20_000, generator=g).double() * 1000).round().long()
+    assert set(steps.tolist()) == set(range(2, 1001))  # the bound's steps 1 … N need a step s
+    assert isinstance(_vdm().time_sampling, Uniform)  # continuous time on VP-linear
 
 
-def test_low_discrepancy_times_cover_the_interval_evenly() -> None:
-    t = draw_times(VPLinearPath(), 8, None, generator=torch.Generator().manual_seed(0))
-    gaps = torch.sort(t).values.diff()
-    torch.testing.assert_close(gaps, torch.full((7,), 0.999 / 8, dtype=torch.float64))
+def test_the_default_lazy_path_is_discrete_from_the_first_model() -> None:
+    """A jsonargparse lazy default runs its __init__ late; VDM still sees DDPM's grid."""
+    model = VDM(_Affine(), (2,), path=lazy_instance(DDPMPath, num_steps=100))
+    assert isinstance(model.time_sampling, DiscreteUniform) and model.path.num_steps == 100
 
 
 def test_bad_arguments_are_refused() -> None:
-    with pytest.raises(ValueError, match="weighting must be one of"):
-        _vdm(weighting="nope")
-    with pytest.raises(ValueError, match="use weighting='elbo'"):
+    with pytest.raises(ValueError, match="use weighting ELBO"):
         VDM(_Affine(), (2,), path=LearnedVPPath(hidden=4))
     with pytest.raises(ValueError, match="num_levels"):
         _vdm(num_levels=1)
 
 
+def test_loss_honours_the_given_noise() -> None:
+    """eps given to ``loss`` is the z_t noise of the regression and of the bound alike."""
+    x0, eps = torch.randn(5, 2), torch.randn(5, 2)
+    for weighting in (SNR(), ELBO()):
+        model = _vdm(weighting=weighting)
+        a = model.loss(x0, generator=torch.Generator().manual_seed(0), eps=eps)
+        b = model.loss(x0, generator=torch.Generator().manual_seed(0), eps=-eps)
+        c = model.loss(x0, generator=torch.Generator().manual_seed(0), eps=eps)
+        assert torch.equal(a, c) and not torch.equal(a, b)
+
+
 def test_the_bound_trains_the_learned_schedule() -> None:
     torch.manual_seed(0)
-    model = VDM(_Affine(), (2,), path=LearnedVPPath(hidden=8), weighting="elbo")
+    model = VDM(_Affine(), (2,), path=LearnedVPPath(hidden=8), weighting=ELBO())
     names = {name for name, _ in model.named_parameters()}
     assert {"path.gamma_0", "path.gamma_1", "path.l2.raw_weight"} <= names
     x0 = torch.randn(16, 2)
@@ -253,9 +263,9 @@ def test_discretized_gaussian_is_a_distribution_over_the_levels() -> None:
 # continuous bound is tight up to the prior and decoder), DDPM T = 1000 discrete 0.82 ± 0.08
 # (its first few steps near the data are large in log-SNR). Bounds below are ≈ 3 SE wide.
 BOUND_CASES = {
-    "linear_gamma_continuous": (None, 1000, 128, (-0.15, 0.2)),
-    "vp_linear_continuous": (None, 1000, 128, (-0.45, 0.5)),
-    "ddpm_1000_discrete": (999, 128, 999, (0.3, 1.5)),
+    "linear_gamma_continuous": (1000, 128, (-0.15, 0.2)),
+    "vp_linear_continuous": (1000, 128, (-0.45, 0.5)),
+    "ddpm_1000_discrete": (128, 999, (0.3, 1.5)),
 }
 
 
@@ -268,16 +278,14 @@ def _bound_path(name: str):
 
 @pytest.mark.parametrize("name", sorted(BOUND_CASES))
 def test_bound_with_exact_denoiser_is_above_the_true_nll(name: str) -> None:
-    steps, n, repeats, (low, high) = BOUND_CASES[name]
+    n, repeats, (low, high) = BOUND_CASES[name]
     path = _bound_path(name)
     spec = Toy2D("8gaussians").mixture()
     oracle = GaussianMixtureOracle(path, spec)
     g = torch.Generator().manual_seed(0)
     x, _ = spec.sample(n, g)
     # Repeating x spreads each example's low-discrepancy times over [t_min, t_max] evenly.
-    bound = variational_bound(
-        oracle, path, x.repeat(repeats, 1), steps=steps, num_levels=None, generator=g
-    )
+    bound = variational_bound(oracle, path, x.repeat(repeats, 1), num_levels=None, generator=g)
     gap = bound.nats.view(repeats, n).mean(0) - (-oracle.log_prob(x, 0.0))
     assert low < gap.mean().item() < high, f"gap {gap.mean():.3f} ± {gap.std() / n**0.5:.3f}"
 

@@ -3,6 +3,7 @@
 from diffusion_pl.formulations.base import DiffusionModule, mean_flat
 from diffusion_pl.formulations.classifier import NoisyClassifier
 from diffusion_pl.formulations.ncsn import NCSN
+from diffusion_pl.formulations.optim import optimizer_config
 from diffusion_pl.formulations.rectified_flow import RectifiedFlow, Reflow
 from diffusion_pl.formulations.score_sde import ScoreSDE
 from diffusion_pl.formulations.vdm import VDM
@@ -16,4 +17,5 @@ __all__ = [
     "Reflow",
     "ScoreSDE",
     "mean_flat",
+    "optimizer_config",
 ]

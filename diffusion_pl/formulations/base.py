@@ -1,14 +1,15 @@
 """The Lightning plumbing every formulation shares: loss loop, logging, optimizers, sampling.
 
-A formulation is a noise path, a parameterization, a time distribution, a loss weighting and
-a default sampler (DESIGN.md). Subclasses pick those four in ``__init__`` and override
-:meth:`sample_time` and :meth:`loss_weight` where they differ; everything else lives here.
+A formulation is a noise path + a parameterization + a loss weighting + a training-time
+distribution + a default sampler (DESIGN.md), each a small class chosen by ``class_path``.
+Subclasses only choose those five and their defaults; the loss, logging, optimizers and
+(guided) sampling live here. A formulation whose objective is not the weighted regression (VDM's
+bound) overrides :meth:`DiffusionModule.loss` and keeps the rest.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -16,20 +17,24 @@ from lightning import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from diffusion_pl.formulations.optim import optimizer_config
 from diffusion_pl.guidance import (
     ClassifierFreeGuidance,
     ClassifierGuidance,
     check_class_labels,
     check_same_path,
 )
+from diffusion_pl.nets.protocol import DenoiserNet
 from diffusion_pl.parameterization import Denoiser, Parameterization
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.samplers import DenoiserFn, Sampler
+from diffusion_pl.time_sampling import TimeSampling
+from diffusion_pl.weighting import Weighting
 
 if TYPE_CHECKING:
     from diffusion_pl.formulations.classifier import NoisyClassifier
 
-__all__ = ["DiffusionModule", "mean_flat", "optimizer_config"]
+__all__ = ["DiffusionModule", "mean_flat"]
 
 
 def mean_flat(x: Tensor) -> Tensor:
@@ -37,34 +42,29 @@ def mean_flat(x: Tensor) -> Tensor:
     return x.flatten(1).mean(1)
 
 
-def optimizer_config(
-    params, optimizer: OptimizerCallable, lr_scheduler: LRSchedulerCallable | None
-) -> torch.optim.Optimizer | dict:
-    """``configure_optimizers``' answer: the optimizer, plus its scheduler stepped per step."""
-    built = optimizer(params)
-    if lr_scheduler is None:
-        return built
-    return {
-        "optimizer": built,
-        "lr_scheduler": {"scheduler": lr_scheduler(built), "interval": "step"},
-    }
-
-
 class DiffusionModule(LightningModule):
     """Base class: trains ``E_t w(t) ‖F(x_t, t) − target‖²`` and samples with a sampler.
 
+    Subclasses take ``net``, ``data_shape``, their own choices and ``sampler``, and pass every
+    other argument below (``optimizer``, ``lr_scheduler``, ``p_uncond``, ``guidance_scale``) on
+    to this class, where alone they are documented.
+
     Args:
-        net: ``net(x, noise_labels [B], class_labels [B] | None) -> Tensor`` shaped as x.
+        net: a :class:`~diffusion_pl.nets.protocol.DenoiserNet`, ``net(x, noise_labels [B],
+            class_labels [B] | None) -> Tensor`` shaped as x, with ``num_classes`` and
+            ``check_data_shape`` (``MLP``, ``UNet``).
         data_shape: one example's shape, e.g. ``(2,)`` or ``(1, 8, 8)`` (linked from the data).
         path: the noise path.
-        parameterization: how the network output is read.
-        sampler: the default sampler of :meth:`sample`.
+        parameterization: what the net predicts and sees (its noise label).
+        weighting: the loss weight w(t) and the error it weighs.
+        time_sampling: the distribution of training times t.
+        sampler: the default sampler of :meth:`sample` (checked against ``path`` here).
         optimizer: optimizer factory ``params -> Optimizer`` (YAML ``class_path``).
         lr_scheduler: optional scheduler factory, stepped every optimizer step.
-        noise_label: maps times t ``[B]`` to the network's conditioning input.
         p_uncond: probability of replacing a training label by the null label ∅ (the net's
             ``num_classes``), which trains the unconditional model for classifier-free
-            guidance alongside the conditional one (Ho & Salimans, 2022: 0.1 or 0.2).
+            guidance alongside the conditional one (Ho & Salimans, 2022: 0.1 or 0.2); needs a
+            class-conditional net.
         guidance_scale: default classifier-free guidance scale w of :meth:`sample` when class
             labels are given: 1 conditional, 0 unconditional, > 1 sharper.
     """
@@ -75,47 +75,44 @@ class DiffusionModule(LightningModule):
         data_shape: tuple[int, ...],
         path: NoisePath,
         parameterization: Parameterization,
+        weighting: Weighting,
+        time_sampling: TimeSampling,
         sampler: Sampler,
-        optimizer: OptimizerCallable,
+        optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
-        noise_label: Callable[[Tensor], Tensor] | None = None,
         p_uncond: float = 0.0,
         guidance_scale: float = 1.0,
     ) -> None:
+        if not isinstance(net, DenoiserNet):
+            raise ValueError(
+                f"{type(net).__name__} is not a DenoiserNet: a formulation's net needs "
+                "num_classes (None if unconditional) and check_data_shape(shape), as MLP and "
+                "UNet have (diffusion_pl.nets.protocol)"
+            )
         if not 0 <= p_uncond <= 1:
             raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond}")
-        if p_uncond > 0 and getattr(net, "num_classes", None) is None:
+        if p_uncond > 0 and net.num_classes is None:
             raise ValueError(
                 f"p_uncond={p_uncond} drops class labels, but the net is unconditional "
                 "(num_classes=None): set the net's num_classes, or p_uncond: 0"
             )
         if not math.isfinite(guidance_scale):
             raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale}")
-        check_data_shape = getattr(net, "check_data_shape", None)  # UNet, MLP: fail before fit
-        if check_data_shape is not None:
-            check_data_shape(tuple(data_shape))
+        net.check_data_shape(tuple(data_shape))  # fail before fit
+        sampler.check(path)
         super().__init__()
-        self.net = net
+        self.net: DenoiserNet = net
         self.data_shape = tuple(data_shape)
         self.path, self.parameterization = path, parameterization
+        self.weighting, self.time_sampling = weighting, time_sampling
         self.sampler = sampler
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
-        self.noise_label = noise_label
         self.p_uncond, self.guidance_scale = p_uncond, guidance_scale
 
     @property
     def num_classes(self) -> int | None:
         """Number of classes K of a class-conditional net, None for an unconditional one."""
-        return getattr(self.net, "num_classes", None)
-
-    # --- what a formulation chooses -------------------------------------------------------
-    def sample_time(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Training times t ``[n]``; uniform on (0, 1) unless a subclass says otherwise."""
-        return torch.rand(n, generator=generator, device=self.device)
-
-    def loss_weight(self, t: Tensor) -> Tensor:
-        """Per-sample loss weight w(t) ``[B]``; 1 unless a subclass says otherwise."""
-        return torch.ones_like(t)
+        return self.net.num_classes
 
     # --- the shared loss ------------------------------------------------------------------
     def class_labels(self, y: Tensor | None) -> Tensor | None:
@@ -148,24 +145,32 @@ class DiffusionModule(LightningModule):
         generator: torch.Generator | None = None,
         eps: Tensor | None = None,
     ) -> Tensor:
-        """Per-example loss ``[B]``: w(t) · mean ‖F(α_t x_0 + σ_t ε, t) − target(x_0, ε)‖².
+        """Per-example loss ``[B]``: w(t) · mean k² (F(α_t x_0 + σ_t ε, t) − target(x_0, ε))².
+
+        t comes from ``time_sampling``, w(t) from ``weighting``, and k² turns the network's
+        own error into the one the weighting is on (1 when they are the same). The network
+        output is cast to float32 (float64 for float64 data) before it meets the math.
 
         Args:
             x0: data ``[B, ...]``.
             y: labels ``[B]`` (used by class-conditional nets, dropped with ``p_uncond``).
-            generator: source of the label dropout, t and ε.
+            generator: source of the label dropout, t and ε, drawn in that order.
             eps: noise coupled to ``x0`` (reflow); drawn independently when None.
         """
         y = self.drop_labels(y, generator)
-        t = self.sample_time(x0.shape[0], generator)
+        dtype = torch.promote_types(x0.dtype, torch.float32)
+        t = self.time_sampling(
+            x0.shape[0], self.path, generator=generator, device=x0.device, dtype=dtype
+        )
         if eps is None:
             eps = torch.randn(x0.shape, generator=generator, device=x0.device)
         c = self.path.coefficients(t, x0.ndim)
         x_t = c.alpha * x0 + c.sigma * eps
-        labels = t if self.noise_label is None else self.noise_label(t)
-        out = self.net(x_t, labels, self.class_labels(y)).float()
+        labels = self.parameterization.noise_label(t, c)
+        out = self.net(x_t, labels, self.class_labels(y)).to(dtype)
         target = self.parameterization.target(x0, eps, c)
-        return self.loss_weight(t) * mean_flat((out - target) ** 2)
+        scale = self.weighting.error_scale(self.parameterization, c)
+        return self.weighting(self.path, t) * mean_flat(scale * (out - target) ** 2)
 
     def batch_loss(self, batch: tuple[Tensor, Tensor], generator: torch.Generator | None) -> Tensor:
         """Per-example loss ``[B]`` of a batch ``(x, y)``."""
@@ -197,11 +202,11 @@ class DiffusionModule(LightningModule):
         on the doubled batch); w = 1 is the conditional net alone, w = 0 the unconditional
         (null-label) net alone, each at half the cost of the doubled batch.
         """
-        parts = (self.net, self.path, self.parameterization, self.noise_label)
+        parts = (self.net, self.path, self.parameterization)
         if class_labels is None or guidance_scale == 1:
             return Denoiser(*parts, class_labels)
-        if guidance_scale == 0 and getattr(self.net, "num_classes", None) is not None:
-            return Denoiser(*parts, torch.full_like(class_labels, self.net.num_classes))
+        if guidance_scale == 0 and self.num_classes is not None:
+            return Denoiser(*parts, torch.full_like(class_labels, self.num_classes))
         return ClassifierFreeGuidance(*parts, class_labels, guidance_scale)
 
     def guided_denoiser(
@@ -241,7 +246,8 @@ class DiffusionModule(LightningModule):
         denoiser = self.denoiser(self.class_labels(labels), scale)
         if classifier is None:
             return denoiser
-        check_same_path(self.path, classifier.path)
+        dtype = torch.promote_types(self.dtype, torch.float32)
+        check_same_path(self.path, classifier.path, device=self.device, dtype=dtype)
         return ClassifierGuidance(denoiser, classifier, self.path, labels, classifier_scale)
 
     @torch.no_grad()

@@ -8,10 +8,12 @@ from lightning import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from diffusion_pl.formulations.base import optimizer_config
+from diffusion_pl.formulations.optim import optimizer_config
 from diffusion_pl.hparams import save_config
+from diffusion_pl.nets.protocol import ClassifierNet
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.tensors import as_batch
+from diffusion_pl.time_sampling import Uniform
 
 __all__ = ["NoisyClassifier"]
 
@@ -25,8 +27,9 @@ class NoisyClassifier(LightningModule):
     ``val/acc`` at the drawn t, and ``val/acc_clean`` at t_min.
 
     Args:
-        net: ``net(x, noise_labels [B]) -> logits [B, K]`` with an attribute ``num_classes``
-            (``MLPClassifier``, ``UNetEncoderClassifier``); it sees t as its noise label.
+        net: a :class:`~diffusion_pl.nets.protocol.ClassifierNet`, ``net(x, noise_labels [B])
+            -> logits [B, K]`` with ``num_classes`` (``MLPClassifier``,
+            ``UNetEncoderClassifier``); it sees t as its noise label.
         data_shape: one example's shape (linked from the data module).
         path: the noise path of the diffusion model to guide.
         optimizer: optimizer factory.
@@ -45,10 +48,10 @@ class NoisyClassifier(LightningModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
-        if getattr(net, "num_classes", None) is None:
+        if not isinstance(net, ClassifierNet) or net.num_classes is None:
             raise ValueError(
                 f"{type(net).__name__} has no num_classes: a classifier net needs one "
-                "(e.g. MLPClassifier, UNetEncoderClassifier)"
+                "(e.g. MLPClassifier, UNetEncoderClassifier; see diffusion_pl.nets.protocol)"
             )
         super().__init__()
         self.net, self.data_shape, self.path = net, tuple(data_shape), path
@@ -71,8 +74,7 @@ class NoisyClassifier(LightningModule):
     ) -> tuple[Tensor, Tensor]:
         """x_t = α_t x_0 + σ_t ε and t ``[B]``, t ~ U(t_min, t_max) unless given."""
         if t is None:
-            u = torch.rand(x0.shape[0], generator=generator, device=x0.device)
-            t = self.path.t_min + (self.path.t_max - self.path.t_min) * u
+            t = Uniform()(x0.shape[0], self.path, generator=generator, device=x0.device)
         eps = torch.randn(x0.shape, generator=generator, device=x0.device)
         return self.path.marginal(x0, t, eps), t
 

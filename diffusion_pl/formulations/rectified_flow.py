@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from jsonargparse import lazy_instance
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from diffusion_pl.formulations.base import DiffusionModule
@@ -14,8 +11,10 @@ from diffusion_pl.hparams import save_config
 from diffusion_pl.parameterization import VelocityPrediction
 from diffusion_pl.paths import LinearPath
 from diffusion_pl.samplers import EulerSampler, Sampler
+from diffusion_pl.time_sampling import TimeSampling, Uniform
+from diffusion_pl.weighting import Constant, Weighting
 
-__all__ = ["RectifiedFlow"]
+__all__ = ["RectifiedFlow", "Reflow"]
 
 
 class RectifiedFlow(DiffusionModule):
@@ -24,16 +23,12 @@ class RectifiedFlow(DiffusionModule):
     Args:
         net: the velocity network (sees t ∈ [0, 1] as its noise label).
         data_shape: one example's shape (linked from the data module).
-        time_distribution: ``uniform`` t ~ U(0, 1), or ``logit_normal`` t = sigmoid(m + s·n)
-            with n ~ N(0, 1), which puts more training on intermediate times.
-        logit_mean: m of the logit-normal distribution.
-        logit_std: s of the logit-normal distribution.
+        weighting: the loss weight (1 on the velocity error).
+        time_sampling: t ~ U(0, 1), or ``LogitNormal`` (Esser et al., 2024), which puts more
+            training on intermediate times.
         sampler: default sampler (Euler, 100 steps).
-        optimizer: optimizer factory.
-        lr_scheduler: optional LR scheduler factory, stepped per optimizer step.
-        p_uncond: probability of training with the null label instead of the class label
-            (classifier-free guidance; needs a class-conditional net).
-        guidance_scale: default classifier-free guidance scale w of ``sample``.
+        **kwargs: ``optimizer``, ``lr_scheduler``, ``p_uncond``, ``guidance_scale``
+            (:class:`DiffusionModule`).
 
     Reference: Liu, Gong & Liu (2023), "Flow Straight and Fast", Eq. 1; Lipman et al. (2023),
     "Flow Matching for Generative Modeling"; logit-normal t: Esser et al. (2024), Sec. 3.1.
@@ -43,41 +38,22 @@ class RectifiedFlow(DiffusionModule):
         self,
         net: nn.Module,
         data_shape: tuple[int, ...],
-        time_distribution: Literal["uniform", "logit_normal"] = "uniform",
-        logit_mean: float = 0.0,
-        logit_std: float = 1.0,
+        weighting: Weighting = lazy_instance(Constant),
+        time_sampling: TimeSampling = lazy_instance(Uniform),
         sampler: Sampler = lazy_instance(EulerSampler, steps=100),
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        p_uncond: float = 0.0,
-        guidance_scale: float = 1.0,
+        **kwargs,
     ) -> None:
-        if time_distribution not in ("uniform", "logit_normal"):
-            raise ValueError(
-                f"time_distribution must be 'uniform' or 'logit_normal', got {time_distribution!r}"
-            )
-        if logit_std <= 0:
-            raise ValueError(f"logit_std must be > 0, got {logit_std}")
         super().__init__(
             net,
             data_shape,
             LinearPath(),
             VelocityPrediction(),
+            weighting,
+            time_sampling,
             sampler,
-            optimizer,
-            lr_scheduler,
-            p_uncond=p_uncond,
-            guidance_scale=guidance_scale,
+            **kwargs,
         )
-        self.time_distribution = time_distribution
-        self.logit_mean, self.logit_std = logit_mean, logit_std
         save_config(self)
-
-    def sample_time(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        if self.time_distribution == "uniform":
-            return super().sample_time(n, generator)
-        normal = torch.randn(n, generator=generator, device=self.device)
-        return torch.sigmoid(self.logit_mean + self.logit_std * normal)
 
 
 class Reflow(RectifiedFlow):
@@ -88,9 +64,12 @@ class Reflow(RectifiedFlow):
     teacher's checkpoint, as in the paper.
 
     Args:
+        net: the velocity network.
+        data_shape: one example's shape (linked from the data module).
         init_from: checkpoint of the flow that generated the pairs (its weights initialise
             this one); None starts from scratch.
-        (others as ``RectifiedFlow``)
+        sampler: default sampler (Euler, 1 step: the point of reflow).
+        **kwargs: as :class:`RectifiedFlow`.
 
     Reference: Liu, Gong & Liu (2023), "Flow Straight and Fast", Algorithm 1 (reflow).
     """
@@ -100,23 +79,10 @@ class Reflow(RectifiedFlow):
         net: nn.Module,
         data_shape: tuple[int, ...],
         init_from: str | None = None,
-        time_distribution: Literal["uniform", "logit_normal"] = "uniform",
-        logit_mean: float = 0.0,
-        logit_std: float = 1.0,
         sampler: Sampler = lazy_instance(EulerSampler, steps=1),
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            net,
-            data_shape,
-            time_distribution,
-            logit_mean,
-            logit_std,
-            sampler,
-            optimizer,
-            lr_scheduler,
-        )
+        super().__init__(net, data_shape, sampler=sampler, **kwargs)
         self.init_from = init_from
         save_config(self)
 

@@ -165,13 +165,15 @@ def sample_annealed_langevin(
 
 
 class AnnealedLangevinSampler(Sampler):
-    """Annealed Langevin dynamics (NCSN) over ``steps`` = L levels evenly spaced in t.
+    """Annealed Langevin dynamics (NCSN) over L levels evenly spaced in t.
 
     L · ``steps_per_level`` network evaluations (plus one for ``denoise_final``). Defaults are
-    the paper's: L = 10, T = 100, ε = 2e-5.
+    the paper's: T = 100, ε = 2e-5, and L the path's own levels (NCSN: 10).
 
     Args:
-        steps: number of noise levels L.
+        steps: number of levels L; None takes a discrete path's own levels (``num_steps``, the
+            levels its net was trained at) and is required on a continuous path. On a discrete
+            path any other L is refused: the net would be sampled at levels it never saw.
         steps_per_level: Langevin steps T per level.
         step_lr: ε, the step size at the smallest level.
         denoise_final: NCSNv2's final denoising step at ``path.t_min``.
@@ -179,12 +181,13 @@ class AnnealedLangevinSampler(Sampler):
 
     def __init__(
         self,
-        steps: int = 10,
+        steps: int | None = None,
         steps_per_level: int = 100,
         step_lr: float = 2e-5,
         denoise_final: bool = True,
     ) -> None:
-        super().__init__(steps, denoise_final)
+        super().__init__(1 if steps is None else steps, denoise_final)  # checks steps >= 1
+        self.steps = steps
         if steps_per_level < 1:
             raise ValueError(f"steps_per_level must be >= 1, got {steps_per_level}")
         if step_lr <= 0:
@@ -198,9 +201,21 @@ class AnnealedLangevinSampler(Sampler):
                 f"{type(path).__name__} has σ(t_min = {path.t_min}) = 0; use a path with "
                 "σ(t_min) > 0 (NCSN's is VE) or an ODE sampler (euler, heun, rk45) or DDIM"
             )
+        if self.steps is None and path.num_steps is None:
+            raise ValueError(
+                f"{type(self).__name__}: steps=None takes the path's levels, but "
+                f"{type(path).__name__} is continuous: set steps to the number of levels L"
+            )
+        if None not in (self.steps, path.num_steps) and self.steps != path.num_steps:
+            raise ValueError(
+                f"{type(self).__name__}: steps={self.steps} levels, but the net was trained at "
+                f"the path's {path.num_steps} levels ({type(path).__name__}): drop the sampler's "
+                f"steps (it defaults to the path's levels) or set it to {path.num_steps}"
+            )
 
     def solve(self, denoiser, path, x, *, generator=None, progress=False) -> Tensor:
-        ts = torch.linspace(path.t_max, path.t_min, self.steps, dtype=torch.float64)
+        levels = path.num_steps if self.steps is None else self.steps
+        ts = torch.linspace(path.t_max, path.t_min, levels, dtype=torch.float64)
         return sample_annealed_langevin(
             denoiser,
             path,
