@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from jsonargparse import lazy_instance
 from mixture_checks import MEANS, STDS, WEIGHTS
 from torch import Tensor
 
@@ -178,3 +179,16 @@ def test_configs_round_trip_and_show_functions_by_import_path() -> None:
         "PCSampler(steps=3, predictor=diffusion_pl.samplers.sde.euler_maruyama_step, "
         "corrector_steps=1, snr=0.16, denoise_final=True)"
     )
+
+
+def test_a_lazy_default_samples_and_changes_steps_as_the_real_class() -> None:
+    """The formulations' defaults are jsonargparse lazy instances, whose ``vars`` also hold
+    their ``_lazy…`` bookkeeping: it is not a setting, and ``with_steps`` builds the real class."""
+    path = VPLinearPath()
+    lazy, real = lazy_instance(PCSampler, steps=3, snr=0.1), PCSampler(steps=3, snr=0.1)
+    a, b = (s(_oracle(path), path, (4, 2), generator=torch.Generator().manual_seed(0))
+            for s in (lazy, real))  # fmt: skip
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert lazy.arguments() == real.arguments()
+    assert type(lazy.with_steps(5)) is PCSampler
+    assert repr(lazy.with_steps(5)) == repr(real.with_steps(5))

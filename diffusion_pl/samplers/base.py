@@ -54,12 +54,12 @@ class Sampler:
     """Thin config for a sampling function: its settings, steps, and the final denoising step.
 
     A subclass names its function in :attr:`solver` and passes its constructor arguments to
-    ``__init__``, which keeps them as attributes, in order (so ``type(s)(**vars(s))`` rebuilds
-    the sampler). Calling the sampler checks the path, draws x ~ prior, builds the grid
-    (:meth:`time_grid`), runs ``solver(denoiser, path, x, ts, generator=…, progress=…,
-    **settings)`` with every constructor argument other than ``steps`` and ``denoise_final``
-    as a keyword setting, and, if σ(t_min) > 0 and ``denoise_final``, returns the denoised
-    x̂_0(x_{t_min}) (one more network evaluation; Song et al., 2021, App. G).
+    ``__init__``, which keeps them as attributes, in order (:meth:`arguments`). Calling the
+    sampler checks the path, draws x ~ prior, builds the grid (:meth:`time_grid`), runs
+    ``solver(denoiser, path, x, ts, generator=…, progress=…, **settings)`` with every
+    constructor argument other than ``steps`` and ``denoise_final`` as a keyword setting, and,
+    if σ(t_min) > 0 and ``denoise_final``, returns the denoised x̂_0(x_{t_min}) (one more
+    network evaluation; Song et al., 2021, App. G).
 
     Args:
         denoise_final: return x̂_0 at the last time instead of x_{t_min}.
@@ -78,9 +78,12 @@ class Sampler:
 
     def with_steps(self, steps: int) -> Sampler:
         """A copy of this sampler with ``steps`` steps (every other setting kept)."""
-        if "steps" not in vars(self):
+        if "steps" not in self.arguments():
             raise ValueError(f"{type(self).__name__} chooses its own steps; drop --steps")
-        return type(self)(**{**vars(self), "steps": steps})
+        # A jsonargparse lazy_instance (the formulations' defaults) is a subclass whose
+        # constructor takes no settings; rebuild the class it stands for.
+        cls = getattr(self, "_lazy_class_type", type(self))
+        return cls(**{**self.arguments(), "steps": steps})
 
     def check(self, path: NoisePath) -> None:
         """Raise ValueError, saying why, if this sampler cannot run on ``path``."""
@@ -89,9 +92,14 @@ class Sampler:
         """The decreasing times ``solver`` visits: ``steps`` uniform steps t_max → t_min."""
         return uniform_time_grid(path, self.steps, device)
 
+    def arguments(self) -> dict[str, Any]:
+        """The constructor arguments, in order (a jsonargparse lazy instance's ``_lazy…``
+        bookkeeping, also in ``vars(self)``, left out)."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
     def settings(self) -> dict[str, Any]:
         """The keyword settings of :attr:`solver`: the arguments but steps and denoise_final."""
-        return {k: v for k, v in vars(self).items() if k not in ("steps", "denoise_final")}
+        return {k: v for k, v in self.arguments().items() if k not in ("steps", "denoise_final")}
 
     @torch.no_grad()
     def __call__(
@@ -127,5 +135,5 @@ class Sampler:
         return x
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={_show(v)}" for k, v in vars(self).items())
+        args = ", ".join(f"{k}={_show(v)}" for k, v in self.arguments().items())
         return f"{type(self).__name__}({args})"
