@@ -143,6 +143,10 @@ class LearnedVPPath(nn.Module, NoisePath):
     def log_snr(self, t: Tensor) -> Tensor:
         return -self.gamma(t)
 
+    def as_time(self, t: float) -> Tensor:
+        """``t`` on the device and in the dtype of the parameters (they move with the model)."""
+        return self.gamma_0.new_tensor(t)
+
     @torch.no_grad()
     def prior_std(self) -> float:
         """σ(1) = √sigmoid(γ₁), the standard deviation of the prior samplers start from."""

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from diffusion_pl.paths import NoisePath
+from diffusion_pl.randomness import Generators, randn
 from diffusion_pl.samplers.base import DenoiserFn
 from diffusion_pl.samplers.ode import ode_drift
 from diffusion_pl.samplers.rk45 import solve_ode_rk45
@@ -55,7 +56,7 @@ def log_likelihood(
     atol: float = 1e-5,
     t_eps: float | None = None,
     prior_logp: Callable[[Tensor], Tensor] | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     progress: bool = False,
 ) -> tuple[Tensor, int]:
     """log p_{t_ε}(x) in nats by integrating the PF-ODE and its divergence with RK45.
@@ -77,7 +78,7 @@ def log_likelihood(
         atol: absolute tolerance of RK45.
         t_eps: start time; default ``path.t_min``. The result is log p_{t_eps}.
         prior_logp: log-density of x_{t_max} ``[B]``; default ``path.prior_logp``.
-        generator: source of the Hutchinson probe.
+        generator: source of the Hutchinson probe (one generator, or one per sample).
         progress: show a progress bar over t.
 
     Returns:
@@ -93,7 +94,7 @@ def log_likelihood(
         raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {probe!r}")
     z = None
     if divergence == "hutchinson":
-        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        z = randn(x.shape, generator, device=x.device, dtype=x.dtype)
         if probe == "rademacher":
             z = z.sign() + (z == 0)  # ±1, each with probability ½
 

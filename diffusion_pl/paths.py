@@ -8,12 +8,13 @@ See MATH.md ("Paths" and "SDE view") for the table every class below implements.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor
 
+from diffusion_pl.randomness import Generators, randn
 from diffusion_pl.tensors import append_dims
 
 __all__ = [
@@ -97,20 +98,35 @@ class NoisePath:
         """Draw x_t = α_t x_0 + σ_t ε for per-sample times ``t`` ``[B]``."""
         return append_dims(self.alpha(t), x0.ndim) * x0 + append_dims(self.sigma(t), x0.ndim) * eps
 
+    def as_time(self, t: float) -> Tensor:
+        """``t`` as a 0-dim tensor where this path computes, to probe α, σ at one time.
+
+        Float64 on the CPU here (every formula above is closed-form); a path that holds
+        parameters (``LearnedVPPath``) puts it on their device and dtype.
+        """
+        return torch.tensor(t, dtype=torch.float64)
+
     def prior_std(self) -> float:
         """Standard deviation of the prior N(0, σ_{t_max}² I) samplers start from."""
-        return float(self.sigma(torch.tensor(self.t_max, dtype=torch.float64)))
+        return float(self.sigma(self.as_time(self.t_max)))
 
     def prior_sample(
         self,
         shape: tuple[int, ...],
         *,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> Tensor:
-        """Draw x_{t_max} ~ N(0, σ_{t_max}² I) (α_{t_max} x_0 is negligible by construction)."""
-        noise = torch.randn(shape, generator=generator, device=device)
-        return self.prior_std() * noise
+        """Draw x_{t_max} ~ N(0, σ_{t_max}² I) (α_{t_max} x_0 is negligible by construction).
+
+        Args:
+            shape: ``[B, ...]``.
+            generator: one generator, or one per sample (row k from the k-th).
+            device: device of the sample.
+            dtype: its dtype (default: torch's default dtype).
+        """
+        return self.prior_std() * randn(shape, generator, device=device, dtype=dtype)
 
     def prior_logp(self, x: Tensor) -> Tensor:
         """log N(x; 0, σ_{t_max}² I) per sample, ``[B]``."""
@@ -276,9 +292,6 @@ def cosine_betas(num_steps: int, s: float = 0.008, max_beta: float = 0.999) -> T
     return (1 - f[1:] / f[:-1]).clamp(max=max_beta)
 
 
-_BETA_SCHEDULES = {"linear": linear_betas, "cosine": cosine_betas}
-
-
 class DDPMPath(NoisePath):
     """Discrete DDPM path: ᾱ_i = ∏_{j≤i}(1 − β_j), α = √ᾱ_i, σ = √(1 − ᾱ_i) at t_i = i/T.
 
@@ -286,21 +299,35 @@ class DDPMPath(NoisePath):
     α, σ and their (piecewise constant in log space) derivatives exist for every t ∈ [0, 1]
     and continuous-time samplers run on the discrete model too.
 
+    Args:
+        num_steps: T.
+        schedule: the β schedule, ``T -> β [T]``: :func:`linear_betas` (Ho et al.) or
+            :func:`cosine_betas` (Nichol & Dhariwal); in YAML its import path, e.g.
+            ``schedule: diffusion_pl.paths.cosine_betas``.
+
     Reference: Ho et al. (2020), "Denoising Diffusion Probabilistic Models", Eq. 4;
     Nichol & Dhariwal (2021) for the cosine β.
     """
 
     def __init__(
-        self, num_steps: int = 1000, schedule: Literal["linear", "cosine"] = "linear"
+        self, num_steps: int = 1000, schedule: Callable[[int], Tensor] = linear_betas
     ) -> None:
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-        if schedule not in _BETA_SCHEDULES:
+        if not callable(schedule):
             raise ValueError(
-                f"unknown beta schedule {schedule!r}; use one of {list(_BETA_SCHEDULES)}"
+                f"the beta schedule must be a function T -> betas [T], got {schedule!r}; use "
+                "diffusion_pl.paths.linear_betas or diffusion_pl.paths.cosine_betas"
+            )
+        betas = torch.as_tensor(schedule(num_steps), dtype=torch.float64)
+        if betas.shape != (num_steps,) or not bool(((betas > 0) & (betas < 1)).all()):
+            raise ValueError(
+                f"the beta schedule {schedule!r} must return {num_steps} values in (0, 1), "
+                f"got shape {tuple(betas.shape)}, range [{float(betas.min()):g}, "
+                f"{float(betas.max()):g}]"
             )
         self.num_steps = num_steps
-        self.betas = _BETA_SCHEDULES[schedule](num_steps)
+        self.betas = betas
         log_alpha_bar = torch.cumsum(torch.log1p(-self.betas), 0)
         self.log_alpha_bar = torch.cat([torch.zeros(1, dtype=torch.float64), log_alpha_bar])
         self.t_min = 1.0 / num_steps

@@ -7,7 +7,16 @@ import math
 import pytest
 import torch
 
-from diffusion_pl.paths import DDPMPath, LinearPath, NoisePath, SubVPPath, VEPath, VPLinearPath
+from diffusion_pl.paths import (
+    DDPMPath,
+    LinearPath,
+    NoisePath,
+    SubVPPath,
+    VEPath,
+    VPLinearPath,
+    cosine_betas,
+)
+from diffusion_pl.randomness import sample_generators
 
 T = torch.linspace(0.02, 0.98, 49, dtype=torch.float64)
 
@@ -30,7 +39,7 @@ def test_log_snr_and_sde_coefficients(path: NoisePath) -> None:
 
 
 def test_vp_paths_preserve_variance() -> None:
-    for path in (VPLinearPath(), DDPMPath(), DDPMPath(schedule="cosine")):
+    for path in (VPLinearPath(), DDPMPath(), DDPMPath(schedule=cosine_betas)):
         torch.testing.assert_close(path.alpha(T) ** 2 + path.sigma(T) ** 2, torch.ones_like(T))
 
 
@@ -82,7 +91,7 @@ def test_ddpm_alpha_bar_values() -> None:
 
 
 def test_ddpm_cosine_matches_continuous_cosine() -> None:
-    path = DDPMPath(num_steps=1000, schedule="cosine")
+    path = DDPMPath(num_steps=1000, schedule=cosine_betas)
     s = 0.008
     i = torch.tensor([100, 500, 900], dtype=torch.float64)
     f = torch.cos(0.5 * math.pi * (i / 1000 + s) / (1 + s)) ** 2
@@ -108,7 +117,21 @@ def test_marginal_and_prior(path: NoisePath) -> None:
 def test_bad_arguments_fail_early() -> None:
     with pytest.raises(ValueError, match="sigma_min"):
         VEPath(sigma_min=1.0, sigma_max=0.5)
-    with pytest.raises(ValueError, match="beta schedule"):
-        DDPMPath(schedule="quadratic")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"beta schedule must be a function.*cosine_betas"):
+        DDPMPath(schedule="cosine")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"must return 10 values in \(0, 1\)"):
+        DDPMPath(num_steps=10, schedule=lambda n: torch.linspace(0.0, 0.02, n))
     with pytest.raises(ValueError, match="num_steps"):
         DDPMPath(num_steps=0)
+
+
+def test_prior_sample_per_sample_generators_and_dtype(path: NoisePath) -> None:
+    """Row k of the prior comes from generator k alone; ``dtype`` sets the sample's dtype."""
+    z = path.prior_sample((3, 2), generator=sample_generators(5, 0, 3), dtype=torch.float64)
+    assert z.dtype == torch.float64
+    for k in range(3):
+        row = path.prior_sample((1, 2), generator=sample_generators(5, k, 1), dtype=torch.float64)
+        torch.testing.assert_close(z[k : k + 1], row, rtol=0, atol=0)
+    one = torch.Generator().manual_seed(2)
+    expected = path.prior_std() * torch.randn((3, 2), generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(path.prior_sample((3, 2), generator=one), expected, rtol=0, atol=0)

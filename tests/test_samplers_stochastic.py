@@ -19,7 +19,7 @@ from diffusion_pl.samplers.ancestral import DDIMSampler, DDPMSampler, sample_ddi
 from diffusion_pl.samplers.base import Sampler, uniform_time_grid
 from diffusion_pl.samplers.langevin import AnnealedLangevinSampler, langevin_dynamics, score_at
 from diffusion_pl.samplers.ode import sample_euler
-from diffusion_pl.samplers.sde import EulerMaruyamaSampler, PCSampler
+from diffusion_pl.samplers.sde import EulerMaruyamaSampler, PCSampler, euler_maruyama_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -46,7 +46,7 @@ MIXTURE_CASES = [
     (EulerMaruyamaSampler(steps=500), VEPath()),
     (PCSampler(steps=200, snr=0.16), VEPath()),
     (PCSampler(steps=200, snr=0.01), VPLinearPath()),
-    (PCSampler(steps=200, predictor="euler_maruyama", snr=0.16), VPLinearPath()),
+    (PCSampler(steps=200, predictor=euler_maruyama_step, snr=0.16), VPLinearPath()),
     # Ho et al.'s grid: t_i = i/T for i = 1000 … 1, then the final denoising step t = 1 → 0.
     (DDPMSampler(steps=999), DDPMPath()),
     # A coarser, strided grid (every 9th step) with the β variance.
@@ -203,8 +203,10 @@ def test_annealed_langevin_refuses_zero_noise_level() -> None:
 
 
 def test_bad_arguments_are_refused() -> None:
-    with pytest.raises(ValueError, match="predictor"):
-        PCSampler(predictor="ode")
+    with pytest.raises(
+        ValueError, match=r"predictor must be a step function.*reverse_diffusion_step"
+    ):
+        PCSampler(predictor="reverse_diffusion")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="variance"):
         DDPMSampler(variance="learned")
     with pytest.raises(ValueError, match="eta"):

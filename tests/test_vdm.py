@@ -21,7 +21,7 @@ from diffusion_pl.learned_schedule import LearnedVPPath, d_gamma, gamma
 from diffusion_pl.nets import MLP, UNet
 from diffusion_pl.oracle import GaussianMixtureOracle
 from diffusion_pl.parameterization import EpsilonPrediction, VPrediction, X0Prediction
-from diffusion_pl.paths import DDPMPath, VPCosinePath, VPLinearPath
+from diffusion_pl.paths import DDPMPath, VPCosinePath, VPLinearPath, cosine_betas
 from diffusion_pl.time_sampling import DiscreteUniform, Uniform
 from diffusion_pl.weighting import ELBO, SNR, MinSNR
 
@@ -97,7 +97,7 @@ def test_learned_path_derivatives_match_autograd() -> None:
 
 
 @pytest.mark.parametrize(
-    "path", [VPLinearPath(), VPCosinePath(), DDPMPath(1000, "cosine")], ids=type
+    "path", [VPLinearPath(), VPCosinePath(), DDPMPath(1000, cosine_betas)], ids=type
 )
 def test_gamma_view_of_fixed_paths(path) -> None:
     t = torch.linspace(0.05, 0.95, 19, dtype=torch.float64, requires_grad=True)

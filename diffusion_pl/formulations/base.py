@@ -293,6 +293,7 @@ class DiffusionModule(LightningModule):
             (n, *self.data_shape),
             generator=generator,
             device=self.device,
+            dtype=self.dtype,
             progress=progress,
         )
         self.train(was_training)

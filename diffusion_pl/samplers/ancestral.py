@@ -20,7 +20,8 @@ from torch import Tensor
 
 from diffusion_pl.parameterization import Prediction
 from diffusion_pl.paths import NoisePath
-from diffusion_pl.samplers.base import DenoiserFn, Sampler, progress_bar, uniform_time_grid
+from diffusion_pl.randomness import Generators, randn
+from diffusion_pl.samplers.base import DenoiserFn, Sampler, progress_bar
 
 __all__ = ["DDIMSampler", "DDPMSampler", "sample_ddim", "sample_ddpm"]
 
@@ -53,7 +54,7 @@ def sample_ddpm(
     *,
     variance: Literal["posterior", "beta"] = "posterior",
     clip_x0: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     progress: bool = False,
 ) -> Tensor:
     """DDPM ancestral sampling: x_s ~ q(x_s | x_t, x̂_0) for each step t → s of ``ts``.
@@ -90,7 +91,7 @@ def sample_ddpm(
         x_next = coef_x.to(x.dtype) * x + coef_x0.to(x.dtype) * x0
         if float(sigma_s) > 0:
             var = sigma_s**2 * r if variance == "posterior" else sigma_t**2 * r
-            z = torch.randn(x_next.shape, generator=generator, device=x.device, dtype=x_next.dtype)
+            z = randn(x_next.shape, generator, device=x.device, dtype=x_next.dtype)
             x_next = x_next + torch.sqrt(var).to(x_next.dtype) * z
         x = x_next
     return x
@@ -105,7 +106,7 @@ def sample_ddim(
     *,
     eta: float = 0.0,
     clip_x0: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     progress: bool = False,
 ) -> Tensor:
     """DDIM: x_s = α_s x̂_0 + √(σ_s² − c²) ε̂ + c z, c = η · √(σ²_{t|s} σ_s² / σ_t²).
@@ -138,7 +139,7 @@ def sample_ddim(
         x_next = a_s.to(x.dtype) * pred.x0
         x_next = x_next + (sigma_s * torch.sqrt(1 - eta**2 * r)).to(x.dtype) * pred.eps
         if eta > 0 and float(sigma_s) > 0:
-            z = torch.randn(x_next.shape, generator=generator, device=x.device, dtype=x_next.dtype)
+            z = randn(x_next.shape, generator, device=x.device, dtype=x_next.dtype)
             x_next = x_next + (eta * sigma_s * torch.sqrt(r)).to(x_next.dtype) * z
         x = x_next
     return x
@@ -158,6 +159,8 @@ class DDPMSampler(Sampler):
         denoise_final: return x̂_0 at ``path.t_min``.
     """
 
+    solver = staticmethod(sample_ddpm)
+
     def __init__(
         self,
         steps: int = 1000,
@@ -165,22 +168,10 @@ class DDPMSampler(Sampler):
         clip_x0: float | None = None,
         denoise_final: bool = True,
     ) -> None:
-        super().__init__(steps, denoise_final)
         if variance not in ("posterior", "beta"):
             raise ValueError(f"unknown variance {variance!r}; use 'posterior' or 'beta'")
-        self.variance, self.clip_x0 = variance, clip_x0
-
-    def solve(self, denoiser, path, x, *, generator=None, progress=False) -> Tensor:
-        ts = uniform_time_grid(path, self.steps, x.device)
-        return sample_ddpm(
-            denoiser,
-            path,
-            x,
-            ts,
-            variance=self.variance,
-            clip_x0=self.clip_x0,
-            generator=generator,
-            progress=progress,
+        super().__init__(
+            steps=steps, variance=variance, clip_x0=clip_x0, denoise_final=denoise_final
         )
 
 
@@ -194,6 +185,8 @@ class DDIMSampler(Sampler):
         denoise_final: return x̂_0 at ``path.t_min``.
     """
 
+    solver = staticmethod(sample_ddim)
+
     def __init__(
         self,
         steps: int = 50,
@@ -201,20 +194,6 @@ class DDIMSampler(Sampler):
         clip_x0: float | None = None,
         denoise_final: bool = True,
     ) -> None:
-        super().__init__(steps, denoise_final)
         if not 0 <= eta <= 1:
             raise ValueError(f"eta must be in [0, 1], got {eta}")
-        self.eta, self.clip_x0 = eta, clip_x0
-
-    def solve(self, denoiser, path, x, *, generator=None, progress=False) -> Tensor:
-        ts = uniform_time_grid(path, self.steps, x.device)
-        return sample_ddim(
-            denoiser,
-            path,
-            x,
-            ts,
-            eta=self.eta,
-            clip_x0=self.clip_x0,
-            generator=generator,
-            progress=progress,
-        )
+        super().__init__(steps=steps, eta=eta, clip_x0=clip_x0, denoise_final=denoise_final)

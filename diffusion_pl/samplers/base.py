@@ -2,13 +2,14 @@
 
 Samplers are functions ``sample_x(denoiser, path, x, ts, *, generator, progress) -> Tensor``
 that integrate from ``ts[0]`` down to ``ts[-1]``. The ``Sampler`` classes are thin YAML-facing
-configs (``class_path``/``init_args``) that draw the prior, build the grid, call the function
-and apply the final denoising step.
+configs (``class_path``/``init_args``): the base draws the prior, builds the grid, calls the
+subclass's function with the subclass's settings and applies the final denoising step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 
 from diffusion_pl.parameterization import Prediction
 from diffusion_pl.paths import NoisePath
+from diffusion_pl.randomness import Generators
 
 __all__ = ["DenoiserFn", "Sampler", "progress_bar", "uniform_time_grid"]
 
@@ -41,63 +43,97 @@ def progress_bar(items: Iterable, total: int, enabled: bool, desc: str) -> Itera
     return iter(tqdm(items, total=total, disable=not enabled, desc=desc, leave=False))
 
 
-class Sampler:
-    """Thin config for a sampler: number of steps and whether to denoise at the end.
+def _show(value: object) -> str:
+    """``repr`` of a setting; a function by its import path, as YAML names it."""
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{value.__module__}.{value.__qualname__}"
+    return repr(value)
 
-    Subclasses implement :meth:`solve`. Calling the sampler draws x ~ prior, integrates from
-    ``t_max`` to ``t_min`` and, if σ(t_min) > 0 and ``denoise_final``, returns the denoised
-    x̂_0(x_{t_min}) (one more network evaluation; Song et al., 2021, App. G).
+
+class Sampler:
+    """Thin config for a sampling function: its settings, steps, and the final denoising step.
+
+    A subclass names its function in :attr:`solver` and passes its constructor arguments to
+    ``__init__``, which keeps them as attributes, in order (:meth:`arguments`). Calling the
+    sampler checks the path, draws x ~ prior, builds the grid (:meth:`time_grid`), runs
+    ``solver(denoiser, path, x, ts, generator=…, progress=…, **settings)`` with every
+    constructor argument other than ``steps`` and ``denoise_final`` as a keyword setting, and,
+    if σ(t_min) > 0 and ``denoise_final``, returns the denoised x̂_0(x_{t_min}) (one more
+    network evaluation; Song et al., 2021, App. G).
 
     Args:
-        steps: number of integration steps (must be >= 1).
         denoise_final: return x̂_0 at the last time instead of x_{t_min}.
+        **settings: the subclass's own arguments: ``steps`` (>= 1) for a sampler on a fixed
+            grid, and the keyword settings of :attr:`solver`.
     """
 
-    def __init__(self, steps: int = 100, denoise_final: bool = True) -> None:
-        if steps < 1:
+    solver: ClassVar[Callable[..., Tensor]]
+    """``solver(denoiser, path, x, ts, *, generator, progress, **settings) -> x at ts[-1]``."""
+
+    def __init__(self, *, denoise_final: bool = True, **settings: Any) -> None:
+        steps = settings.get("steps")
+        if steps is not None and steps < 1:
             raise ValueError(f"{type(self).__name__}: steps must be >= 1, got {steps}")
-        self.steps, self.denoise_final = steps, denoise_final
+        vars(self).update(settings, denoise_final=denoise_final)
 
     def with_steps(self, steps: int) -> Sampler:
         """A copy of this sampler with ``steps`` steps (every other setting kept)."""
-        if "steps" not in vars(self):
+        if "steps" not in self.arguments():
             raise ValueError(f"{type(self).__name__} chooses its own steps; drop --steps")
-        return type(self)(**{**vars(self), "steps": steps})
+        # A jsonargparse lazy_instance (the formulations' defaults) is a subclass whose
+        # constructor takes no settings; rebuild the class it stands for.
+        cls = getattr(self, "_lazy_class_type", type(self))
+        return cls(**{**self.arguments(), "steps": steps})
 
     def check(self, path: NoisePath) -> None:
         """Raise ValueError, saying why, if this sampler cannot run on ``path``."""
 
-    def solve(
-        self,
-        denoiser: DenoiserFn,
-        path: NoisePath,
-        x: Tensor,
-        *,
-        generator: torch.Generator | None = None,
-        progress: bool = False,
-    ) -> Tensor:
-        """Integrate from the prior sample ``x`` at ``path.t_max`` to ``path.t_min``."""
-        raise NotImplementedError
+    def time_grid(self, path: NoisePath, device: torch.device | str | None) -> Tensor:
+        """The decreasing times ``solver`` visits: ``steps`` uniform steps t_max → t_min."""
+        return uniform_time_grid(path, self.steps, device)
 
+    def arguments(self) -> dict[str, Any]:
+        """The constructor arguments, in order (a jsonargparse lazy instance's ``_lazy…``
+        bookkeeping, also in ``vars(self)``, left out)."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def settings(self) -> dict[str, Any]:
+        """The keyword settings of :attr:`solver`: the arguments but steps and denoise_final."""
+        return {k: v for k, v in self.arguments().items() if k not in ("steps", "denoise_final")}
+
+    @torch.no_grad()
     def __call__(
         self,
         denoiser: DenoiserFn,
         path: NoisePath,
         shape: tuple[int, ...],
         *,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         progress: bool = False,
     ) -> Tensor:
-        """Draw ``shape`` samples: prior → :meth:`solve` → optional final denoising."""
+        """Draw ``shape`` samples: prior → :attr:`solver` on :meth:`time_grid` → denoising.
+
+        Args:
+            denoiser: ``(x, t) -> Prediction``.
+            path: the noise path.
+            shape: ``[B, ...]``.
+            generator: one generator, or one per sample (row k of all noise from the k-th).
+            device: device of the samples.
+            dtype: dtype of the prior sample (default: torch's default dtype).
+            progress: show a progress bar.
+        """
         self.check(path)
-        x = path.prior_sample(shape, generator=generator, device=device)
-        x = self.solve(denoiser, path, x, generator=generator, progress=progress)
-        t_min = torch.tensor(path.t_min, dtype=torch.float64)
-        if self.denoise_final and float(path.sigma(t_min)) > 0:
+        x = path.prior_sample(shape, generator=generator, device=device, dtype=dtype)
+        ts = self.time_grid(path, x.device)
+        x = self.solver(
+            denoiser, path, x, ts, generator=generator, progress=progress, **self.settings()
+        )
+        if self.denoise_final and float(path.sigma(path.as_time(path.t_min))) > 0:
             x = denoiser(x, path.t_min).x0
         return x
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        args = ", ".join(f"{k}={_show(v)}" for k, v in self.arguments().items())
         return f"{type(self).__name__}({args})"

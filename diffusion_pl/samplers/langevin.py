@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from diffusion_pl.paths import NoisePath
+from diffusion_pl.randomness import Generators, randn
 from diffusion_pl.samplers.base import DenoiserFn, Sampler, progress_bar
 
 __all__ = [
@@ -41,8 +42,8 @@ def score_at(denoiser: DenoiserFn, path: NoisePath, t: Tensor | float) -> ScoreF
     return score_fn
 
 
-def _noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+def _noise(x: Tensor, generator: Generators) -> Tensor:
+    return randn(x.shape, generator, device=x.device, dtype=x.dtype)
 
 
 @torch.no_grad()
@@ -52,7 +53,7 @@ def langevin_dynamics(
     step_size: float,
     n_steps: int,
     *,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     progress: bool = False,
 ) -> Tensor:
     """Unadjusted Langevin dynamics x ← x + (ε/2) s(x) + √ε z at one fixed noise level.
@@ -82,7 +83,7 @@ def langevin_corrector(
     n_steps: int,
     *,
     alpha: float | Tensor = 1.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """Langevin corrector with a step size set by the signal-to-noise ratio ``snr`` = r.
 
@@ -126,7 +127,7 @@ def sample_annealed_langevin(
     *,
     steps_per_level: int = 100,
     step_lr: float = 2e-5,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     progress: bool = False,
 ) -> Tensor:
     """Annealed Langevin dynamics over the noise levels σ_i = σ(ts[i]) (NCSN, Algorithm 1).
@@ -179,6 +180,8 @@ class AnnealedLangevinSampler(Sampler):
         denoise_final: NCSNv2's final denoising step at ``path.t_min``.
     """
 
+    solver = staticmethod(sample_annealed_langevin)
+
     def __init__(
         self,
         steps: int | None = None,
@@ -186,16 +189,20 @@ class AnnealedLangevinSampler(Sampler):
         step_lr: float = 2e-5,
         denoise_final: bool = True,
     ) -> None:
-        super().__init__(1 if steps is None else steps, denoise_final)  # checks steps >= 1
-        self.steps = steps
         if steps_per_level < 1:
             raise ValueError(f"steps_per_level must be >= 1, got {steps_per_level}")
         if step_lr <= 0:
             raise ValueError(f"step_lr must be > 0, got {step_lr}")
-        self.steps_per_level, self.step_lr = steps_per_level, step_lr
+        super().__init__(
+            steps=steps,
+            steps_per_level=steps_per_level,
+            step_lr=step_lr,
+            denoise_final=denoise_final,
+        )
 
+    @torch.no_grad()
     def check(self, path: NoisePath) -> None:
-        if not float(path.sigma(torch.tensor(path.t_min, dtype=torch.float64))) > 0:
+        if not float(path.sigma(path.as_time(path.t_min))) > 0:
             raise ValueError(
                 f"{type(self).__name__}: the score is undefined at σ = 0, and "
                 f"{type(path).__name__} has σ(t_min = {path.t_min}) = 0; use a path with "
@@ -213,16 +220,8 @@ class AnnealedLangevinSampler(Sampler):
                 f"steps (it defaults to the path's levels) or set it to {path.num_steps}"
             )
 
-    def solve(self, denoiser, path, x, *, generator=None, progress=False) -> Tensor:
+    def time_grid(self, path: NoisePath, device: torch.device | str | None) -> Tensor:
+        """The L level times (``steps``, else the path's levels), evenly spaced from ``t_max`` to
+        ``t_min`` (float64)."""
         levels = path.num_steps if self.steps is None else self.steps
-        ts = torch.linspace(path.t_max, path.t_min, levels, dtype=torch.float64)
-        return sample_annealed_langevin(
-            denoiser,
-            path,
-            x,
-            ts.to(x.device),
-            steps_per_level=self.steps_per_level,
-            step_lr=self.step_lr,
-            generator=generator,
-            progress=progress,
-        )
+        return torch.linspace(path.t_max, path.t_min, levels, dtype=torch.float64, device=device)

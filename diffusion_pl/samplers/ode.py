@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 
 from diffusion_pl.paths import NoisePath
-from diffusion_pl.samplers.base import DenoiserFn, Sampler, progress_bar, uniform_time_grid
+from diffusion_pl.randomness import Generators
+from diffusion_pl.samplers.base import DenoiserFn, Sampler, progress_bar
 
 __all__ = ["EulerSampler", "HeunSampler", "ode_drift", "sample_euler", "sample_heun"]
 
@@ -27,7 +28,7 @@ def sample_euler(
     x: Tensor,
     ts: Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     progress: bool = False,
 ) -> Tensor:
     """Euler steps x ← x + (t_{i+1} − t_i) · drift(x, t_i) over the decreasing grid ``ts``.
@@ -55,7 +56,7 @@ def sample_heun(
     x: Tensor,
     ts: Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     progress: bool = False,
 ) -> Tensor:
     """Heun's 2nd-order method on the PF-ODE; 2 evaluations per step, 1 on a step to σ = 0.
@@ -76,16 +77,28 @@ def sample_heun(
 
 
 class EulerSampler(Sampler):
-    """Euler PF-ODE sampler on a uniform time grid (``steps`` network evaluations)."""
+    """Euler PF-ODE sampler on a uniform time grid (``steps`` network evaluations).
 
-    def solve(self, denoiser, path, x, *, generator=None, progress=False) -> Tensor:
-        ts = uniform_time_grid(path, self.steps, x.device)
-        return sample_euler(denoiser, path, x, ts, generator=generator, progress=progress)
+    Args:
+        steps: number of Euler steps.
+        denoise_final: return x̂_0 at ``path.t_min``.
+    """
+
+    solver = staticmethod(sample_euler)
+
+    def __init__(self, steps: int = 100, denoise_final: bool = True) -> None:
+        super().__init__(steps=steps, denoise_final=denoise_final)
 
 
 class HeunSampler(Sampler):
-    """Heun PF-ODE sampler on a uniform time grid (about ``2 * steps`` network evaluations)."""
+    """Heun PF-ODE sampler on a uniform time grid (about ``2 * steps`` network evaluations).
 
-    def solve(self, denoiser, path, x, *, generator=None, progress=False) -> Tensor:
-        ts = uniform_time_grid(path, self.steps, x.device)
-        return sample_heun(denoiser, path, x, ts, generator=generator, progress=progress)
+    Args:
+        steps: number of Heun steps (Karras et al.: 18 on CIFAR-10).
+        denoise_final: return x̂_0 at ``path.t_min``.
+    """
+
+    solver = staticmethod(sample_heun)
+
+    def __init__(self, steps: int = 100, denoise_final: bool = True) -> None:
+        super().__init__(steps=steps, denoise_final=denoise_final)

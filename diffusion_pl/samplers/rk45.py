@@ -18,6 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from diffusion_pl.paths import NoisePath
+from diffusion_pl.randomness import Generators
 from diffusion_pl.samplers.base import DenoiserFn, Sampler, uniform_time_grid
 from diffusion_pl.samplers.ode import ode_drift
 
@@ -173,7 +174,7 @@ def sample_rk45(
     *,
     rtol: float = 1e-5,
     atol: float = 1e-5,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     progress: bool = False,
 ) -> Tensor:
     """Integrate the PF-ODE dx/dt = α'_t x̂_0 + σ'_t ε̂ from ``ts[0]`` to ``ts[-1]`` with RK45.
@@ -209,9 +210,9 @@ def sample_rk45(
 class RK45Sampler(Sampler):
     """Adaptive RK45 PF-ODE sampler from ``t_max`` to ``t_min``; the solver picks the steps.
 
-    There is no ``steps`` argument, so :class:`Sampler`'s steps check is not run. The NFE of a
-    call is not stored here (attributes are exactly the constructor arguments, so the CLI can
-    rebuild it with ``type(s)(**vars(s))``): read the ``nfe`` counter of the ``Denoiser``.
+    There is no ``steps`` argument (``with_steps`` refuses). The NFE of a call is not stored
+    here (attributes are exactly the constructor arguments): read the ``nfe`` counter of the
+    ``Denoiser``.
 
     Args:
         rtol: relative tolerance of the solver.
@@ -219,11 +220,13 @@ class RK45Sampler(Sampler):
         denoise_final: return x̂_0 at ``t_min`` instead of x_{t_min}.
     """
 
+    solver = staticmethod(sample_rk45)
+
     def __init__(self, rtol: float = 1e-5, atol: float = 1e-5, denoise_final: bool = True) -> None:
         if not (rtol > 0 and atol > 0):
             raise ValueError(f"RK45Sampler: rtol and atol must be > 0, got {rtol}, {atol}")
-        self.rtol, self.atol, self.denoise_final = rtol, atol, denoise_final
+        super().__init__(rtol=rtol, atol=atol, denoise_final=denoise_final)
 
-    def solve(self, denoiser, path, x, *, generator=None, progress=False) -> Tensor:
-        ts = uniform_time_grid(path, 1, x.device)
-        return sample_rk45(denoiser, path, x, ts, rtol=self.rtol, atol=self.atol, progress=progress)
+    def time_grid(self, path: NoisePath, device: torch.device | str | None) -> Tensor:
+        """The end points ``[t_max, t_min]``; the solver chooses the times between."""
+        return uniform_time_grid(path, 1, device)

@@ -11,21 +11,30 @@ for the linear (rectified-flow) path at t = 1, where the configs' ``check`` refu
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 from torch import Tensor
 
 from diffusion_pl.paths import NoisePath
-from diffusion_pl.samplers.base import DenoiserFn, Sampler, progress_bar, uniform_time_grid
+from diffusion_pl.randomness import Generators, randn
+from diffusion_pl.samplers.base import DenoiserFn, Sampler, progress_bar
 from diffusion_pl.samplers.langevin import langevin_corrector, score_at
 
-__all__ = ["EulerMaruyamaSampler", "PCSampler", "sample_euler_maruyama", "sample_pc"]
+__all__ = [
+    "EulerMaruyamaSampler",
+    "PCSampler",
+    "StepFn",
+    "euler_maruyama_step",
+    "reverse_diffusion_step",
+    "sample_euler_maruyama",
+    "sample_pc",
+]
 
 StepFn = Callable[[NoisePath, Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+"""A predictor ``step(path, x, score, t, s) -> (mean, std)`` of one step t → s < t."""
 
 
-def _euler_maruyama_step(
+def euler_maruyama_step(
     path: NoisePath, x: Tensor, score: Tensor, t: Tensor, s: Tensor
 ) -> tuple[Tensor, Tensor]:
     """Mean and std of one Euler–Maruyama step t → s < t of the reverse SDE (Δ = t − s)."""
@@ -35,7 +44,7 @@ def _euler_maruyama_step(
     return mean, torch.sqrt(g2 * dt).to(x.dtype)
 
 
-def _reverse_diffusion_step(
+def reverse_diffusion_step(
     path: NoisePath, x: Tensor, score: Tensor, t: Tensor, s: Tensor
 ) -> tuple[Tensor, Tensor]:
     """Mean and std of the reverse-diffusion predictor for t → s < t (Song et al., Eq. 46).
@@ -52,10 +61,14 @@ def _reverse_diffusion_step(
     return mean, torch.sqrt(g2.clamp_min(0)).to(x.dtype)
 
 
-_PREDICTORS: dict[str, StepFn] = {
-    "euler_maruyama": _euler_maruyama_step,
-    "reverse_diffusion": _reverse_diffusion_step,
-}
+def _check_predictor(predictor: StepFn) -> None:
+    """Refuse a predictor that is not a function (a name, say), naming the two there are."""
+    if not callable(predictor):
+        raise ValueError(
+            f"predictor must be a step function (path, x, score, t, s) -> (mean, std), got "
+            f"{predictor!r}; use diffusion_pl.samplers.sde.reverse_diffusion_step or "
+            "diffusion_pl.samplers.sde.euler_maruyama_step"
+        )
 
 
 def _reverse_sde(
@@ -67,7 +80,7 @@ def _reverse_sde(
     predictor: StepFn,
     corrector_steps: int,
     snr: float,
-    generator: torch.Generator | None,
+    generator: Generators,
     progress: bool,
     desc: str,
 ) -> Tensor:
@@ -83,9 +96,7 @@ def _reverse_sde(
             )
         mean, std = predictor(path, x, score_at(denoiser, path, t)(x), t, s)
         if i < steps - 1:
-            mean = mean + std * torch.randn(
-                mean.shape, generator=generator, device=mean.device, dtype=mean.dtype
-            )
+            mean = mean + std * randn(mean.shape, generator, device=mean.device, dtype=mean.dtype)
         x = mean
     return x
 
@@ -97,7 +108,7 @@ def sample_euler_maruyama(
     x: Tensor,
     ts: Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     progress: bool = False,
 ) -> Tensor:
     """Euler–Maruyama on the reverse SDE over the decreasing grid ``ts``.
@@ -122,7 +133,7 @@ def sample_euler_maruyama(
         path,
         x,
         ts,
-        predictor=_euler_maruyama_step,
+        predictor=euler_maruyama_step,
         corrector_steps=0,
         snr=0.0,
         generator=generator,
@@ -138,10 +149,10 @@ def sample_pc(
     x: Tensor,
     ts: Tensor,
     *,
-    predictor: Literal["reverse_diffusion", "euler_maruyama"] = "reverse_diffusion",
+    predictor: StepFn = reverse_diffusion_step,
     corrector_steps: int = 1,
     snr: float = 0.16,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     progress: bool = False,
 ) -> Tensor:
     """Predictor–corrector sampling: Langevin corrector at t, then a predictor step t → s.
@@ -160,8 +171,8 @@ def sample_pc(
         path: the noise path; needs α > 0 on ``ts``.
         x: samples at ``ts[0]``, ``[B, ...]``.
         ts: decreasing times ``[N + 1]``.
-        predictor: "reverse_diffusion" (Eq. 46, the path's exact forward step reversed) or
-            "euler_maruyama".
+        predictor: the predictor step: :func:`reverse_diffusion_step` (Eq. 46, the path's
+            exact forward step reversed) or :func:`euler_maruyama_step`.
         corrector_steps: Langevin corrector steps M per time (0: predictor only).
         snr: corrector signal-to-noise ratio r (paper: 0.16 on VE, 0.01 on VP).
         generator: source of all noise.
@@ -170,25 +181,25 @@ def sample_pc(
     Reference: Song et al. (2021), "Score-Based Generative Modeling through SDEs",
     Algorithms 1–5 and Eq. 46–47.
     """
-    if predictor not in _PREDICTORS:
-        raise ValueError(f"unknown predictor {predictor!r}; use one of {sorted(_PREDICTORS)}")
+    _check_predictor(predictor)
     return _reverse_sde(
         denoiser,
         path,
         x,
         ts,
-        predictor=_PREDICTORS[predictor],
+        predictor=predictor,
         corrector_steps=corrector_steps,
         snr=snr,
         generator=generator,
         progress=progress,
-        desc=f"pc ({predictor})",
+        desc="pc",
     )
 
 
+@torch.no_grad()
 def _check_reverse_sde(sampler: Sampler, path: NoisePath) -> None:
     """Refuse paths whose reverse-SDE coefficients are not finite at t_max (α_{t_max} = 0)."""
-    t_max = torch.tensor(path.t_max, dtype=torch.float64)
+    t_max = path.as_time(path.t_max)
     if not (torch.isfinite(path.f(t_max)) and torch.isfinite(path.g2(t_max))):
         raise ValueError(
             f"{type(sampler).__name__} integrates the reverse SDE, whose drift "
@@ -207,15 +218,13 @@ class EulerMaruyamaSampler(Sampler):
         denoise_final: return x̂_0 at ``path.t_min``.
     """
 
+    solver = staticmethod(sample_euler_maruyama)
+
     def __init__(self, steps: int = 1000, denoise_final: bool = True) -> None:
-        super().__init__(steps, denoise_final)
+        super().__init__(steps=steps, denoise_final=denoise_final)
 
     def check(self, path: NoisePath) -> None:
         _check_reverse_sde(self, path)
-
-    def solve(self, denoiser, path, x, *, generator=None, progress=False) -> Tensor:
-        ts = uniform_time_grid(path, self.steps, x.device)
-        return sample_euler_maruyama(denoiser, path, x, ts, generator=generator, progress=progress)
 
 
 class PCSampler(Sampler):
@@ -223,42 +232,36 @@ class PCSampler(Sampler):
 
     Args:
         steps: number of predictor steps N (paper: 1000).
-        predictor: "reverse_diffusion" or "euler_maruyama".
+        predictor: the predictor step, :func:`reverse_diffusion_step` or
+            :func:`euler_maruyama_step`; in YAML its import path, e.g.
+            ``predictor: diffusion_pl.samplers.sde.euler_maruyama_step``.
         corrector_steps: Langevin steps per time M (paper: 1).
         snr: corrector signal-to-noise ratio r (paper: 0.16 on VE / CIFAR-10, 0.01 on VP).
         denoise_final: return x̂_0 at ``path.t_min``.
     """
 
+    solver = staticmethod(sample_pc)
+
     def __init__(
         self,
         steps: int = 1000,
-        predictor: Literal["reverse_diffusion", "euler_maruyama"] = "reverse_diffusion",
+        predictor: StepFn = reverse_diffusion_step,
         corrector_steps: int = 1,
         snr: float = 0.16,
         denoise_final: bool = True,
     ) -> None:
-        super().__init__(steps, denoise_final)
-        if predictor not in _PREDICTORS:
-            raise ValueError(f"unknown predictor {predictor!r}; use one of {sorted(_PREDICTORS)}")
+        _check_predictor(predictor)
         if corrector_steps < 0:
             raise ValueError(f"corrector_steps must be >= 0, got {corrector_steps}")
         if snr <= 0:
             raise ValueError(f"snr must be > 0, got {snr}")
-        self.predictor, self.corrector_steps, self.snr = predictor, corrector_steps, snr
+        super().__init__(
+            steps=steps,
+            predictor=predictor,
+            corrector_steps=corrector_steps,
+            snr=snr,
+            denoise_final=denoise_final,
+        )
 
     def check(self, path: NoisePath) -> None:
         _check_reverse_sde(self, path)
-
-    def solve(self, denoiser, path, x, *, generator=None, progress=False) -> Tensor:
-        ts = uniform_time_grid(path, self.steps, x.device)
-        return sample_pc(
-            denoiser,
-            path,
-            x,
-            ts,
-            predictor=self.predictor,
-            corrector_steps=self.corrector_steps,
-            snr=self.snr,
-            generator=generator,
-            progress=progress,
-        )
