@@ -175,8 +175,9 @@ def sample_unipc(
     Each step predicts x_s with UniP of order p from p past x̂_0, evaluates the model at the
     prediction, and corrects x_s with UniC, which also uses that new output (so the corrector
     costs no extra call and raises the order of accuracy to p + 1). The output at the predicted
-    x_s is what later steps reuse; the last step is not corrected. Order-1 predictor and
-    order-2 predictor use the fixed ρ = ½ of the reference code.
+    x_s is what later steps reuse; the last step is not corrected. The order-2 predictor and
+    the order-1 corrector use the reference code's fixed ρ = ½; in data-prediction form
+    B(h) = e^{−h} − 1 there, with h = λ_s − λ_t.
 
     Args:
         denoiser: ``(x, t) -> Prediction``.
