@@ -135,11 +135,35 @@ class NoisePath:
         sq = x.flatten(1).pow(2).sum(1)
         return -0.5 * sq / std**2 - d * (math.log(std) + 0.5 * math.log(2 * math.pi))
 
+    def time_of_log_snr(self, log_snr: Tensor) -> Tensor:
+        """Inverse of :meth:`log_snr` by bisection on [0, 1] in float64 (λ_t decreasing in t).
+
+        Paths with a closed form override this. 64 halvings reach float64 resolution; a λ
+        outside [λ_1, λ_0] returns the nearer end.
+
+        Args:
+            log_snr: λ = log(α²/σ²), any shape; ±inf map to the ends.
+        """
+        lam = log_snr.to(torch.float64)
+        lo, hi = torch.zeros_like(lam), torch.ones_like(lam)
+        for _ in range(64):
+            mid = 0.5 * (lo + hi)
+            above = self.log_snr(mid) > lam  # λ(mid) > λ: the answer lies to the right
+            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+        return 0.5 * (lo + hi)
+
 
 def _vp_linear_integral(t: Tensor, beta_min: float, beta_max: float) -> tuple[Tensor, Tensor]:
     """B(t) = ∫₀ᵗ β(s) ds = ½ t² (β_max − β_min) + t β_min and B'(t) = β(t)."""
     delta = beta_max - beta_min
     return 0.5 * t**2 * delta + t * beta_min, beta_min + t * delta
+
+
+def _vp_linear_time(b: Tensor, beta_min: float, beta_max: float) -> Tensor:
+    """Inverse of B(t): the positive root of ½ Δ t² + β_min t = B, written 2B / (β_min + √·)
+    so that small t keeps its digits."""
+    delta = beta_max - beta_min
+    return 2.0 * b / (beta_min + torch.sqrt(beta_min**2 + 2.0 * delta * b))
 
 
 class VPLinearPath(NoisePath):
@@ -173,6 +197,11 @@ class VPLinearPath(NoisePath):
         b, _ = _vp_linear_integral(t, self.beta_min, self.beta_max)
         return -b - torch.log(-torch.expm1(-b))
 
+    def time_of_log_snr(self, log_snr: Tensor) -> Tensor:
+        """Inverse of :meth:`log_snr`: e^{−λ} = e^B − 1, so B = softplus(−λ), then t from B."""
+        b = torch.nn.functional.softplus(-log_snr.to(torch.float64))
+        return _vp_linear_time(b, self.beta_min, self.beta_max)
+
 
 class SubVPPath(VPLinearPath):
     """Sub-VP path: α_t as VP-linear, σ_t = 1 − α_t².
@@ -191,6 +220,14 @@ class SubVPPath(VPLinearPath):
     def log_snr(self, t: Tensor) -> Tensor:
         b, _ = _vp_linear_integral(t, self.beta_min, self.beta_max)
         return -b - 2.0 * torch.log(-torch.expm1(-b))
+
+    def time_of_log_snr(self, log_snr: Tensor) -> Tensor:
+        """Inverse of :meth:`log_snr`: with u = α² = e^{−B}, e^λ = u / (1 − u)², whose root in
+        (0, 1) is u = 4e^λ / (1 + √(1 + 4e^λ))²; then t from B = −log u."""
+        lam = log_snr.to(torch.float64)
+        root = torch.sqrt(1.0 + 4.0 * torch.exp(lam))
+        b = 2.0 * torch.log1p(root) - lam - math.log(4.0)
+        return _vp_linear_time(b, self.beta_min, self.beta_max)
 
 
 class VPCosinePath(NoisePath):
@@ -222,6 +259,12 @@ class VPCosinePath(NoisePath):
 
     def d_sigma(self, t: Tensor) -> Tensor:
         return -self.alpha(t) * self.d_alpha(t) / self.sigma(t)
+
+    def time_of_log_snr(self, log_snr: Tensor) -> Tensor:
+        """Inverse of :meth:`log_snr`: α² = sigmoid(λ), phase = arccos(α · cos(π/2 · s/(1+s)))."""
+        alpha = torch.sigmoid(log_snr.to(torch.float64)).sqrt()
+        phase = torch.arccos((alpha * self._norm()).clamp(max=1.0))
+        return phase * (1 + self.s) / (0.5 * math.pi) - self.s
 
 
 class VEPath(NoisePath):
@@ -260,6 +303,10 @@ class VEPath(NoisePath):
         """Inverse of σ_t: t = log(σ / σ_min) / log(σ_max / σ_min)."""
         return torch.log(sigma / self.sigma_min) / self._log_ratio
 
+    def time_of_log_snr(self, log_snr: Tensor) -> Tensor:
+        """Inverse of :meth:`log_snr`: λ = −2 log σ, t = (−λ/2 − log σ_min) / log(σ_max/σ_min)."""
+        return (-0.5 * log_snr.to(torch.float64) - math.log(self.sigma_min)) / self._log_ratio
+
 
 class LinearPath(NoisePath):
     """Linear interpolation α_t = 1 − t, σ_t = t (rectified flow / flow matching).
@@ -278,6 +325,10 @@ class LinearPath(NoisePath):
 
     def d_sigma(self, t: Tensor) -> Tensor:
         return torch.ones_like(t)
+
+    def time_of_log_snr(self, log_snr: Tensor) -> Tensor:
+        """Inverse of :meth:`log_snr`: λ = 2 log((1 − t)/t), so t = sigmoid(−λ/2)."""
+        return torch.sigmoid(-0.5 * log_snr.to(torch.float64))
 
 
 def linear_betas(num_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
@@ -365,3 +416,16 @@ class DDPMPath(NoisePath):
     def log_snr(self, t: Tensor) -> Tensor:
         value, _ = self._log_alpha_bar(t)
         return (value - torch.log(-torch.expm1(value))).to(t.dtype)
+
+    def time_of_log_snr(self, log_snr: Tensor) -> Tensor:
+        """Inverse of :meth:`log_snr`, exact for the piecewise-linear log ᾱ(t).
+
+        ᾱ = sigmoid(λ), so log ᾱ = logsigmoid(λ); the table of log ᾱ_i decreases in i, and
+        inside its segment log ᾱ is linear in t.
+        """
+        value = torch.nn.functional.logsigmoid(log_snr.to(torch.float64))
+        table = self.log_alpha_bar.to(value.device)
+        hi = torch.searchsorted(-table, -value.reshape(-1)).clamp(1, self.num_steps)
+        lo = hi - 1
+        frac = (value.reshape(-1) - table[lo]) / (table[hi] - table[lo])
+        return ((lo + frac.clamp(0, 1)) / self.num_steps).reshape(value.shape)

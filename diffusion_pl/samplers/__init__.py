@@ -63,3 +63,51 @@ __all__ = [
     "solve_ode_rk45",
     "uniform_time_grid",
 ]
+
+from diffusion_pl.samplers.edm import EDMSampler, sample_edm  # noqa: E402
+from diffusion_pl.samplers.grids import (  # noqa: E402
+    GRIDS,
+    EDMGrid,
+    Grid,
+    LeadingGrid,
+    LinspaceGrid,
+    LogSNRGrid,
+    TrailingGrid,
+    UniformGrid,
+)
+from diffusion_pl.samplers.multistep import (  # noqa: E402
+    DPMSolver3MSampler,
+    DPMSolverSampler,
+    IPNDMSampler,
+    UniPCSampler,
+    sample_dpmpp,
+    sample_ipndm,
+    sample_unipc,
+)
+
+SAMPLERS |= {
+    "dpmpp_2m": DPMSolverSampler,
+    "dpmpp_3m": DPMSolver3MSampler,
+    "unipc": UniPCSampler,
+    "ipndm": IPNDMSampler,
+    "edm_sde": EDMSampler,
+}
+__all__ += [
+    "GRIDS",
+    "DPMSolver3MSampler",
+    "DPMSolverSampler",
+    "EDMGrid",
+    "EDMSampler",
+    "Grid",
+    "IPNDMSampler",
+    "LeadingGrid",
+    "LinspaceGrid",
+    "LogSNRGrid",
+    "TrailingGrid",
+    "UniPCSampler",
+    "UniformGrid",
+    "sample_dpmpp",
+    "sample_edm",
+    "sample_ipndm",
+    "sample_unipc",
+]
