@@ -16,6 +16,7 @@ from diffusion_pl.paths import (
     VEPath,
     VPCosinePath,
     VPLinearPath,
+    cosine_betas,
 )
 from diffusion_pl.samplers.grids import (
     GRIDS,
@@ -35,7 +36,7 @@ PATHS = [
     VEPath(),
     LinearPath(),
     DDPMPath(),
-    DDPMPath(schedule="cosine"),
+    DDPMPath(schedule=cosine_betas),
     LearnedVPPath(hidden=16),
 ]
 ids = [f"{type(p).__name__}{i}" for i, p in enumerate(PATHS)]

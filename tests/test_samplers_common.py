@@ -28,6 +28,11 @@ SETTINGS = {
     "ddpm": {"steps": 5},
     "ddim": {"steps": 5, "eta": 0.5},
     "annealed_langevin": {"steps": 3, "steps_per_level": 2},
+    "dpmpp_2m": {"steps": 5},
+    "dpmpp_3m": {"steps": 5},
+    "unipc": {"steps": 5},
+    "ipndm": {"steps": 5},
+    "edm_sde": {"steps": 5, "s_churn": 10.0},
 }
 
 # 4 samples of each sampler above on VPLinearPath with the test mixture's oracle, one
@@ -69,7 +74,7 @@ SINGLE_GENERATOR = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("name", sorted(SINGLE_GENERATOR))
 def test_one_generator_gives_the_numbers_of_before(name: str) -> None:
     path = VPLinearPath()
     sampler = SAMPLERS[name](**SETTINGS[name])

@@ -20,6 +20,7 @@ import pytest
 import torch
 from mixture_checks import IsotropicMixtureOracle, N, check_mixture, mixture_oracle
 
+from diffusion_pl.mixture import GaussianMixtureSpec
 from diffusion_pl.paths import DDPMPath, LinearPath, NoisePath, VEPath, VPLinearPath
 from diffusion_pl.samplers import (
     DPMSolver3MSampler,
@@ -65,9 +66,8 @@ _REFERENCES: dict[str, tuple[IsotropicMixtureOracle, torch.Tensor, torch.Tensor]
 
 
 def gentle_oracle(path: NoisePath) -> IsotropicMixtureOracle:
-    means = torch.tensor([[-1.0, 0.0], [1.0, 0.5]], dtype=torch.float64)
-    stds = torch.tensor([0.5, 0.5], dtype=torch.float64)
-    return IsotropicMixtureOracle(path, means, stds, torch.tensor([0.8, 0.2], dtype=torch.float64))
+    mixture = GaussianMixtureSpec.isotropic([[-1.0, 0.0], [1.0, 0.5]], 0.5, [0.8, 0.2])
+    return IsotropicMixtureOracle(path, mixture)
 
 
 def reference(name: str) -> tuple[IsotropicMixtureOracle, torch.Tensor, torch.Tensor]:

@@ -1,13 +1,35 @@
 """Samplers: pure functions over (denoiser, path, x_T) plus thin YAML-facing configs."""
 
 from diffusion_pl.samplers.ancestral import DDIMSampler, DDPMSampler, sample_ddim, sample_ddpm
-from diffusion_pl.samplers.base import DenoiserFn, Sampler, uniform_time_grid
+from diffusion_pl.samplers.base import DenoiserFn, Sampler
+from diffusion_pl.samplers.edm import EDMSampler, sample_edm
+from diffusion_pl.samplers.grids import (
+    GRIDS,
+    EDMGrid,
+    Grid,
+    LeadingGrid,
+    LinspaceGrid,
+    LogSNRGrid,
+    TrailingGrid,
+    UniformGrid,
+    karras_sigmas,
+    uniform_time_grid,
+)
 from diffusion_pl.samplers.langevin import (
     AnnealedLangevinSampler,
     langevin_corrector,
     langevin_dynamics,
     sample_annealed_langevin,
     score_at,
+)
+from diffusion_pl.samplers.multistep import (
+    DPMSolver3MSampler,
+    DPMSolverSampler,
+    IPNDMSampler,
+    UniPCSampler,
+    sample_dpmpp,
+    sample_ipndm,
+    sample_unipc,
 )
 from diffusion_pl.samplers.ode import (
     EulerSampler,
@@ -33,81 +55,56 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "ddpm": DDPMSampler,
     "ddim": DDIMSampler,
     "annealed_langevin": AnnealedLangevinSampler,
-}
-"""Short names for ``diffusion-pl sample --sampler NAME``; YAML uses ``class_path`` instead."""
-
-__all__ = [
-    "SAMPLERS",
-    "AnnealedLangevinSampler",
-    "DDIMSampler",
-    "DDPMSampler",
-    "DenoiserFn",
-    "EulerMaruyamaSampler",
-    "EulerSampler",
-    "HeunSampler",
-    "PCSampler",
-    "RK45Sampler",
-    "Sampler",
-    "langevin_corrector",
-    "langevin_dynamics",
-    "ode_drift",
-    "sample_annealed_langevin",
-    "sample_ddim",
-    "sample_ddpm",
-    "sample_euler",
-    "sample_euler_maruyama",
-    "sample_heun",
-    "sample_pc",
-    "sample_rk45",
-    "score_at",
-    "solve_ode_rk45",
-    "uniform_time_grid",
-]
-
-from diffusion_pl.samplers.edm import EDMSampler, sample_edm  # noqa: E402
-from diffusion_pl.samplers.grids import (  # noqa: E402
-    GRIDS,
-    EDMGrid,
-    Grid,
-    LeadingGrid,
-    LinspaceGrid,
-    LogSNRGrid,
-    TrailingGrid,
-    UniformGrid,
-)
-from diffusion_pl.samplers.multistep import (  # noqa: E402
-    DPMSolver3MSampler,
-    DPMSolverSampler,
-    IPNDMSampler,
-    UniPCSampler,
-    sample_dpmpp,
-    sample_ipndm,
-    sample_unipc,
-)
-
-SAMPLERS |= {
     "dpmpp_2m": DPMSolverSampler,
     "dpmpp_3m": DPMSolver3MSampler,
     "unipc": UniPCSampler,
     "ipndm": IPNDMSampler,
     "edm_sde": EDMSampler,
 }
-__all__ += [
+"""Short names for ``diffusion-pl sample --sampler NAME``; YAML uses ``class_path`` instead."""
+
+__all__ = [
     "GRIDS",
+    "SAMPLERS",
+    "AnnealedLangevinSampler",
+    "DDIMSampler",
+    "DDPMSampler",
     "DPMSolver3MSampler",
     "DPMSolverSampler",
+    "DenoiserFn",
     "EDMGrid",
     "EDMSampler",
+    "EulerMaruyamaSampler",
+    "EulerSampler",
     "Grid",
+    "HeunSampler",
     "IPNDMSampler",
     "LeadingGrid",
     "LinspaceGrid",
     "LogSNRGrid",
+    "PCSampler",
+    "RK45Sampler",
+    "Sampler",
     "TrailingGrid",
     "UniPCSampler",
     "UniformGrid",
+    "karras_sigmas",
+    "langevin_corrector",
+    "langevin_dynamics",
+    "ode_drift",
+    "sample_annealed_langevin",
+    "sample_ddim",
+    "sample_ddpm",
     "sample_dpmpp",
     "sample_edm",
+    "sample_euler",
+    "sample_euler_maruyama",
+    "sample_heun",
     "sample_ipndm",
+    "sample_pc",
+    "sample_rk45",
     "sample_unipc",
+    "score_at",
+    "solve_ode_rk45",
+    "uniform_time_grid",
 ]

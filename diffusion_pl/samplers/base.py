@@ -18,24 +18,12 @@ from tqdm.auto import tqdm
 from diffusion_pl.parameterization import Prediction
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.randomness import Generators
+from diffusion_pl.samplers.grids import Grid, UniformGrid
 
-__all__ = ["DenoiserFn", "Sampler", "progress_bar", "uniform_time_grid"]
+__all__ = ["DenoiserFn", "Sampler", "progress_bar"]
 
 DenoiserFn = Callable[[Tensor, Tensor | float], Prediction]
 """``denoiser(x [B, ...], t) -> Prediction(x0, eps)``: a trained net or an exact oracle."""
-
-
-def uniform_time_grid(
-    path: NoisePath, steps: int, device: torch.device | str | None = None
-) -> Tensor:
-    """``steps + 1`` times evenly spaced from ``path.t_max`` down to ``path.t_min`` (float64).
-
-    On the VE path this is the geometric σ grid of Song et al. (2021); on ``DDPMPath(T)``
-    (t_min = 1/T) ``steps = T − 1`` visits exactly the discrete steps i/T, i = T … 1.
-    """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    return torch.linspace(path.t_max, path.t_min, steps + 1, dtype=torch.float64, device=device)
 
 
 def progress_bar(items: Iterable, total: int, enabled: bool, desc: str) -> Iterator:
@@ -70,6 +58,9 @@ class Sampler:
     solver: ClassVar[Callable[..., Tensor]]
     """``solver(denoiser, path, x, ts, *, generator, progress, **settings) -> x at ts[-1]``."""
 
+    default_grid: ClassVar[Grid] = UniformGrid()
+    """The time grid of the sampler's paper, used when its ``grid`` setting is None or absent."""
+
     def __init__(self, *, denoise_final: bool = True, **settings: Any) -> None:
         steps = settings.get("steps")
         if steps is not None and steps < 1:
@@ -89,8 +80,10 @@ class Sampler:
         """Raise ValueError, saying why, if this sampler cannot run on ``path``."""
 
     def time_grid(self, path: NoisePath, device: torch.device | str | None) -> Tensor:
-        """The decreasing times ``solver`` visits: ``steps`` uniform steps t_max → t_min."""
-        return uniform_time_grid(path, self.steps, device)
+        """The decreasing times ``solver`` visits: ``steps`` steps t_max → t_min on the
+        sampler's ``grid`` setting, else on its paper's :attr:`default_grid`."""
+        grid = self.arguments().get("grid") or self.default_grid
+        return grid(path, self.steps, device)
 
     def arguments(self) -> dict[str, Any]:
         """The constructor arguments, in order (a jsonargparse lazy instance's ``_lazy…``
@@ -99,7 +92,8 @@ class Sampler:
 
     def settings(self) -> dict[str, Any]:
         """The keyword settings of :attr:`solver`: the arguments but steps and denoise_final."""
-        return {k: v for k, v in self.arguments().items() if k not in ("steps", "denoise_final")}
+        fixed = ("steps", "grid", "denoise_final")
+        return {k: v for k, v in self.arguments().items() if k not in fixed}
 
     @torch.no_grad()
     def __call__(

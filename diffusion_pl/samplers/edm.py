@@ -104,6 +104,9 @@ class EDMSampler(Sampler):
         denoise_final: return x̂_0 at ``path.t_min``.
     """
 
+    solver = staticmethod(sample_edm)
+    default_grid = EDMGrid()
+
     def __init__(
         self,
         steps: int = 18,
@@ -114,26 +117,17 @@ class EDMSampler(Sampler):
         grid: Grid | None = None,
         denoise_final: bool = True,
     ) -> None:
-        super().__init__(steps, denoise_final)
         if s_churn < 0 or s_noise < 0 or not 0 <= s_min <= s_max:
             raise ValueError(
                 f"need s_churn >= 0, s_noise >= 0 and 0 <= s_min <= s_max, got "
                 f"{s_churn}, {s_noise}, {s_min}, {s_max}"
             )
-        self.s_churn, self.s_min, self.s_max, self.s_noise = s_churn, s_min, s_max, s_noise
-        self.grid = grid or EDMGrid()
-
-    def solve(self, denoiser, path, x, *, generator=None, progress=False) -> Tensor:
-        ts = self.grid(path, self.steps, x.device)
-        return sample_edm(
-            denoiser,
-            path,
-            x,
-            ts,
-            s_churn=self.s_churn,
-            s_min=self.s_min,
-            s_max=self.s_max,
-            s_noise=self.s_noise,
-            generator=generator,
-            progress=progress,
+        super().__init__(
+            steps=steps,
+            s_churn=s_churn,
+            s_min=s_min,
+            s_max=s_max,
+            s_noise=s_noise,
+            grid=grid,
+            denoise_final=denoise_final,
         )

@@ -21,7 +21,6 @@ import torch
 from torch import Tensor
 
 from diffusion_pl.paths import DDPMPath, NoisePath
-from diffusion_pl.samplers.base import uniform_time_grid
 
 __all__ = [
     "GRIDS",
@@ -33,7 +32,21 @@ __all__ = [
     "TrailingGrid",
     "UniformGrid",
     "karras_sigmas",
+    "uniform_time_grid",
 ]
+
+
+def uniform_time_grid(
+    path: NoisePath, steps: int, device: torch.device | str | None = None
+) -> Tensor:
+    """``steps + 1`` times evenly spaced from ``path.t_max`` down to ``path.t_min`` (float64).
+
+    On the VE path this is the geometric σ grid of Song et al. (2021); on ``DDPMPath(T)``
+    (t_min = 1/T) ``steps = T − 1`` visits exactly the discrete steps i/T, i = T … 1.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return torch.linspace(path.t_max, path.t_min, steps + 1, dtype=torch.float64, device=device)
 
 
 def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> Tensor:

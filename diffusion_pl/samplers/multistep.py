@@ -321,17 +321,15 @@ class DPMSolverSampler(Sampler):
         denoise_final: return x̂_0 at ``path.t_min``.
     """
 
+    solver = staticmethod(sample_dpmpp)
+    default_grid = LogSNRGrid()
+
     def __init__(
         self, steps: int = 20, order: int = 2, grid: Grid | None = None, denoise_final: bool = True
     ) -> None:
-        super().__init__(steps, denoise_final)
         if order not in (1, 2, 3):
             raise ValueError(f"DPM-Solver++ order must be 1, 2 or 3, got {order}")
-        self.order, self.grid = order, grid or LogSNRGrid()
-
-    def solve(self, denoiser, path, x, *, generator=None, progress=False) -> Tensor:
-        ts = self.grid(path, self.steps, x.device)
-        return sample_dpmpp(denoiser, path, x, ts, order=self.order, progress=progress)
+        super().__init__(steps=steps, order=order, grid=grid, denoise_final=denoise_final)
 
 
 class DPMSolver3MSampler(DPMSolverSampler):
@@ -340,7 +338,7 @@ class DPMSolver3MSampler(DPMSolverSampler):
     def __init__(
         self, steps: int = 20, order: int = 3, grid: Grid | None = None, denoise_final: bool = True
     ) -> None:
-        super().__init__(steps, order, grid, denoise_final)
+        super().__init__(steps=steps, order=order, grid=grid, denoise_final=denoise_final)
 
 
 class UniPCSampler(Sampler):
@@ -353,17 +351,15 @@ class UniPCSampler(Sampler):
         denoise_final: return x̂_0 at ``path.t_min``.
     """
 
+    solver = staticmethod(sample_unipc)
+    default_grid = LogSNRGrid()
+
     def __init__(
         self, steps: int = 20, order: int = 2, grid: Grid | None = None, denoise_final: bool = True
     ) -> None:
-        super().__init__(steps, denoise_final)
         if order not in (1, 2, 3):
             raise ValueError(f"UniPC order must be 1, 2 or 3, got {order}")
-        self.order, self.grid = order, grid or LogSNRGrid()
-
-    def solve(self, denoiser, path, x, *, generator=None, progress=False) -> Tensor:
-        ts = self.grid(path, self.steps, x.device)
-        return sample_unipc(denoiser, path, x, ts, order=self.order, progress=progress)
+        super().__init__(steps=steps, order=order, grid=grid, denoise_final=denoise_final)
 
 
 class IPNDMSampler(Sampler):
@@ -376,6 +372,9 @@ class IPNDMSampler(Sampler):
         denoise_final: return x̂_0 at ``path.t_min``.
     """
 
+    solver = staticmethod(sample_ipndm)
+    default_grid = EDMGrid()
+
     def __init__(
         self,
         steps: int = 20,
@@ -383,11 +382,6 @@ class IPNDMSampler(Sampler):
         grid: Grid | None = None,
         denoise_final: bool = True,
     ) -> None:
-        super().__init__(steps, denoise_final)
         if max_order not in (1, 2, 3, 4):
             raise ValueError(f"iPNDM max_order must be 1 … 4, got {max_order}")
-        self.max_order, self.grid = max_order, grid or EDMGrid()
-
-    def solve(self, denoiser, path, x, *, generator=None, progress=False) -> Tensor:
-        ts = self.grid(path, self.steps, x.device)
-        return sample_ipndm(denoiser, path, x, ts, max_order=self.max_order, progress=progress)
+        super().__init__(steps=steps, max_order=max_order, grid=grid, denoise_final=denoise_final)

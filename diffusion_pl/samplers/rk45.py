@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.randomness import Generators
-from diffusion_pl.samplers.base import DenoiserFn, Sampler, uniform_time_grid
+from diffusion_pl.samplers.base import DenoiserFn, Sampler
+from diffusion_pl.samplers.grids import uniform_time_grid
 from diffusion_pl.samplers.ode import ode_drift
 
 __all__ = ["RK45Sampler", "sample_rk45", "solve_ode_rk45"]
