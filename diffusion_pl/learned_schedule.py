@@ -106,7 +106,7 @@ class LearnedVPPath(nn.Module, NoisePath):
         """γ(t) and γ'(t), each shaped as t (``[B]`` or 0-dim), in t's dtype even under autocast.
 
         Mixed precision would run the network's matrix products in bf16/fp16 and blur
-        log-SNR where the loss is most sensitive (DESIGN.md: schedules stay float32/64).
+        log-SNR where the loss is most sensitive (schedules stay float32/64).
         """
         with torch.autocast(t.device.type, enabled=False):
             return self._gamma_and_slope(t)

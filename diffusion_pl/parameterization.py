@@ -3,7 +3,7 @@
 A parameterization decides what the network sees and how its output is read: its noise label
 at (t, α_t, σ_t), the reading of the raw output F at (x_t, t) as the pair (x̂_0, ε̂), each in
 its numerically stable form, and the regression target for training. Every other quantity
-follows from the pair and the path (MATH.md, "Parameterizations"):
+follows from the pair and the path (docs/math.md, section 5):
 
     score  s = −ε̂ / σ            velocity  u = α' x̂_0 + σ' ε̂
 """

@@ -2,7 +2,7 @@
 
 A path knows α_t, σ_t and their time derivatives, nothing else: it never sees a network.
 Everything else (log-SNR, the SDE coefficients f and g², the prior) is derived once here.
-See MATH.md ("Paths" and "SDE view") for the table every class below implements.
+See docs/math.md (sections 2 and 4) for the table every class below implements.
 """
 
 from __future__ import annotations
@@ -77,11 +77,11 @@ class NoisePath:
         return 2.0 * (torch.log(self.alpha(t)) - torch.log(self.sigma(t)))
 
     def f(self, t: Tensor) -> Tensor:
-        """SDE drift coefficient f(t) = d log α_t / dt (MATH.md, SDE view)."""
+        """SDE drift coefficient f(t) = d log α_t / dt (docs/math.md, section 4)."""
         return self.d_alpha(t) / self.alpha(t)
 
     def g2(self, t: Tensor) -> Tensor:
-        """Squared SDE diffusion g(t)² = dσ_t²/dt − 2 f(t) σ_t² (MATH.md, SDE view)."""
+        """Squared SDE diffusion g(t)² = dσ_t²/dt − 2 f(t) σ_t² (docs/math.md, section 4)."""
         sigma = self.sigma(t)
         return 2.0 * sigma * self.d_sigma(t) - 2.0 * self.f(t) * sigma**2
 

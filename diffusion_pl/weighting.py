@@ -1,6 +1,6 @@
 """Loss weightings w(t): one small class each, chosen by ``class_path``.
 
-Every objective here is a weighted regression (MATH.md, "Losses are one family"). A weighting is
+Every objective here is a weighted regression (docs/math.md, section 6). A weighting is
 a callable ``weighting(path, t) -> w [B]`` on one named error, per dimension (mean over
 entries):
 

@@ -27,7 +27,7 @@ ALL_PATHS = {
 
 @pytest.fixture(params=sorted(ALL_PATHS))
 def path(request: pytest.FixtureRequest) -> NoisePath:
-    """Each noise path of MATH.md with its paper defaults."""
+    """Each noise path of docs/math.md with its paper defaults."""
     return ALL_PATHS[request.param]()
 
 

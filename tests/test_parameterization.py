@@ -51,7 +51,7 @@ def test_score_and_velocity_identities(path: NoisePath) -> None:
     x0, eps, t, c, x = _draw(path, (32, 2))
     pred = EpsilonPrediction().predict(eps, x, c)
     torch.testing.assert_close(pred.score(c), -eps / c.sigma)
-    # PF-ODE drift f x − ½ g² s equals α' x0 + σ' ε (MATH.md).
+    # PF-ODE drift f x − ½ g² s equals α' x0 + σ' ε (docs/math.md).
     f, g2 = path.f(t)[:, None], path.g2(t)[:, None]
     torch.testing.assert_close(pred.velocity(c), f * x - 0.5 * g2 * pred.score(c))
     torch.testing.assert_close(pred.velocity(c), c.d_alpha * x0 + c.d_sigma * eps)

@@ -71,7 +71,7 @@ def test_ve_and_linear_closed_forms() -> None:
     assert float(ve.g2(t)) == pytest.approx(2 * float(ve.sigma(t)) ** 2 * math.log(5000), rel=1e-9)
     torch.testing.assert_close(ve.time_of_sigma(ve.sigma(T)), T)
     lin = LinearPath()
-    # MATH.md check: f = −1/(1−t), g² = 2t/(1−t) on the linear path.
+    # docs/math.md check: f = −1/(1−t), g² = 2t/(1−t) on the linear path.
     torch.testing.assert_close(lin.f(T), -1 / (1 - T))
     torch.testing.assert_close(lin.g2(T), 2 * T / (1 - T))
 

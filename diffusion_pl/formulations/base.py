@@ -1,7 +1,7 @@
 """The Lightning plumbing every formulation shares: loss loop, logging, optimizers, sampling.
 
 A formulation is a noise path + a parameterization + a loss weighting + a training-time
-distribution + a default sampler (DESIGN.md), each a small class chosen by ``class_path``.
+distribution + a default sampler (README, "Layout"), each a small class chosen by ``class_path``.
 Subclasses only choose those five and their defaults; the loss, logging, optimizers and
 (guided) sampling live here. A formulation whose objective is not the weighted regression (VDM's
 bound) overrides :meth:`DiffusionModule.loss` and keeps the rest.

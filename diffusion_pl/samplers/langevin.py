@@ -3,8 +3,8 @@
 Unadjusted Langevin x ← x + (ε/2) ∇log p(x) + √ε z samples p as ε → 0 and the number of steps
 → ∞, but only if it can travel between modes. With the exact score of a two-mode mixture with
 unequal weights and a small noise level it cannot: each chain settles in the mode whose basin it
-starts in, so the mode weights come from the initial distribution, not from p (MATH.md, "Exact
-answers"). Annealing over decreasing noise levels fixes this: at large σ the modes merge and the
+starts in, so the mode weights come from the initial distribution, not from p (docs/math.md,
+section 7). Annealing over decreasing noise levels fixes this: at large σ the modes merge and the
 chains mix with the right weights, which later levels then keep.
 """
 

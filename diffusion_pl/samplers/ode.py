@@ -1,6 +1,6 @@
 """Probability-flow ODE samplers: dx/dt = α'_t x̂_0 + σ'_t ε̂ = f(t) x − ½ g(t)² ∇log p_t(x).
 
-On the linear path this drift is the rectified-flow velocity ε̂ − x̂_0 (MATH.md, SDE view).
+On the linear path this drift is the rectified-flow velocity ε̂ − x̂_0 (docs/math.md, section 4).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ __all__ = ["EulerSampler", "HeunSampler", "ode_drift", "sample_euler", "sample_h
 
 
 def ode_drift(denoiser: DenoiserFn, path: NoisePath, x: Tensor, t: Tensor) -> Tensor:
-    """PF-ODE drift at scalar time ``t``: α'_t x̂_0 + σ'_t ε̂ (MATH.md, SDE view)."""
+    """PF-ODE drift at scalar time ``t``: α'_t x̂_0 + σ'_t ε̂ (docs/math.md, section 4)."""
     t_batch = t.to(x.dtype).expand(x.shape[0])
     return denoiser(x, t_batch).velocity(path.coefficients(t_batch, x.ndim))
 

@@ -1,6 +1,6 @@
 """Reverse-SDE samplers: Euler–Maruyama and predictor–corrector (Song et al., 2021).
 
-The reverse SDE of any path (MATH.md, SDE view), integrated from t = t_max down to t_min:
+The reverse SDE of any path (docs/math.md, section 4), integrated from t = t_max down to t_min:
 
     dx = [f(t) x − g(t)² ∇log p_t(x)] dt + g(t) dw̄,    f = d log α_t / dt,  g² = dσ²/dt − 2 f σ²
 
