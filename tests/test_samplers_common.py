@@ -177,7 +177,7 @@ def test_configs_round_trip_and_show_functions_by_import_path() -> None:
     pc = PCSampler(steps=3, predictor=euler_maruyama_step)
     assert repr(pc) == (
         "PCSampler(steps=3, predictor=diffusion_pl.samplers.sde.euler_maruyama_step, "
-        "corrector_steps=1, snr=0.16, denoise_final=True)"
+        "corrector_steps=1, snr=0.16, grid=None, denoise_final=True)"
     )
 
 

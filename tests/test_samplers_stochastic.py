@@ -16,7 +16,8 @@ from mixture_checks import (
 from diffusion_pl.oracle import GaussianMixtureOracle
 from diffusion_pl.paths import DDPMPath, LinearPath, NoisePath, VEPath, VPLinearPath
 from diffusion_pl.samplers.ancestral import DDIMSampler, DDPMSampler, sample_ddim, sample_ddpm
-from diffusion_pl.samplers.base import Sampler, uniform_time_grid
+from diffusion_pl.samplers.base import Sampler
+from diffusion_pl.samplers.grids import uniform_time_grid
 from diffusion_pl.samplers.langevin import AnnealedLangevinSampler, langevin_dynamics, score_at
 from diffusion_pl.samplers.ode import sample_euler
 from diffusion_pl.samplers.sde import EulerMaruyamaSampler, PCSampler, euler_maruyama_step

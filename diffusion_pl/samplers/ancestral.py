@@ -19,11 +19,43 @@ import torch
 from torch import Tensor
 
 from diffusion_pl.parameterization import Prediction
-from diffusion_pl.paths import NoisePath
+from diffusion_pl.paths import DDPMPath, NoisePath
 from diffusion_pl.randomness import Generators, randn
 from diffusion_pl.samplers.base import DenoiserFn, Sampler, progress_bar
+from diffusion_pl.samplers.grids import (
+    Grid,
+    LeadingGrid,
+    LinspaceGrid,
+    TrailingGrid,
+    UniformGrid,
+)
 
-__all__ = ["DDIMSampler", "DDPMSampler", "sample_ddim", "sample_ddpm"]
+__all__ = ["DDIMSampler", "DDPMSampler", "TrainedStepsGrid", "sample_ddim", "sample_ddpm"]
+
+
+class TrainedStepsGrid(Grid):
+    """On a ``DDPMPath``, a spacing of its trained steps i/T; on any other path, uniform in t.
+
+    A discrete-time model knows only the times i/T it was trained at; a uniform grid of N
+    steps hits them only when N divides T − 1, and otherwise evaluates the net at interpolated
+    times it never saw. This grid keeps ancestral samplers on trained steps there, and on
+    continuous paths (where every t was trained) is :class:`UniformGrid`.
+
+    Args:
+        spacing: the grid of a ``DDPMPath``'s steps: ``LeadingGrid``, ``TrailingGrid`` or
+            ``LinspaceGrid``.
+    """
+
+    def __init__(self, spacing: Grid) -> None:
+        if not isinstance(spacing, (LeadingGrid, TrailingGrid, LinspaceGrid)):
+            raise ValueError(
+                f"spacing must be LeadingGrid, TrailingGrid or LinspaceGrid, got {spacing!r}"
+            )
+        self.spacing = spacing
+
+    def times(self, path: NoisePath, steps: int) -> Tensor:
+        grid = self.spacing if isinstance(path, DDPMPath) else UniformGrid()
+        return grid.times(path, steps)
 
 
 def _predict(
@@ -146,54 +178,80 @@ def sample_ddim(
 
 
 class DDPMSampler(Sampler):
-    """DDPM ancestral sampler on a uniform time grid (``steps`` network evaluations).
+    """DDPM ancestral sampler (``steps`` network evaluations, plus the final denoising step).
 
-    On ``DDPMPath(T)`` the grid hits the training steps i/T exactly when ``steps`` = T − 1
-    (the final denoising step is Ho et al.'s last step, t = 1 → 0); ``steps`` = (T − 1)/k
-    strides them (Nichol & Dhariwal, 2021, Sec. 4).
+    The default grid is uniform in t on continuous paths and, on ``DDPMPath(T)``, Nichol &
+    Dhariwal's respacing: ``steps + 1`` evenly spaced real numbers from T down to 1, each
+    rounded to a trained step (Lin et al.'s "linspace"). ``steps`` = T − 1 is Ho et al.'s
+    Algorithm 2 over every step (the final denoising step is its last, t = 1 → 0); fewer
+    steps stay on trained steps (``steps`` must be at most T − 1 there).
 
     Args:
         steps: number of ancestral steps.
         variance: "posterior" (β̃) or "beta" (β).
         clip_x0: clamp x̂_0 to [−c, c], or None.
+        grid: the time grid; None: ``TrainedStepsGrid(LinspaceGrid())``.
         denoise_final: return x̂_0 at ``path.t_min``.
+
+    Reference: Ho et al. (2020), Algorithm 2; Nichol & Dhariwal (2021), "Improved Denoising
+    Diffusion Probabilistic Models", Sec. 4; Lin et al. (2024), Table 2.
     """
 
     solver = staticmethod(sample_ddpm)
+    default_grid = TrainedStepsGrid(LinspaceGrid())
 
     def __init__(
         self,
         steps: int = 1000,
         variance: Literal["posterior", "beta"] = "posterior",
         clip_x0: float | None = None,
+        grid: Grid | None = None,
         denoise_final: bool = True,
     ) -> None:
         if variance not in ("posterior", "beta"):
             raise ValueError(f"unknown variance {variance!r}; use 'posterior' or 'beta'")
         super().__init__(
-            steps=steps, variance=variance, clip_x0=clip_x0, denoise_final=denoise_final
+            steps=steps,
+            variance=variance,
+            clip_x0=clip_x0,
+            grid=grid,
+            denoise_final=denoise_final,
         )
 
 
 class DDIMSampler(Sampler):
-    """DDIM(η) sampler on a uniform time grid (``steps`` network evaluations).
+    """DDIM(η) sampler (``steps`` network evaluations, plus the final denoising step).
+
+    The default grid is uniform in t on continuous paths and, on ``DDPMPath(T)``, DDIM's own
+    sub-sequence of trained steps: the "linear" τ_i = ⌊c i⌋ of Song et al.'s App. D.2, which
+    their code takes as every k-th step, k = ⌊T / S⌋ for S timesteps (Lin et al.'s "leading";
+    its top point is moved to T, where the prior is drawn). ``steps + 1`` timesteps here (the
+    last is the final denoising step at t = 1/T), at most T of them.
 
     Args:
         steps: number of steps (paper: 10–100; 50 a common default).
         eta: 0 deterministic, 1 DDPM-like.
         clip_x0: clamp x̂_0 to [−c, c], or None.
+        grid: the time grid; None: ``TrainedStepsGrid(LeadingGrid())``.
         denoise_final: return x̂_0 at ``path.t_min``.
+
+    Reference: Song, Meng & Ermon (2021), "Denoising Diffusion Implicit Models", App. D.2;
+    Lin et al. (2024), "Common Diffusion Noise Schedules and Sample Steps are Flawed", Table 2.
     """
 
     solver = staticmethod(sample_ddim)
+    default_grid = TrainedStepsGrid(LeadingGrid())
 
     def __init__(
         self,
         steps: int = 50,
         eta: float = 0.0,
         clip_x0: float | None = None,
+        grid: Grid | None = None,
         denoise_final: bool = True,
     ) -> None:
         if not 0 <= eta <= 1:
             raise ValueError(f"eta must be in [0, 1], got {eta}")
-        super().__init__(steps=steps, eta=eta, clip_x0=clip_x0, denoise_final=denoise_final)
+        super().__init__(
+            steps=steps, eta=eta, clip_x0=clip_x0, grid=grid, denoise_final=denoise_final
+        )

@@ -11,6 +11,7 @@ from torch import Tensor
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.randomness import Generators
 from diffusion_pl.samplers.base import DenoiserFn, Sampler, progress_bar
+from diffusion_pl.samplers.grids import Grid
 
 __all__ = ["EulerSampler", "HeunSampler", "ode_drift", "sample_euler", "sample_heun"]
 
@@ -77,28 +78,37 @@ def sample_heun(
 
 
 class EulerSampler(Sampler):
-    """Euler PF-ODE sampler on a uniform time grid (``steps`` network evaluations).
+    """Euler PF-ODE sampler, by default on a uniform time grid (``steps`` network evaluations).
 
     Args:
         steps: number of Euler steps.
+        grid: the time grid; None: :class:`~diffusion_pl.samplers.grids.UniformGrid`, the
+            uniform t of Liu et al. (2023).
         denoise_final: return x̂_0 at ``path.t_min``.
     """
 
     solver = staticmethod(sample_euler)
 
-    def __init__(self, steps: int = 100, denoise_final: bool = True) -> None:
-        super().__init__(steps=steps, denoise_final=denoise_final)
+    def __init__(
+        self, steps: int = 100, grid: Grid | None = None, denoise_final: bool = True
+    ) -> None:
+        super().__init__(steps=steps, grid=grid, denoise_final=denoise_final)
 
 
 class HeunSampler(Sampler):
-    """Heun PF-ODE sampler on a uniform time grid (about ``2 * steps`` network evaluations).
+    """Heun PF-ODE sampler, by default on a uniform time grid (about ``2 * steps`` evaluations).
 
     Args:
         steps: number of Heun steps (Karras et al.: 18 on CIFAR-10).
+        grid: the time grid; None: :class:`~diffusion_pl.samplers.grids.UniformGrid` (today's
+            default; ``EDMGrid`` is Karras et al.'s, as :class:`~diffusion_pl.samplers.EDMSampler`
+            uses).
         denoise_final: return x̂_0 at ``path.t_min``.
     """
 
     solver = staticmethod(sample_heun)
 
-    def __init__(self, steps: int = 100, denoise_final: bool = True) -> None:
-        super().__init__(steps=steps, denoise_final=denoise_final)
+    def __init__(
+        self, steps: int = 100, grid: Grid | None = None, denoise_final: bool = True
+    ) -> None:
+        super().__init__(steps=steps, grid=grid, denoise_final=denoise_final)

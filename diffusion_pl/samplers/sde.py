@@ -18,6 +18,7 @@ from torch import Tensor
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.randomness import Generators, randn
 from diffusion_pl.samplers.base import DenoiserFn, Sampler, progress_bar
+from diffusion_pl.samplers.grids import Grid
 from diffusion_pl.samplers.langevin import langevin_corrector, score_at
 
 __all__ = [
@@ -211,24 +212,29 @@ def _check_reverse_sde(sampler: Sampler, path: NoisePath) -> None:
 
 
 class EulerMaruyamaSampler(Sampler):
-    """Euler–Maruyama on the reverse SDE, uniform time grid (``steps`` network evaluations).
+    """Euler–Maruyama on the reverse SDE, by default on a uniform time grid (``steps`` NFE).
 
     Args:
         steps: number of steps N (paper: 1000).
+        grid: the time grid; None: :class:`~diffusion_pl.samplers.grids.UniformGrid`, the
+            paper's N equal steps in t.
         denoise_final: return x̂_0 at ``path.t_min``.
     """
 
     solver = staticmethod(sample_euler_maruyama)
 
-    def __init__(self, steps: int = 1000, denoise_final: bool = True) -> None:
-        super().__init__(steps=steps, denoise_final=denoise_final)
+    def __init__(
+        self, steps: int = 1000, grid: Grid | None = None, denoise_final: bool = True
+    ) -> None:
+        super().__init__(steps=steps, grid=grid, denoise_final=denoise_final)
 
     def check(self, path: NoisePath) -> None:
         _check_reverse_sde(self, path)
 
 
 class PCSampler(Sampler):
-    """Predictor–corrector sampler, uniform time grid (``steps · (1 + corrector_steps)`` NFE).
+    """Predictor–corrector sampler, by default on a uniform time grid
+    (``steps · (1 + corrector_steps)`` NFE).
 
     Args:
         steps: number of predictor steps N (paper: 1000).
@@ -237,6 +243,8 @@ class PCSampler(Sampler):
             ``predictor: diffusion_pl.samplers.sde.euler_maruyama_step``.
         corrector_steps: Langevin steps per time M (paper: 1).
         snr: corrector signal-to-noise ratio r (paper: 0.16 on VE / CIFAR-10, 0.01 on VP).
+        grid: the time grid; None: :class:`~diffusion_pl.samplers.grids.UniformGrid`, the
+            paper's N equal steps in t.
         denoise_final: return x̂_0 at ``path.t_min``.
     """
 
@@ -248,6 +256,7 @@ class PCSampler(Sampler):
         predictor: StepFn = reverse_diffusion_step,
         corrector_steps: int = 1,
         snr: float = 0.16,
+        grid: Grid | None = None,
         denoise_final: bool = True,
     ) -> None:
         _check_predictor(predictor)
@@ -260,6 +269,7 @@ class PCSampler(Sampler):
             predictor=predictor,
             corrector_steps=corrector_steps,
             snr=snr,
+            grid=grid,
             denoise_final=denoise_final,
         )
 
