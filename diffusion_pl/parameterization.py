@@ -1,15 +1,17 @@
 """What the network predicts, and the one ``Denoiser`` view every sampler consumes.
 
 A parameterization decides what the network sees and how its output is read: its noise label
-at (t, α_t, σ_t), the reading of the raw output F at (x_t, t) as the pair (x̂_0, ε̂), each in
-its numerically stable form, and the regression target for training. Every other quantity
-follows from the pair and the path (docs/math.md, section 5):
+at (t, α_t, σ_t), the scale of its input (1 but for EDM's c_in), the reading of the raw output
+F at (x_t, t) as the pair (x̂_0, ε̂), each in its numerically stable form, and the regression
+target for training. Every other quantity follows from the pair and the path (docs/math.md,
+section 5):
 
     score  s = −ε̂ / σ            velocity  u = α' x̂_0 + σ' ε̂
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +23,7 @@ from diffusion_pl.tensors import as_batch
 
 __all__ = [
     "Denoiser",
+    "EDMPreconditioning",
     "EpsilonPrediction",
     "Parameterization",
     "Prediction",
@@ -54,6 +57,10 @@ class Parameterization:
     def noise_label(self, t: Tensor, c: PathCoefficients) -> Tensor:
         """What the network sees of the noise level at times t ``[B]``: t itself by default."""
         return t
+
+    def input_scale(self, c: PathCoefficients) -> Tensor | float:
+        """The factor the net's input x_t is multiplied by (1 here; EDM's c_in / α)."""
+        return 1.0
 
     def eps_scale(self, c: PathCoefficients) -> Tensor | float:
         """k = ∂ε̂/∂F, so that ε̂ − ε = k (F − target) (ε̂ is affine in F at fixed x, t)."""
@@ -156,6 +163,74 @@ class VelocityPrediction(Parameterization):
         return c.alpha / (c.alpha * c.d_sigma - c.sigma * c.d_alpha)
 
 
+class EDMPreconditioning(Parameterization):
+    """Karras et al.'s preconditioning on the scaled variable x̃ = x/α at σ̃ = σ/α, any path.
+
+    D(x̃; σ̃) = c_skip x̃ + c_out F(c_in x̃, c_noise) = x̂_0, with
+
+        c_skip = σ_d² / (σ̃² + σ_d²),   c_out = σ̃ σ_d / √(σ̃² + σ_d²),
+        c_in = 1 / √(σ̃² + σ_d²),       c_noise = ¼ ln σ̃.
+
+    Written on x itself with n = √(σ² + σ_d² α²) = α √(σ̃² + σ_d²), every factor stays finite
+    at both ends of a path (σ̃ = 0 where σ = 0, σ̃ = ∞ where α = 0, as the linear path's t = 0
+    and t = 1): the net sees x / n (:meth:`input_scale` = c_in/α = 1/n), and
+
+        x̂_0 = (σ_d² α x + σ σ_d n F) / n²,    ε̂ = (σ x − α σ_d n F) / n²,
+
+    with ∂ε̂/∂F = −α σ_d / n. Its regression target, (x_0 − c_skip x̃)/c_out =
+    (σ x_0 − σ_d² α ε) / (σ_d n), has unit variance at every σ̃ for data of std σ_d, and with
+    :class:`~diffusion_pl.weighting.EDM`'s λ = 1/c_out² the loss is exactly ‖F − target‖².
+
+    Only c_noise is unbounded (±∞ at σ̃ = 0, ∞): ln σ̃ is clamped to [ln ``sigma_min``,
+    ln ``sigma_max``], EDM's sampling range by default, so the net always sees a finite label;
+    c_skip, c_out and c_in are exact at every σ̃.
+
+    Args:
+        sigma_data: σ_d, the data's standard deviation (0.5 for images in [−1, 1]).
+        sigma_min: lowest σ̃ the noise label distinguishes (EDM's 0.002).
+        sigma_max: highest σ̃ the noise label distinguishes (EDM's 80).
+
+    Reference: Karras et al. (2022), "Elucidating the Design Space of Diffusion-Based
+    Generative Models", Table 1 and Eq. 7–8; docs/math.md, section 9.
+    """
+
+    def __init__(
+        self, sigma_data: float = 0.5, sigma_min: float = 0.002, sigma_max: float = 80.0
+    ) -> None:
+        if not sigma_data > 0:
+            raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
+        if not 0 < sigma_min < sigma_max < math.inf:
+            raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got {sigma_min}, {sigma_max}")
+        self.sigma_data, self.sigma_min, self.sigma_max = sigma_data, sigma_min, sigma_max
+
+    def _norm(self, c: PathCoefficients) -> Tensor:
+        """n = √(σ² + σ_d² α²) = α √(σ̃² + σ_d²)."""
+        return torch.sqrt(c.sigma**2 + (self.sigma_data * c.alpha) ** 2)
+
+    def noise_label(self, t: Tensor, c: PathCoefficients) -> Tensor:
+        """c_noise = ¼ ln σ̃ ``[B]``, ln σ̃ = ln σ − ln α clamped to [ln σ_min, ln σ_max]."""
+        log_sigma = (torch.log(c.sigma) - torch.log(c.alpha)).reshape(t.shape[0], -1)[:, 0]
+        return 0.25 * log_sigma.clamp(math.log(self.sigma_min), math.log(self.sigma_max))
+
+    def input_scale(self, c: PathCoefficients) -> Tensor:
+        """c_in / α = 1 / √(σ² + σ_d² α²): the net sees c_in x̃."""
+        return 1.0 / self._norm(c)
+
+    def predict(self, out: Tensor, x: Tensor, c: PathCoefficients) -> Prediction:
+        n, sd = self._norm(c), self.sigma_data
+        return Prediction(
+            x0=(sd**2 * c.alpha * x + c.sigma * sd * n * out) / n**2,
+            eps=(c.sigma * x - c.alpha * sd * n * out) / n**2,
+        )
+
+    def target(self, x0: Tensor, eps: Tensor, c: PathCoefficients) -> Tensor:
+        sd = self.sigma_data
+        return (c.sigma * x0 - sd**2 * c.alpha * eps) / (sd * self._norm(c))
+
+    def eps_scale(self, c: PathCoefficients) -> Tensor:
+        return -c.alpha * self.sigma_data / self._norm(c)
+
+
 def batch_times(t: Tensor | float, x: Tensor) -> Tensor:
     """Times ``[B]`` on x's device for a batch x; a Python float takes x's dtype (≥ float32).
 
@@ -169,10 +244,10 @@ def batch_times(t: Tensor | float, x: Tensor) -> Tensor:
 class Denoiser:
     """The callable every sampler consumes: ``denoiser(x, t) -> Prediction``.
 
-    Wraps a network, the path and the parameterization. The network sees the
-    parameterization's ``noise_label(t, c)``, and its output is cast to float32 before it meets
-    the path math (float64 inputs stay float64, and so do times given as Python floats).
-    Counts network evaluations (``nfe``).
+    Wraps a network, the path and the parameterization. The network sees x scaled by the
+    parameterization's ``input_scale(c)`` and its ``noise_label(t, c)``, and its output is
+    cast to float32 before it meets the path math (float64 inputs stay float64, and so do
+    times given as Python floats). Counts network evaluations (``nfe``).
 
     Args:
         net: ``net(x, noise_labels [B], class_labels [B] | None) -> Tensor`` shaped as x.
@@ -197,6 +272,7 @@ class Denoiser:
         t = batch_times(t, x)
         c = self.path.coefficients(t.to(dtype), x.ndim)
         labels = self.parameterization.noise_label(t, c)
-        out = self.net(x, labels.to(x.dtype), self.class_labels).to(dtype)
+        net_in = (x * self.parameterization.input_scale(c)).to(x.dtype)
+        out = self.net(net_in, labels.to(x.dtype), self.class_labels).to(dtype)
         self.nfe += 1
         return self.parameterization.predict(out, x.to(dtype), c)

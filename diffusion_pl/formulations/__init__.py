@@ -2,6 +2,7 @@
 
 from diffusion_pl.formulations.base import DiffusionModule, mean_flat
 from diffusion_pl.formulations.classifier import NoisyClassifier
+from diffusion_pl.formulations.edm import EDM
 from diffusion_pl.formulations.ncsn import NCSN
 from diffusion_pl.formulations.optim import optimizer_config
 from diffusion_pl.formulations.rectified_flow import RectifiedFlow, Reflow
@@ -9,6 +10,7 @@ from diffusion_pl.formulations.score_sde import ScoreSDE
 from diffusion_pl.formulations.vdm import VDM
 
 __all__ = [
+    "EDM",
     "NCSN",
     "VDM",
     "DiffusionModule",

@@ -167,7 +167,8 @@ class DiffusionModule(LightningModule):
         c = self.path.coefficients(t, x0.ndim)
         x_t = c.alpha * x0 + c.sigma * eps
         labels = self.parameterization.noise_label(t, c)
-        out = self.net(x_t, labels, self.class_labels(y)).to(dtype)
+        net_in = x_t * self.parameterization.input_scale(c)
+        out = self.net(net_in, labels, self.class_labels(y)).to(dtype)
         target = self.parameterization.target(x0, eps, c)
         scale = self.weighting.error_scale(self.parameterization, c)
         return self.weighting(self.path, t) * mean_flat(scale * (out - target) ** 2)
