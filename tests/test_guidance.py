@@ -229,9 +229,8 @@ def test_guided_sampling_in_float64_with_a_learned_schedule() -> None:
     classifier.double().eval()
     labels = torch.tensor([0, 1, 1])
     denoiser = model.guided_denoiser(3, labels, 2.0, classifier, 1.5)
-    x = torch.randn(3, 2, dtype=torch.float64, generator=_gen(0))
-    x = model.sampler.solve(denoiser, path, x, generator=_gen(1))
-    x0 = denoiser(x, path.t_min).x0
+    path.seen = []
+    x0 = model.sampler(denoiser, path, (3, 2), generator=_gen(1), dtype=torch.float64)
     assert x0.dtype == torch.float64 and torch.isfinite(x0).all()
     assert classifier.seen and set(classifier.seen) == {torch.float64}
     assert path.seen and set(path.seen) == {(torch.float64, torch.device("cpu"))}
