@@ -12,7 +12,8 @@ import pytest
 import torch
 import yaml
 
-from diffusion_pl.cli import fid, load_module, main, read_checkpoint
+from diffusion_pl.checkpoints import load_module, read_checkpoint
+from diffusion_pl.cli import fid, main
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent

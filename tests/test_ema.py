@@ -119,7 +119,7 @@ def test_validation_sees_the_average_and_the_raw_weights_come_back_bit_exact() -
     initial = TinyRegression().flat().to(torch.bfloat16).float()
     torch.testing.assert_close(model.seen_in_validation[0], initial, rtol=0, atol=0)
     # Validation after step 4 (the run's end) sees the fp32 average, rounded into the bf16 module.
-    average = ema._average_model.module
+    average = ema.average
     assert all(p.dtype == torch.float32 for p in average.parameters())
     averaged = torch.cat([p.detach().flatten() for p in average.parameters()])
     torch.testing.assert_close(model.seen_in_validation[-1], averaged.bfloat16().float())
