@@ -49,6 +49,26 @@ def test_sample_grids_every_n_steps_land_in_tensorboard(tmp_path: Path) -> None:
     assert [e.step for e in events.Images("samples")] == [2, 4, 4]
 
 
+def test_sample_grid_draws_once_per_optimizer_step_under_gradient_accumulation(
+    tmp_path: Path,
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = write_config(
+        "configs/toy2d/rectified_flow.yaml", tmp_path / "toy.yaml",
+        {"max_steps": 4, "accumulate_grad_batches": 2, "default_root_dir": str(tmp_path),
+         "accelerator": "cpu", "enable_progress_bar": False, "limit_val_batches": 0},
+        [{"class_path": "diffusion_pl.callbacks.SampleGrid",
+          "init_args": {"num_samples": 20, "every_n_steps": 2}}],
+    )  # fmt: skip
+    main(["fit", "--config", str(config)])
+    (log_dir,) = tmp_path.glob("lightning_logs/version_0")
+    pictures = sorted(p.name for p in (log_dir / "samples").glob("*.png"))
+    assert pictures == ["final.png", "step_0000002.png", "step_0000004.png"]
+    events = EventAccumulator(str(log_dir), size_guidance={"images": 0}).Reload()
+    assert [e.step for e in events.Images("samples")] == [2, 4, 4]  # steps 2, 4 and the end
+
+
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Digits RF, 6 steps on 2 gloo processes with EMA, FID (drives the checkpoint) and dumps."""

@@ -10,9 +10,10 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from diffusion_pl.data import DiffusionDataModule, Digits
+from diffusion_pl.data import DiffusionDataModule, Digits, ReflowPairs
 from diffusion_pl.metrics import DigitsClassifier, DigitsFeatures, FIDEvaluator, InceptionFeatures
 from diffusion_pl.metrics.features import DIGITS_WEIGHTS, resolve_extractor
+from diffusion_pl.metrics.fid import reference_key, source_config
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +145,20 @@ def test_any_module_with_num_features_is_an_extractor(
         resolve_extractor(nn.Identity())
     with pytest.raises(ValueError, match="unknown feature extractor 'resnet'"):
         resolve_extractor("resnet")
+
+
+def test_reference_key_is_the_configuration_not_the_loaded_state(tmp_path: Path) -> None:
+    """A source that loads its data (ReflowPairs reads its shape) keeps its cache key."""
+    pairs = tmp_path / "pairs.pt"
+    torch.save({"samples": torch.zeros(20, 1, 8, 8), "noise": torch.ones(20, 1, 8, 8)}, pairs)
+    data = DiffusionDataModule(ReflowPairs(str(pairs)), batch_size=4)
+    extractor = resolve_extractor("digits")
+    before = reference_key(data, "val", extractor)
+    data.dataset("val")
+    assert reference_key(data, "val", extractor) == before
+    assert before.startswith("reflowpairs-val-1x8x8-digitsfeatures-")
+    other = DiffusionDataModule(ReflowPairs(str(pairs), val_fraction=0.5), batch_size=4)
+    assert reference_key(other, "val", extractor) != before  # another configuration
+    assert source_config(data.source) == {
+        "class": "ReflowPairs", "path": str(pairs), "val_fraction": 0.05
+    }  # fmt: skip
