@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
-from jsonargparse import CLI
+from jsonargparse import CLI, Namespace
 from jsonargparse.typing import import_object
 from lightning import LightningModule, Trainer
 from lightning.pytorch.cli import (
@@ -100,7 +100,7 @@ class DiffusionCLI(LightningCLI):
         )
         self._parsers = [*getattr(self, "_parsers", []), parser]  # one per subcommand
 
-    def _run_config(self):
+    def _run_config(self) -> Namespace:
         """The parsed config of the subcommand being run."""
         return self.config[self.subcommand] if self.subcommand else self.config
 

@@ -84,6 +84,10 @@ def test_sample_toy2d_is_deterministic(toy_ckpt: Path, tmp_path: Path) -> None:
         assert out.with_suffix(".png").is_file()
     assert outs[0].shape == (37, 2) and np.isfinite(outs[0]).all()
     np.testing.assert_array_equal(outs[0], outs[1])
+    more = tmp_path / "more.npz"  # sample k depends on (seed, k) only, not on N or batch size
+    main(f"sample --ckpt_path {toy_ckpt} --num_samples 40 --seed 5 --output {more} --steps 4 "
+         "--batch_size 7".split())  # fmt: skip
+    np.testing.assert_allclose(np.load(more)["samples"][:37], outs[0], rtol=1e-6, atol=1e-6)
     other = tmp_path / "c.npz"
     main(f"sample --ckpt_path {toy_ckpt} --num_samples 37 --seed 6 --output {other} --steps 4 "
          "--batch_size 16 --sampler heun".split())  # fmt: skip
