@@ -86,7 +86,8 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
          {"class_path": "rank_dump.DumpWeights", "init_args": {"out_dir": str(root / "dump")}}],
         sampler={"class_path": "diffusion_pl.samplers.EulerSampler", "init_args": {"steps": 4}},
     )  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
+    path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])  # keep this checkout
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "diffusion_pl", "fit", "--config", str(config)],
                    check=True, env=env, cwd=root, capture_output=True)  # fmt: skip
     return root
