@@ -50,7 +50,7 @@ def test_vdm_num_levels_is_linked_from_the_data_and_recorded() -> None:
         built("configs/digits/vdm.yaml", "--model.init_args.num_levels", "256")
     assert built("configs/toy2d/vdm.yaml").model.num_levels is None  # continuous data
     ncsn = built("configs/digits/ncsn.yaml", "--model.init_args.num_levels", "12")
-    assert ncsn.model.num_levels == 12  # NCSN's noise levels are not the data's
+    assert ncsn.model.hparams["num_levels"] == 12  # NCSN's noise levels are not the data's
 
 
 def test_toy2d_config_names_its_dataset() -> None:
