@@ -48,7 +48,8 @@ from _common import ROOT, command_line, machine, markdown_table, report_header, 
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from diffusion_pl.cli import likelihood, load_datamodule, load_module
+from diffusion_pl.checkpoints import load_datamodule, load_module
+from diffusion_pl.cli import likelihood
 from diffusion_pl.cli import main as cli_main
 from diffusion_pl.data import DiffusionDataModule
 from diffusion_pl.formulations import VDM, DiffusionModule

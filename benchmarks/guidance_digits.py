@@ -27,8 +27,9 @@ from pathlib import Path
 
 import torch
 
-from diffusion_pl.cli import _configure_sampler, load_module
+from diffusion_pl.checkpoints import load_module
 from diffusion_pl.formulations import DiffusionModule, NoisyClassifier
+from diffusion_pl.generate import choose_sampler
 from diffusion_pl.metrics.features import DigitsFeatures
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +55,7 @@ def requested_class_rate(
 ) -> dict:
     """Sample ``per_class`` of each digit with ``guidance`` and score them with ``judge``."""
     labels = torch.arange(10).repeat(per_class)
-    sampler = _configure_sampler(module.sampler, None, steps)
+    sampler = choose_sampler(module.sampler, steps=steps)
     start = time.perf_counter()
     x = module.sample(
         len(labels),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion_pl.cli import load_module
+from diffusion_pl.checkpoints import load_module
 from diffusion_pl.data import Toy2D
 from diffusion_pl.metrics import mode_stats
 from diffusion_pl.reflow import flow_pairs

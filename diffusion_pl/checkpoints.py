@@ -1,4 +1,8 @@
-"""Checkpoint files: atomic writes, clear errors on unreadable ones, and finding the last one.
+"""Checkpoint files: atomic writes, clear errors, finding the last one, rebuilding what they hold.
+
+A checkpoint of ``diffusion-pl fit`` records the YAML config of its model (``hyper_parameters``:
+``_class_path`` and the init args) and of its data (``datamodule_hyper_parameters``), so
+:func:`load_module` and :func:`load_datamodule` rebuild both without the config file.
 
 Lightning's own ``TorchCheckpointIO`` stages a checkpoint in the system temp folder and moves it
 into place; when that folder is on another file system (node-local ``/tmp``, checkpoints on a
@@ -16,11 +20,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jsonargparse.typing import import_object
+from lightning import LightningModule
 from lightning.fabric.utilities.cloud_io import get_filesystem
-from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.cli import instantiate_module
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-__all__ = ["AtomicCheckpointIO", "check_checkpoint_fits", "find_last_checkpoint", "read_checkpoint"]
+from diffusion_pl.callbacks.ema import Weights
+from diffusion_pl.data import DiffusionDataModule
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "check_checkpoint_fits",
+    "find_last_checkpoint",
+    "load_datamodule",
+    "load_module",
+    "read_checkpoint",
+]
 
 
 def _is_unreadable(err: BaseException) -> bool:
@@ -111,6 +127,47 @@ def check_checkpoint_fits(path: str | Path, class_path: str) -> None:
     )
 
 
+def load_module(
+    ckpt_path: str | Path,
+    map_location: str | torch.device = "cpu",
+    weights: Weights = "ema",
+) -> LightningModule:
+    """Restore a formulation (or a noisy classifier) from a checkpoint of ``diffusion-pl fit``.
+
+    The checkpoint's hparams hold the YAML config of the model (``_class_path`` and its init
+    args), which rebuilds net, path and sampler; then the weights are loaded.
+
+    Args:
+        ckpt_path: the checkpoint file.
+        map_location: device to load onto.
+        weights: ``ema`` loads the moving average (a run with the EMA callback stores it as the
+            checkpoint's ``state_dict``; without EMA that is the raw weights); ``raw`` the
+            optimizer's weights.
+    """
+    checkpoint = read_checkpoint(ckpt_path, map_location)
+    hparams = dict(checkpoint.get("hyper_parameters", {}))
+    class_path = hparams.pop("_class_path", None)
+    hparams.pop("_instantiator", None)
+    if class_path is None:
+        raise ValueError(
+            f"{ckpt_path} has no model class_path in its hyper_parameters: "
+            "use a checkpoint written by `diffusion-pl fit`"
+        )
+    module = instantiate_module(import_object(class_path), hparams)
+    key = "current_model_state" if weights == "raw" else "state_dict"
+    module.load_state_dict(checkpoint.get(key, checkpoint["state_dict"]))
+    return module.to(map_location)
+
+
+def load_datamodule(ckpt_path: str | Path) -> DiffusionDataModule:
+    """Rebuild the data module a checkpoint was trained on (from its saved YAML config)."""
+    hparams = dict(read_checkpoint(ckpt_path, mmap=True).get("datamodule_hyper_parameters", {}))
+    hparams.pop("_instantiator", None)
+    if "source" not in hparams:
+        raise ValueError(f"{ckpt_path} does not record its data; it was not written by `fit`")
+    return instantiate_module(DiffusionDataModule, hparams)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` that writes atomically and names the file when it cannot read one.
 
@@ -120,7 +177,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
     ) -> None:
         """Write ``checkpoint`` to ``path``: a reader sees the old file or the whole new one."""
         if storage_options is not None or "://" in str(path):
@@ -138,7 +195,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         finally:
             tmp.unlink(missing_ok=True)
 
-    def load_checkpoint(self, path: _PATH, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def load_checkpoint(self, path: str | Path, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Load as Lightning does; a corrupt file raises a ValueError that names it."""
         if not get_filesystem(path).exists(path):
             raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")

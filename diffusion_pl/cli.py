@@ -7,7 +7,6 @@ diffusion-pl fid --ckpt_path RUN.ckpt --feature digits --num_samples 2000  (torc
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -18,14 +17,14 @@ from typing import Literal, NoReturn
 import numpy as np
 import torch
 import torch.distributed as dist
-from jsonargparse import CLI
+import yaml
+from jsonargparse import CLI, Namespace
 from jsonargparse.typing import import_object
 from lightning import LightningModule, Trainer
 from lightning.pytorch.cli import (
     ArgsType,
     LightningArgumentParser,
     LightningCLI,
-    instantiate_module,
 )
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from tqdm.auto import tqdm
@@ -44,15 +43,18 @@ from diffusion_pl.checkpoints import (
     AtomicCheckpointIO,
     check_checkpoint_fits,
     find_last_checkpoint,
-    read_checkpoint,
+    load_datamodule,
+    load_module,
 )
 from diffusion_pl.data import DiffusionDataModule
-from diffusion_pl.formulations import DiffusionModule, NoisyClassifier, RectifiedFlow
+from diffusion_pl.formulations import VDM, DiffusionModule, NoisyClassifier, RectifiedFlow
+from diffusion_pl.generate import choose_sampler, cycle_labels, generate
+from diffusion_pl.hparams import record_config
 from diffusion_pl.likelihood import bits_per_dim, dequantize, log_likelihood
 from diffusion_pl.metrics import FIDEvaluator
 from diffusion_pl.metrics.features import resolve_extractor
 from diffusion_pl.reflow import flow_pairs
-from diffusion_pl.samplers import SAMPLERS, Sampler
+from diffusion_pl.samplers import SAMPLERS
 from diffusion_pl.visualize import save_samples_figure
 
 __all__ = [
@@ -61,10 +63,7 @@ __all__ = [
     "check_labels",
     "fid",
     "likelihood",
-    "load_datamodule",
-    "load_module",
     "main",
-    "read_checkpoint",
     "reflow",
     "sample",
 ]
@@ -87,12 +86,55 @@ class _Parser(LightningArgumentParser):
 
 class DiffusionCLI(LightningCLI):
     """LightningCLI over every formulation and the noisy classifier (``model.class_path``) and
-    the one DataModule."""
+    the one DataModule.
 
-    def add_arguments_to_parser(self, parser) -> None:
+    The data's example shape is linked to the model's ``data_shape``, and, for VDM, the data's
+    quantization levels to ``num_levels`` (the levels of its discretized decoder; NCSN's noise
+    levels are not linked). The model's and data's YAML config, linked values included, become
+    their hparams, from which a checkpoint rebuilds them (:func:`~.checkpoints.load_module`).
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments(
             "data.data_shape", "model.init_args.data_shape", apply_on="instantiate"
         )
+        self._parsers = [*getattr(self, "_parsers", []), parser]  # one per subcommand
+
+    def _run_config(self) -> Namespace:
+        """The parsed config of the subcommand being run."""
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+    def before_instantiate_classes(self) -> None:
+        """Link VDM's ``num_levels`` from the data; a hand-set value that differs fails."""
+        model = self._run_config().model
+        if not issubclass(import_object(model.class_path), VDM):
+            return
+        given = model.init_args.get("num_levels")
+
+        def data_levels(levels: int | None) -> int | None:
+            if given is not None and given != levels:
+                raise ValueError(
+                    f"model.init_args.num_levels={given} but the data have {levels} quantization "
+                    "levels: remove num_levels from the model's config, it is linked from the data"
+                )
+            return levels
+
+        for parser in self._parsers:
+            parser.link_arguments(
+                "data.num_levels", "model.init_args.num_levels", data_levels, apply_on="instantiate"
+            )
+
+    def after_instantiate_classes(self) -> None:
+        """Record the model's and the data's YAML config (linked values included) as hparams."""
+        dumped = self.parser.dump(self.config, skip_link_targets=False, skip_none=False)
+        dumped = yaml.safe_load(dumped)
+        config = dumped[self.subcommand] if self.subcommand else dumped
+        linked = {"data_shape": tuple(self.datamodule.data_shape)}
+        if isinstance(self.model, VDM):
+            linked["num_levels"] = self.datamodule.num_levels
+        model = config["model"]
+        record_config(self.model, {**model, "init_args": {**model["init_args"], **linked}})
+        record_config(self.datamodule, config["data"])
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         """The configured Trainer, writing checkpoints atomically (unless told otherwise)."""
@@ -162,45 +204,6 @@ def check_labels(model: LightningModule, datamodule: DiffusionDataModule) -> Non
         )
 
 
-def load_module(
-    ckpt_path: str | Path, map_location: str | torch.device = "cpu", weights: Weights = "ema"
-) -> LightningModule:
-    """Restore a formulation (or a noisy classifier) from a checkpoint of ``diffusion-pl fit``.
-
-    The checkpoint's hparams hold the YAML config of the model (``_class_path`` and its init
-    args), which rebuilds net, path and sampler; then the weights are loaded.
-
-    Args:
-        ckpt_path: the checkpoint file.
-        map_location: device to load onto.
-        weights: ``ema`` loads the moving average (a run with the EMA callback stores it as the
-            checkpoint's ``state_dict``; without EMA that is the raw weights); ``raw`` the
-            optimizer's weights.
-    """
-    checkpoint = read_checkpoint(ckpt_path, map_location)
-    hparams = dict(checkpoint.get("hyper_parameters", {}))
-    class_path = hparams.pop("_class_path", None)
-    hparams.pop("_instantiator", None)
-    if class_path is None:
-        raise ValueError(
-            f"{ckpt_path} has no model class_path in its hyper_parameters: "
-            "use a checkpoint written by `diffusion-pl fit`"
-        )
-    module = instantiate_module(import_object(class_path), hparams)
-    key = "current_model_state" if weights == "raw" else "state_dict"
-    module.load_state_dict(checkpoint.get(key, checkpoint["state_dict"]))
-    return module.to(map_location)
-
-
-def load_datamodule(ckpt_path: str | Path) -> DiffusionDataModule:
-    """Rebuild the data module a checkpoint was trained on (from its saved YAML config)."""
-    hparams = dict(read_checkpoint(ckpt_path).get("datamodule_hyper_parameters", {}))
-    hparams.pop("_instantiator", None)
-    if "source" not in hparams:
-        raise ValueError(f"{ckpt_path} does not record its data; it was not written by `fit`")
-    return instantiate_module(DiffusionDataModule, hparams)
-
-
 def sample(
     ckpt_path: str,
     num_samples: int,
@@ -208,6 +211,7 @@ def sample(
     seed: int = 0,
     sampler: str | None = None,
     steps: int | None = None,
+    grid: str | None = None,
     batch_size: int = 256,
     device: str = "cpu",
     weights: Weights = "ema",
@@ -219,7 +223,8 @@ def sample(
     """Draw samples from a checkpoint into an ``.npz`` (key ``samples``), plus a PNG beside it.
 
     Samples are in data space: images in [−1, 1], channels first; 2-D toys as coordinates.
-    The same seed (and batch size) gives identical samples. With ``--class_labels`` the labels
+    Sample k depends only on the seed and k: the same seed gives identical samples whatever
+    the batch size, and N = 200 extends N = 100. With ``--class_labels`` the labels
     are cycled over the samples (``[3]``: all threes; ``[0,1,...,9]``: every digit in turn)
     and saved under the key ``labels``; a class-conditional model is guided by classifier-free
     guidance at ``--guidance_scale``, any model by a noisy classifier (``--classifier_ckpt``).
@@ -231,7 +236,9 @@ def sample(
         seed: seed of the sampling generator.
         sampler: sampler name (one of SAMPLERS); default: the checkpoint's formulation's.
         steps: number of sampler steps; default: the sampler's.
-        batch_size: samples per network batch.
+        grid: time grid (one of GRIDS: uniform, edm, logsnr; leading, trailing, linspace on
+            a discrete DDPM path); default: the sampler's (its paper's).
+        batch_size: samples per network batch (does not change the samples).
         device: torch device to sample on, e.g. ``cpu`` or ``cuda``.
         weights: ``ema`` (the moving average, when the run had the EMA callback) or ``raw``.
         class_labels: classes to sample, cycled over the samples, e.g. ``[0,1,2]``.
@@ -264,25 +271,13 @@ def sample(
                 f"--classifier_ckpt {classifier_ckpt} holds a {type(classifier).__name__}; "
                 "it needs a NoisyClassifier checkpoint (configs/digits/classifier.yaml)"
             )
-    labels = None
-    if class_labels is not None:
-        labels = torch.tensor(class_labels)[torch.arange(num_samples) % len(class_labels)]
-    guidance = {
-        "guidance_scale": guidance_scale,
-        "classifier": classifier,
-        "classifier_scale": 1.0 if classifier_scale is None else classifier_scale,
-    }
-    chosen = _configure_sampler(module.sampler, sampler, steps)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    batches = []
-    with tqdm(total=num_samples, desc=f"sampling ({chosen})", unit="sample") as bar:
-        for start in range(0, num_samples, batch_size):
-            n = min(batch_size, num_samples - start)
-            y = None if labels is None else labels[start : start + n]
-            x = module.sample(n, sampler=chosen, generator=generator, class_labels=y, **guidance)
-            batches.append(x.cpu())
-            bar.update(n)
-    samples = torch.cat(batches)
+    chosen = choose_sampler(module.sampler, sampler, steps, grid)
+    samples = generate(
+        module, num_samples, seed=seed, batch_size=batch_size, sampler=chosen,
+        class_labels=class_labels, guidance_scale=guidance_scale, classifier=classifier,
+        classifier_scale=1.0 if classifier_scale is None else classifier_scale, progress=True,
+    )  # fmt: skip
+    labels = None if class_labels is None else cycle_labels(class_labels, 0, num_samples)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, samples=samples.numpy(), **({} if labels is None else {"labels": labels.numpy()}))
@@ -399,6 +394,7 @@ def fid(
     reference: str | None = None,
     sampler: str | None = None,
     steps: int | None = None,
+    grid: str | None = None,
     batch_size: int = 250,
     kid: bool = False,
     weights: Weights = "ema",
@@ -421,6 +417,7 @@ def fid(
         reference: ready ``mu``/``sigma``: ``.npz`` (pytorch-fid, EDM) or torch-fidelity ``.pt``.
         sampler: sampler name (one of SAMPLERS); default: the checkpoint's.
         steps: sampler steps; default: the sampler's.
+        grid: time grid (one of GRIDS); default: the sampler's.
         batch_size: images per sampling batch (per process).
         kid: also compute KID.
         weights: ``ema`` or ``raw`` weights of the checkpoint.
@@ -439,7 +436,7 @@ def fid(
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     rank_zero = not distributed or dist.get_rank() == 0
     module = load_module(ckpt_path, map_location=device, weights=weights).eval()
-    chosen = _configure_sampler(module.sampler, sampler, steps)
+    chosen = choose_sampler(module.sampler, sampler, steps, grid)
     extractor = resolve_extractor(feature, feature_weights)
     evaluator = FIDEvaluator(
         extractor, split, num_samples, batch_size, kid=kid, cache_dir=cache_dir,
@@ -455,17 +452,6 @@ def fid(
             Path(output).parent.mkdir(parents=True, exist_ok=True)
             Path(output).write_text(json.dumps(scores, indent=2) + "\n")
     return scores
-
-
-def _configure_sampler(default: Sampler, name: str | None, steps: int | None) -> Sampler:
-    """The sampler to use: ``name`` (or the default's class), with ``steps`` if given."""
-    cls = type(default) if name is None else SAMPLERS[name]
-    kwargs = vars(default) if cls is type(default) else {}
-    if steps is not None:
-        if "steps" not in inspect.signature(cls).parameters:
-            raise ValueError(f"{cls.__name__} chooses its own steps; drop --steps")
-        kwargs = {**kwargs, "steps": steps}
-    return cls(**kwargs)
 
 
 COMMANDS = {"sample": sample, "reflow": reflow, "likelihood": likelihood, "fid": fid}

@@ -12,7 +12,8 @@ import pytest
 import torch
 import yaml
 
-from diffusion_pl.cli import fid, load_module, main, read_checkpoint
+from diffusion_pl.checkpoints import load_module, read_checkpoint
+from diffusion_pl.cli import fid, main
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -48,6 +49,26 @@ def test_sample_grids_every_n_steps_land_in_tensorboard(tmp_path: Path) -> None:
     assert [e.step for e in events.Images("samples")] == [2, 4, 4]
 
 
+def test_sample_grid_draws_once_per_optimizer_step_under_gradient_accumulation(
+    tmp_path: Path,
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = write_config(
+        "configs/toy2d/rectified_flow.yaml", tmp_path / "toy.yaml",
+        {"max_steps": 4, "accumulate_grad_batches": 2, "default_root_dir": str(tmp_path),
+         "accelerator": "cpu", "enable_progress_bar": False, "limit_val_batches": 0},
+        [{"class_path": "diffusion_pl.callbacks.SampleGrid",
+          "init_args": {"num_samples": 20, "every_n_steps": 2}}],
+    )  # fmt: skip
+    main(["fit", "--config", str(config)])
+    (log_dir,) = tmp_path.glob("lightning_logs/version_0")
+    pictures = sorted(p.name for p in (log_dir / "samples").glob("*.png"))
+    assert pictures == ["final.png", "step_0000002.png", "step_0000004.png"]
+    events = EventAccumulator(str(log_dir), size_guidance={"images": 0}).Reload()
+    assert [e.step for e in events.Images("samples")] == [2, 4, 4]  # steps 2, 4 and the end
+
+
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Digits RF, 6 steps on 2 gloo processes with EMA, FID (drives the checkpoint) and dumps."""
@@ -65,7 +86,8 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
          {"class_path": "rank_dump.DumpWeights", "init_args": {"out_dir": str(root / "dump")}}],
         sampler={"class_path": "diffusion_pl.samplers.EulerSampler", "init_args": {"steps": 4}},
     )  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
+    path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])  # keep this checkout
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "diffusion_pl", "fit", "--config", str(config)],
                    check=True, env=env, cwd=root, capture_output=True)  # fmt: skip
     return root

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 from cli_runs import fit_config
+from lightning import LightningModule
 
-from diffusion_pl.cli import main
+from diffusion_pl.cli import DiffusionCLI, main
+from diffusion_pl.data import DiffusionDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -27,6 +29,28 @@ def test_every_shipped_config_parses_against_the_real_signatures(
     printed = capsys.readouterr().out
     assert "class_path: diffusion_pl.formulations." in printed
     assert "optimizer:" in printed
+
+
+def built(config: str, *overrides: str) -> DiffusionCLI:
+    """The model, data and trainer a shipped config builds, through the CLI, without running."""
+    args = ["--config", str(ROOT / config), "--trainer.logger", "false", *overrides]
+    return DiffusionCLI(LightningModule, DiffusionDataModule, subclass_mode_model=True, run=False,
+                        args=args)  # fmt: skip
+
+
+def test_vdm_num_levels_is_linked_from_the_data_and_recorded() -> None:
+    cli = built("configs/digits/vdm.yaml", "--model.init_args.num_levels", "null")
+    assert cli.model.num_levels == 17  # the digits' levels, not the default None
+    hparams = cli.model.hparams
+    assert hparams["num_levels"] == 17 and hparams["data_shape"] == (1, 8, 8)
+    assert hparams["_class_path"] == "diffusion_pl.formulations.VDM"
+    assert hparams["net"]["class_path"] == "diffusion_pl.nets.UNet"
+    assert cli.datamodule.hparams["source"]["class_path"] == "diffusion_pl.data.Digits"
+    with pytest.raises(ValueError, match="num_levels=256 but the data have 17 quantization"):
+        built("configs/digits/vdm.yaml", "--model.init_args.num_levels", "256")
+    assert built("configs/toy2d/vdm.yaml").model.num_levels is None  # continuous data
+    ncsn = built("configs/digits/ncsn.yaml", "--model.init_args.num_levels", "12")
+    assert ncsn.model.hparams["num_levels"] == 12  # NCSN's noise levels are not the data's
 
 
 def test_toy2d_config_names_its_dataset() -> None:
@@ -60,6 +84,10 @@ def test_sample_toy2d_is_deterministic(toy_ckpt: Path, tmp_path: Path) -> None:
         assert out.with_suffix(".png").is_file()
     assert outs[0].shape == (37, 2) and np.isfinite(outs[0]).all()
     np.testing.assert_array_equal(outs[0], outs[1])
+    more = tmp_path / "more.npz"  # sample k depends on (seed, k) only, not on N or batch size
+    main(f"sample --ckpt_path {toy_ckpt} --num_samples 40 --seed 5 --output {more} --steps 4 "
+         "--batch_size 7".split())  # fmt: skip
+    np.testing.assert_allclose(np.load(more)["samples"][:37], outs[0], rtol=1e-6, atol=1e-6)
     other = tmp_path / "c.npz"
     main(f"sample --ckpt_path {toy_ckpt} --num_samples 37 --seed 6 --output {other} --steps 4 "
          "--batch_size 16 --sampler heun".split())  # fmt: skip

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
 import torch
 from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import WeightAveraging
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -119,7 +121,7 @@ def test_validation_sees_the_average_and_the_raw_weights_come_back_bit_exact() -
     initial = TinyRegression().flat().to(torch.bfloat16).float()
     torch.testing.assert_close(model.seen_in_validation[0], initial, rtol=0, atol=0)
     # Validation after step 4 (the run's end) sees the fp32 average, rounded into the bf16 module.
-    average = ema._average_model.module
+    average = ema.average
     assert all(p.dtype == torch.float32 for p in average.parameters())
     averaged = torch.cat([p.detach().flatten() for p in average.parameters()])
     torch.testing.assert_close(model.seen_in_validation[-1], averaged.bfloat16().float())
@@ -150,3 +152,12 @@ def test_resume_restores_the_average_exactly(tmp_path: Path) -> None:
     ).fit(resumed, loader(), ckpt_path=ckpt)  # fmt: skip
     assert ema.samples_seen == 6 * BATCH
     torch.testing.assert_close(resumed.flat(), whole.flat(), rtol=0, atol=1e-7)
+
+
+def test_lightning_weight_averaging_still_keeps_its_average_in_average_model() -> None:
+    """EMA sets WeightAveraging's private ``_average_model`` (no public handle exists); a
+    Lightning release that renames it must fail here, not silently average nothing."""
+    assert vars(WeightAveraging()).get("_average_model", "missing") is None
+    for hook in (WeightAveraging.on_train_batch_end, WeightAveraging.on_save_checkpoint,
+                 WeightAveraging.on_load_checkpoint):  # fmt: skip
+        assert "self._average_model" in inspect.getsource(hook), hook.__name__

@@ -11,9 +11,10 @@ from jsonargparse import ArgumentParser
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from diffusion_pl.data import DiffusionDataModule, Digits
+from diffusion_pl.data import DiffusionDataModule, Digits, GaussianMixture, ReflowPairs, Toy2D
 from diffusion_pl.metrics import DigitsClassifier, DigitsFeatures, FIDEvaluator, InceptionFeatures
 from diffusion_pl.metrics.features import DIGITS_WEIGHTS, extractor_id, resolve_extractor
+from diffusion_pl.metrics.fid import reference_key, source_config
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +156,31 @@ def test_short_name_and_class_path_share_the_reference_cache() -> None:
     from_yaml = parser.instantiate(parser.parse_object(yaml)).feature
     assert isinstance(from_yaml, DigitsFeatures)
     assert extractor_id(resolve_extractor(from_yaml)) == extractor_id(resolve_extractor("digits"))
+
+
+def test_reference_key_is_the_configuration_not_the_loaded_state(tmp_path: Path) -> None:
+    """A source that loads its data (ReflowPairs reads its shape) keeps its cache key."""
+    pairs = tmp_path / "pairs.pt"
+    torch.save({"samples": torch.zeros(20, 1, 8, 8), "noise": torch.ones(20, 1, 8, 8)}, pairs)
+    data = DiffusionDataModule(ReflowPairs(str(pairs)), batch_size=4)
+    extractor = resolve_extractor("digits")
+    before = reference_key(data, "val", extractor)
+    data.dataset("val")
+    assert reference_key(data, "val", extractor) == before
+    assert before.startswith("reflowpairs-val-1x8x8-digitsfeatures-")
+    other = DiffusionDataModule(ReflowPairs(str(pairs), val_fraction=0.5), batch_size=4)
+    assert reference_key(other, "val", extractor) != before  # another configuration
+    assert source_config(data.source) == {
+        "class": "ReflowPairs", "path": str(pairs), "val_fraction": 0.05
+    }  # fmt: skip
+
+
+def test_every_source_keeps_its_configuration_for_the_key() -> None:
+    """Each shipped source (GaussianMixture too) keeps the constructor arguments it was given."""
+    mixture = GaussianMixture([[0.0, 1.0], [2.0, 3.0]], std=0.25, weights=[0.3, 0.7])
+    assert source_config(mixture) == {
+        "class": "GaussianMixture", "means": [[0.0, 1.0], [2.0, 3.0]], "std": 0.25,
+        "weights": [0.3, 0.7], "num_train": 100_000, "num_val": 5_000, "seed": 0,
+    }  # fmt: skip
+    assert source_config(Toy2D("moons"))["name"] == "moons"
+    assert source_config(Digits())["class"] == "Digits"

@@ -9,8 +9,8 @@ import pytest
 import torch
 from run_helpers import toy_overrides
 
-from diffusion_pl.checkpoints import read_checkpoint
-from diffusion_pl.cli import load_module, main
+from diffusion_pl.checkpoints import load_module, read_checkpoint
+from diffusion_pl.cli import main
 from diffusion_pl.formulations import NCSN, VDM, RectifiedFlow, ScoreSDE
 from diffusion_pl.learned_schedule import LearnedVPPath
 from diffusion_pl.nets import MLP

@@ -12,6 +12,11 @@ leaves the average in the module when training ends. Three changes on top:
   module's own dtype);
 * nothing is swapped in before the first update (Lightning issue #21724), and other callbacks
   can borrow either set of weights with :meth:`EMA.using` (sample grids, FID).
+
+``WeightAveraging`` has no public handle on its ``AveragedModel``: a subclass that builds its
+own sets ``_average_model``, which the parent then updates, saves and restores. That one
+private attribute is pinned by the Lightning range in pyproject.toml and checked by
+tests/test_ema.py, which fails loudly if a Lightning release renames it.
 """
 
 from __future__ import annotations
@@ -77,6 +82,7 @@ class EMA(WeightAveraging):
         self.halflife_samples, self.rampup_ratio = halflife_samples, rampup_ratio
         self.decay, self.warmup = decay, warmup
         self.samples_seen = 0
+        self._step_seen = 0
         self._pending_samples = 0
         self._beta = 0.0
         self._raw: list[Tensor] | None = None
@@ -109,13 +115,22 @@ class EMA(WeightAveraging):
         for p in average.module.parameters():  # fp32 average, whatever the weights' precision
             if p.is_floating_point() and p.dtype != torch.float64:
                 p.data = p.data.float()
-        self._average_model = average
+        self._average_model = average  # WeightAveraging's own (see the module docstring)
+
+    @property
+    def average(self) -> nn.Module | None:
+        """The averaged copy of the module (fp32), or None before fitting starts."""
+        return None if self._average_model is None else self._average_model.module
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._step_seen = trainer.global_step  # 0, or the step a resumed run starts from
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
         self._pending_samples += _batch_size(batch) * trainer.world_size
-        if trainer.global_step > self._latest_update_step:  # an optimizer step just happened
+        if trainer.global_step > self._step_seen:  # an optimizer step just happened
+            self._step_seen = trainer.global_step
             updates = int(self._average_model.n_averaged)
             self._beta = self.beta(self._pending_samples, self.samples_seen, updates)
             self.samples_seen += self._pending_samples

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from diffusion_pl.callbacks.ema import Weights, weights_in_use, weights_list
+from diffusion_pl.generate import every_class, generate
 from diffusion_pl.visualize import save_samples_figure
 
 __all__ = ["SampleGrid", "run_dir"]
@@ -33,6 +33,8 @@ class SampleGrid(Callback):
     ``<log_dir>/samples/`` and, when a TensorBoard logger is on, in its Images tab. The seed is
     the same every time, so pictures show training progress and not sampling noise. A
     class-conditional model draws the classes in turn (0, 1, …, K−1, 0, …), one per grid cell.
+    Steps count optimizer steps: with gradient accumulation a step draws once, not once per
+    micro-batch.
 
     Args:
         num_samples: samples per picture.
@@ -59,6 +61,7 @@ class SampleGrid(Callback):
         self.num_samples, self.every_n_steps, self.seed = num_samples, every_n_steps, seed
         self.weights = weights
         self.last_path: Path | None = None
+        self._step_seen = 0
 
     @rank_zero_only
     def draw(self, trainer: Trainer, pl_module: LightningModule, name: str) -> Path:
@@ -69,10 +72,9 @@ class SampleGrid(Callback):
             reference = datamodule.real_samples("val", min(2000, len(datamodule.dataset("val"))))
         for i, weights in enumerate(self.weights):
             suffix = "" if i == 0 else f"_{weights}"
-            generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
             with weights_in_use(trainer, pl_module, weights):
-                labels = pl_module.cycled_labels(self.num_samples)
-                x = pl_module.sample(self.num_samples, generator=generator, class_labels=labels)
+                n, classes = self.num_samples, every_class(pl_module)
+                x = generate(pl_module, n, seed=self.seed, batch_size=n, class_labels=classes)
             path = run_dir(trainer) / "samples" / f"{name}{suffix}.png"
             title = f"step {trainer.global_step}" + (f" ({weights} weights)" if suffix else "")
             self.last_path = save_samples_figure(x, path, reference, title=title)
@@ -89,8 +91,14 @@ class SampleGrid(Callback):
                 image = read_image(str(path), ImageReadMode.RGB)
                 logger.experiment.add_image(tag, image, trainer.global_step)
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._step_seen = trainer.global_step  # 0, or the step a resumed run starts from
+
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
         step = trainer.global_step
+        if step == self._step_seen:  # a micro-batch of gradient accumulation: no step yet
+            return
+        self._step_seen = step
         if self.every_n_steps and step % self.every_n_steps == 0:
             self.draw(trainer, pl_module, f"step_{step:07d}")
 

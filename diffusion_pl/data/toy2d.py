@@ -75,6 +75,7 @@ class GaussianMixture(_SampledSource):
         seed: int = 0,
     ) -> None:
         super().__init__(num_train, num_val, seed)
+        self.means, self.std, self.weights = means, std, weights  # the configuration, as given
         self._spec = GaussianMixtureSpec.isotropic(means, std, weights)
 
     @property

@@ -119,15 +119,6 @@ class DiffusionModule(LightningModule):
         """Labels passed to the net: ``y`` for class-conditional nets, else None."""
         return y if self.num_classes is not None else None
 
-    def cycled_labels(self, n: int, start: int = 0) -> Tensor | None:
-        """Labels ``start, start + 1, …`` mod K for ``n`` samples, or None if unconditional.
-
-        Sample grids and FID draw every class equally often from a class-conditional model.
-        """
-        if self.num_classes is None:
-            return None
-        return torch.arange(start, start + n, device=self.device) % self.num_classes
-
     def drop_labels(self, y: Tensor | None, generator: torch.Generator | None) -> Tensor | None:
         """``y`` with each label replaced by ∅ = ``num_classes`` with probability ``p_uncond``.
 

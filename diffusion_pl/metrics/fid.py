@@ -15,6 +15,7 @@ and EDM, so published reference files drop in; torch-fidelity's own statistics c
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 from collections.abc import Iterator
@@ -30,11 +31,12 @@ from torchmetrics.image.kid import KernelInceptionDistance
 from tqdm.auto import tqdm
 
 from diffusion_pl.data import DiffusionDataModule
-from diffusion_pl.data.sources import Split
+from diffusion_pl.data.sources import Source, Split
+from diffusion_pl.generate import every_class, generate
 from diffusion_pl.metrics.features import extractor_id, resolve_extractor
 from diffusion_pl.samplers import Sampler
 
-__all__ = ["FIDEvaluator", "default_cache_dir", "read_statistics", "reference_key"]
+__all__ = ["FIDEvaluator", "default_cache_dir", "read_statistics", "reference_key", "source_config"]
 
 # What torch-fidelity's pickled statistics hold besides tensors: numpy arrays of float32/64
 # (numpy 2 pickles them through numpy._core, numpy 1 through numpy.core).
@@ -49,11 +51,31 @@ def default_cache_dir() -> Path:
     return Path(root) / "fid"
 
 
+def source_config(source: Source) -> dict[str, object]:
+    """The constructor arguments of a data source, as it holds them (``name`` or ``_name``).
+
+    Only its configuration: what loading adds (downloaded splits, a file's shape) is left out,
+    so the key of a source is the same before and after it loads its data.
+    """
+    held = vars(source)
+    config = {"class": type(source).__qualname__}
+    for name in inspect.signature(type(source)).parameters:
+        if name not in held and f"_{name}" not in held:
+            raise ValueError(
+                f"{type(source).__name__} does not keep its constructor argument {name!r} as "
+                f"self.{name} (or self._{name}), which the FID cache key is made of: keep it"
+            )
+        config[name] = held[name] if name in held else held[f"_{name}"]
+    return config
+
+
 def reference_key(datamodule: DiffusionDataModule, split: Split, extractor: nn.Module) -> str:
-    """``<source>-<split>-<C>x<H>x<W>-<extractor>-<config hash>``: one file per reference."""
+    """``<source>-<split>-<C>x<H>x<W>-<extractor>-<config hash>``: one file per reference.
+
+    The hash is of the source's configuration (:func:`source_config`), not of its state.
+    """
     source = datamodule.source
-    config = json.dumps({"class": type(source).__qualname__, **vars(source)}, sort_keys=True,
-                        default=str)  # fmt: skip
+    config = json.dumps(source_config(source), sort_keys=True, default=str)
     digest = hashlib.sha1(config.encode()).hexdigest()[:10]
     shape = "x".join(map(str, datamodule.data_shape))
     return f"{type(source).__name__.lower()}-{split}-{shape}-{extractor_id(extractor)}-{digest}"
@@ -110,9 +132,10 @@ def _rank_and_world() -> tuple[int, int]:
 class FIDEvaluator(nn.Module):
     """Generate ``num_samples`` images with a model and score them against a data split.
 
-    Samples are drawn in chunks of ``batch_size``; chunk k uses a generator seeded by
-    ``(seed, k)`` and is drawn by rank ``k mod world_size``, so the sample set — and the FID —
-    does not depend on the number of processes. Reference statistics are cached on disk.
+    Sample k is drawn by :func:`~diffusion_pl.generate.generate` from (seed, k) alone, in chunks
+    of ``batch_size``; rank r draws chunks r, r + world_size, …, so the sample set — and the
+    FID — does not depend on the number of processes. A class-conditional model draws class
+    k mod K for sample k. Reference statistics are cached on disk.
 
     Args:
         feature: ``"digits"`` (offline, 8×8 digits), ``"inception"`` (torch-fidelity's
@@ -241,11 +264,10 @@ class FIDEvaluator(nn.Module):
 
     # --- generated images ---------------------------------------------------------------
     def chunks(self) -> Iterator[tuple[int, int]]:
-        """``(chunk index, size)`` of this rank's share of the samples."""
+        """``(index of the first sample, size)`` of each chunk of this rank's share."""
         rank, world = _rank_and_world()
-        num_chunks = -(-self.num_samples // self.batch_size)
-        for k in range(rank, num_chunks, world):
-            yield k, min(self.batch_size, self.num_samples - k * self.batch_size)
+        for start in range(rank * self.batch_size, self.num_samples, world * self.batch_size):
+            yield start, min(self.batch_size, self.num_samples - start)
 
     @torch.no_grad()
     def evaluate(
@@ -267,10 +289,9 @@ class FIDEvaluator(nn.Module):
         chunks = list(self.chunks())
         bar = tqdm(total=sum(n for _, n in chunks), desc="FID samples", unit="img",
                    disable=not self.progress or rank != 0)  # fmt: skip
-        for k, n in chunks:
-            generator = torch.Generator(module.device).manual_seed(self.seed * 2**20 + k)
-            labels = module.cycled_labels(n, start=k * self.batch_size)
-            x = module.sample(n, sampler=sampler, generator=generator, class_labels=labels)
+        for start, n in chunks:
+            x = generate(module, n, seed=self.seed, batch_size=n, start=start, sampler=sampler,
+                         class_labels=every_class(module))  # fmt: skip
             self._update(self._features(x), real=False)
             bar.update(n)
         bar.close()

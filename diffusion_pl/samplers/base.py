@@ -71,10 +71,21 @@ class Sampler:
         """A copy of this sampler with ``steps`` steps (every other setting kept)."""
         if "steps" not in self.arguments():
             raise ValueError(f"{type(self).__name__} chooses its own steps; drop --steps")
+        return self._replaced(steps=steps)
+
+    def with_grid(self, grid: Grid) -> Sampler:
+        """A copy of this sampler on the time grid ``grid`` (every other setting kept)."""
+        if "grid" not in self.arguments():
+            raise ValueError(
+                f"{type(self).__name__} chooses its own times (it has no grid setting); drop --grid"
+            )
+        return self._replaced(grid=grid)
+
+    def _replaced(self, **changes: Any) -> Sampler:
         # A jsonargparse lazy_instance (the formulations' defaults) is a subclass whose
         # constructor takes no settings; rebuild the class it stands for.
         cls = getattr(self, "_lazy_class_type", type(self))
-        return cls(**{**self.arguments(), "steps": steps})
+        return cls(**{**self.arguments(), **changes})
 
     def check(self, path: NoisePath) -> None:
         """Raise ValueError, saying why, if this sampler cannot run on ``path``."""
