@@ -311,7 +311,20 @@ def _finite_prefix(values: list[float]) -> list[float]:
     return out or values[:1]
 
 
-class DPMSolverSampler(Sampler):
+class _LogSNRMultistepSampler(Sampler):
+    """A multistep solver of ``order`` 1–3 on a log-SNR grid (DPM-Solver++ and UniPC)."""
+
+    default_grid = LogSNRGrid()
+
+    def __init__(
+        self, steps: int = 20, order: int = 2, grid: Grid | None = None, denoise_final: bool = True
+    ) -> None:
+        if order not in (1, 2, 3):
+            raise ValueError(f"{type(self).__name__}: order must be 1, 2 or 3, got {order}")
+        super().__init__(steps=steps, order=order, grid=grid, denoise_final=denoise_final)
+
+
+class DPMSolverSampler(_LogSNRMultistepSampler):
     """DPM-Solver++(2M) (``order`` 3: 3M) on a log-SNR grid; ``steps`` network evaluations.
 
     Args:
@@ -322,14 +335,6 @@ class DPMSolverSampler(Sampler):
     """
 
     solver = staticmethod(sample_dpmpp)
-    default_grid = LogSNRGrid()
-
-    def __init__(
-        self, steps: int = 20, order: int = 2, grid: Grid | None = None, denoise_final: bool = True
-    ) -> None:
-        if order not in (1, 2, 3):
-            raise ValueError(f"DPM-Solver++ order must be 1, 2 or 3, got {order}")
-        super().__init__(steps=steps, order=order, grid=grid, denoise_final=denoise_final)
 
 
 class DPMSolver3MSampler(DPMSolverSampler):
@@ -341,7 +346,7 @@ class DPMSolver3MSampler(DPMSolverSampler):
         super().__init__(steps=steps, order=order, grid=grid, denoise_final=denoise_final)
 
 
-class UniPCSampler(Sampler):
+class UniPCSampler(_LogSNRMultistepSampler):
     """UniPC (bh2) on a log-SNR grid; ``steps`` network evaluations.
 
     Args:
@@ -352,14 +357,6 @@ class UniPCSampler(Sampler):
     """
 
     solver = staticmethod(sample_unipc)
-    default_grid = LogSNRGrid()
-
-    def __init__(
-        self, steps: int = 20, order: int = 2, grid: Grid | None = None, denoise_final: bool = True
-    ) -> None:
-        if order not in (1, 2, 3):
-            raise ValueError(f"UniPC order must be 1, 2 or 3, got {order}")
-        super().__init__(steps=steps, order=order, grid=grid, denoise_final=denoise_final)
 
 
 class IPNDMSampler(Sampler):
