@@ -1,8 +1,9 @@
-"""FID vs NFE of the four formulations on the digits at one training budget, and bits/dim.
+"""FID vs NFE of the formulations on the digits at one training budget, and bits/dim.
 
-    python benchmarks/digits_quality.py [--formulations rectified_flow vdm ncsn score_sde]
+    python benchmarks/digits_quality.py [--formulations rectified_flow vdm ncsn score_sde edm]
         [--max_steps 2000] [--base_channels 16] [--batch_size 128] [--num_samples 2000]
-        [--nfe 5 10 20 50 100] [--skip_fit] [--out benchmarks/results/digits_quality.json]
+        [--nfe 5 10 20 50 100] [--few_nfe 5 10 20] [--skip_fit]
+        [--out benchmarks/results/digits_quality.json]
 
 About an hour on 2 CPU cores with the defaults: ~8 minutes of training per formulation and
 ~1,700 network evaluations of 2,000 samples over all samplers (~0.8 s each). ``--nfe`` 250
@@ -13,9 +14,12 @@ and seed (keeping its own path, loss, learning rate and gradient clipping), with
 sample-grid callbacks and without validation, so every fit costs the same. Then, with the EMA
 weights: FID of ``--num_samples`` samples against the held-out val split (the shipped digits
 feature network) for each of the formulation's samplers (``SWEEPS``) at each NFE of ``--nfe``.
-A sampler's steps follow from the NFE (Heun and PC spend 2 network evaluations per step,
-annealed Langevin one per level per Langevin step); the NFE reported is the number of network
-calls per sample, counted. Also reported:
+The few-step solvers (DPM-Solver++ 2M/3M, UniPC, iPNDM, EDM's sampler, each on its paper's
+grid) run at each NFE of ``--few_nfe``. A sampler's steps follow from the NFE budget, which
+includes the final denoising step where σ(t_min) > 0 (Heun and PC spend 2 network evaluations
+per step, annealed Langevin one per level per Langevin step); the NFE reported is the number of
+network calls per sample, counted. The report ends with each formulation's best FID at ≤ 10 NFE
+against its best at any NFE. Also reported:
 
 * the real-data floor: FID of the whole train split (1,437 images) against val, same evaluator;
 * bits/dim of the val split: VDM's variational bound on all of it (its ``val/bpd``, averaged
@@ -54,6 +58,7 @@ from diffusion_pl.cli import main as cli_main
 from diffusion_pl.data import DiffusionDataModule
 from diffusion_pl.formulations import VDM, DiffusionModule
 from diffusion_pl.metrics import FIDEvaluator
+from diffusion_pl.paths import NoisePath
 from diffusion_pl.samplers import SAMPLERS, Sampler
 
 CONFIGS = ROOT / "configs/digits"
@@ -71,6 +76,7 @@ class Sweep:
             (``knob="steps_per_level"``) the number of levels multiplies it.
         knob: the init argument the NFE sets.
         label: how rows and the plot name it; default ``name``.
+        few_step: run at the NFEs of ``--few_nfe`` instead of ``--nfe``.
     """
 
     name: str
@@ -78,23 +84,42 @@ class Sweep:
     evals_per_step: int = 1
     knob: str = "steps"
     label: str = ""
+    few_step: bool = False
 
     @property
     def title(self) -> str:
         """The sweep's name in rows and the plot."""
         return self.label or self.name
 
-    def sampler(self, default: Sampler, nfe: int, path_levels: int | None = None) -> Sampler:
-        """This sampler with about ``nfe`` network evaluations per sample (at least one step)."""
+    def sampler(self, default: Sampler, nfe: int, path: NoisePath) -> Sampler:
+        """This sampler with about ``nfe`` network evaluations per sample, the final denoising
+        step included (at least one step)."""
         cls = SAMPLERS[self.name]
-        settings = {**(vars(default) if type(default) is cls else {}), **self.settings}
-        levels = (settings["steps"] or path_levels) if self.knob == "steps_per_level" else 1
-        return cls(**{**settings, self.knob: max(1, round(nfe / (self.evals_per_step * levels)))})
+        settings = {**(default.arguments() if isinstance(default, cls) else {}), **self.settings}
+        levels = (settings["steps"] or path.num_steps) if self.knob == "steps_per_level" else 1
+        final = settings.get("denoise_final", True) and float(path.sigma(path.as_time(path.t_min)))
+        budget = nfe - (1 if final > 0 else 0)
+        return cls(
+            **{**settings, self.knob: max(1, round(budget / (self.evals_per_step * levels)))}
+        )
+
+
+FEW_STEP = (
+    Sweep("dpmpp_2m", few_step=True),
+    Sweep("dpmpp_3m", few_step=True),
+    Sweep("unipc", few_step=True),
+    Sweep("ipndm", few_step=True),
+)
+"""The few-step solvers, each on its paper's grid, for every net continuous in t."""
 
 
 SWEEPS: dict[str, tuple[Sweep, ...]] = {
-    "rectified_flow": (Sweep("euler"), Sweep("heun", evals_per_step=2)),
-    "vdm": (Sweep("ddpm", {"clip_x0": 1.0}), Sweep("ddim")),  # x̂_0 clipped as in Ho et al.'s code
+    "rectified_flow": (Sweep("euler"), Sweep("heun", evals_per_step=2), *FEW_STEP),
+    "vdm": (  # x̂_0 clipped as in Ho et al.'s code
+        Sweep("ddpm", {"clip_x0": 1.0}),
+        Sweep("ddim"),
+        *FEW_STEP,
+    ),
     "ncsn": (  # at the 20 trained levels; the config's ε = 2e-5 is sized for 50 steps a level
         Sweep("annealed_langevin", knob="steps_per_level"),
         Sweep(
@@ -109,9 +134,15 @@ SWEEPS: dict[str, tuple[Sweep, ...]] = {
         Sweep("euler_maruyama"),
         Sweep("euler"),  # probability-flow ODE
         Sweep("heun", evals_per_step=2),
+        *FEW_STEP,
+    ),
+    "edm": (
+        Sweep("edm_sde", evals_per_step=2),  # Alg. 1 (deterministic Heun; no churn by default)
+        *FEW_STEP,
     ),
 }
-"""Each formulation's samplers: its own family, plus the PF-ODE where the net is continuous in t."""
+"""Each formulation's samplers: its own family, plus the PF-ODE solvers where the net is
+continuous in t (NCSN's is conditioned on its 20 discrete levels only)."""
 
 
 def benchmark_config(name: str, root: Path, args: argparse.Namespace) -> Path:
@@ -173,13 +204,14 @@ def fid_sweep(
     evaluator: FIDEvaluator,
     sweeps: tuple[Sweep, ...],
     nfes: list[int],
+    few_nfes: list[int],
 ) -> Iterator[dict]:
     """FID of each sampler of ``sweeps`` at each NFE; NFEs that give the same sampler run once."""
     chunks = len(list(evaluator.chunks()))  # one module.sample call per chunk
     for sweep in sweeps:
         seen = set()
-        for nfe in nfes:
-            sampler = sweep.sampler(module.sampler, nfe, module.path.num_steps)
+        for nfe in few_nfes if sweep.few_step else nfes:
+            sampler = sweep.sampler(module.sampler, nfe, module.path)
             if repr(sampler) in seen:
                 continue
             seen.add(repr(sampler))
@@ -237,7 +269,7 @@ def evaluate(
         "bits_per_dim": bits_per_dim(name, module, ckpt, val, args),
     }
     rows = []
-    for row in fid_sweep(module, datamodule, evaluator, SWEEPS[name], args.nfe):
+    for row in fid_sweep(module, datamodule, evaluator, SWEEPS[name], args.nfe, args.few_nfe):
         rows.append({"formulation": name, **row})
         print(json.dumps(rows[-1]), flush=True)
     return summary, rows
@@ -252,9 +284,10 @@ def plot(rows: list[dict], floor: float, path: Path) -> None:
         points = [(r["nfe"], r["fid"]) for r in rows
                   if (r["formulation"], r["sampler"]) == (formulation, sampler)]  # fmt: skip
         samplers = [s.title for s in SWEEPS[formulation]]
-        ax.plot(*zip(*points, strict=True), marker="o", markersize=3,
+        ax.plot(*zip(*points, strict=True), markersize=3,
                 color=f"C{list(SWEEPS).index(formulation)}",
-                linestyle=["-", "--", "-.", ":"][samplers.index(sampler)],
+                linestyle=["-", "--", "-.", ":"][samplers.index(sampler) % 4],
+                marker="os^vD<>"[samplers.index(sampler) % 7],
                 label=f"{formulation} · {sampler}")  # fmt: skip
     ax.axhline(floor, color="gray", linewidth=1, linestyle=":", label="real data (train vs val)")
     ax.set(xscale="log", yscale="log", xlabel="network evaluations per sample (NFE)",
@@ -268,7 +301,7 @@ def report(results: dict) -> str:
     """The Markdown report: settings, training and bits/dim per formulation, the FID sweep."""
     s = results["settings"]
     lines = report_header(
-        "Digits: FID vs NFE of the four formulations",
+        "Digits: FID vs NFE of the formulations",
         results,
         f"Every formulation: the same UNet (base {s['base_channels']}), {s['max_steps']} steps × "
         f"batch {s['batch_size']}, EMA half-life {s['ema_halflife']:,} samples, seed {s['seed']}. "
@@ -284,7 +317,25 @@ def report(results: dict) -> str:
     rows = [[r["formulation"], r["sampler"], r["nfe"], f"{r['fid']:.2f}", r["seconds"]]
             for r in results["fid"]]  # fmt: skip
     lines += ["", markdown_table(["formulation", "sampler", "NFE", "FID", "sampling s"], rows)]
+    header = ["formulation", "best FID, NFE ≤ 10", "best FID, any NFE", "ratio (target ≤ 1.2)"]
+    lines += ["", markdown_table(header, few_step_rows(results["fid"]))]
     return "\n".join(lines)
+
+
+def few_step_rows(rows: list[dict]) -> list[list]:
+    """Per formulation: its best FID at ≤ 10 NFE (and by what), its best at any NFE, the ratio."""
+    table = []
+    for name in dict.fromkeys(r["formulation"] for r in rows):
+        mine = [r for r in rows if r["formulation"] == name]
+        best = min(mine, key=lambda r: r["fid"])
+        few = [r for r in mine if r["nfe"] <= 10]
+        if not few:
+            continue
+        top = min(few, key=lambda r: r["fid"])
+        table.append([name, f"{top['fid']:.2f} ({top['sampler']}, {top['nfe']})",
+                      f"{best['fid']:.2f} ({best['sampler']}, {best['nfe']})",
+                      f"{top['fid'] / best['fid']:.2f}"])  # fmt: skip
+    return table
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -298,6 +349,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num_samples", type=int, default=2000, help="generated images per FID")
     parser.add_argument("--sample_batch", type=int, default=500, help="images per sampling batch")
     parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20, 50, 100])
+    parser.add_argument("--few_nfe", type=int, nargs="+", default=[5, 10, 20],
+                        help="NFEs of the few-step solvers")  # fmt: skip
     parser.add_argument("--bound_repeats", type=int, default=10, help="VDM bound: draws per image")
     parser.add_argument("--likelihood_samples", type=int, default=360, help="score-SDE: val images")
     parser.add_argument("--likelihood_tol", type=float, default=1e-5, help="score-SDE: RK45 tol")

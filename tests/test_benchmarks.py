@@ -89,7 +89,7 @@ def test_digits_quality(load: Callable, tmp_path: Path, monkeypatch: pytest.Monk
     out = tmp_path / "quality.json"
     results = script.main([
         "--max_steps", "2", "--base_channels", "8", "--batch_size", "16", "--num_samples", "20",
-        "--sample_batch", "10", "--nfe", "2", "4", "--bound_repeats", "2",
+        "--sample_batch", "10", "--nfe", "2", "4", "--few_nfe", "3", "4", "--bound_repeats", "2",
         "--likelihood_samples", "10", "--likelihood_tol", "1e-2",
         "--workdir", str(tmp_path / "runs"), "--out", str(out),
     ])  # fmt: skip
@@ -107,7 +107,10 @@ def test_digits_quality(load: Callable, tmp_path: Path, monkeypatch: pytest.Monk
     assert {(f, s.title) for f, sweeps in script.SWEEPS.items() for s in sweeps} == set(nfe)
     assert nfe["rectified_flow", "euler"] == [2, 4]
     assert nfe["rectified_flow", "heun"] == [1, 3]  # the step to σ = 0 takes one evaluation
-    assert nfe["vdm", "ddim"] == [3, 5]  # plus the final denoising step at t_min = 1/T
+    assert nfe["vdm", "ddim"] == [2, 4]  # the final denoising step at t_min = 1/T included
+    assert nfe["edm", "dpmpp_2m"] == nfe["vdm", "unipc"] == [3, 4]
+    assert nfe["rectified_flow", "dpmpp_3m"] == [3, 4]  # σ(t_min = 0) = 0: no final step
+    assert "best FID, NFE ≤ 10" in out.with_suffix(".md").read_text()
     assert nfe["ncsn", "annealed_langevin"] == nfe["ncsn", "annealed_langevin eps=1e-4"] == [21]
     ncsn = {r["sampler"]: r["settings"] for r in results["fid"] if r["formulation"] == "ncsn"}
     assert "step_lr=0.0001" in ncsn["annealed_langevin eps=1e-4"]
