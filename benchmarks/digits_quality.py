@@ -5,8 +5,9 @@
         [--nfe 5 10 20 50 100] [--few_nfe 5 10 20] [--skip_fit]
         [--out benchmarks/results/digits_quality.json]
 
-About an hour on 2 CPU cores with the defaults: ~8 minutes of training per formulation and
-~1,700 network evaluations of 2,000 samples over all samplers (~0.8 s each). ``--nfe`` 250
+Over an hour on 2 CPU cores with the defaults: ~5–8 minutes of training per formulation and
+~0.5–0.8 s per network evaluation of 2,000 samples, summed over every sampler and NFE (the four
+formulations of issue 6 without the few-step solvers took 51 minutes). ``--nfe`` 250
 adds about half an hour, 1000 about two hours; time scales about with ``--base_channels``².
 
 Each formulation's configs/digits/<name>.yaml is fitted with the same UNet, steps, batch, EMA
