@@ -98,8 +98,7 @@ class Sweep:
         cls = SAMPLERS[self.name]
         settings = {**(default.arguments() if isinstance(default, cls) else {}), **self.settings}
         levels = (settings["steps"] or path.num_steps) if self.knob == "steps_per_level" else 1
-        final = settings.get("denoise_final", True) and float(path.sigma(path.as_time(path.t_min)))
-        budget = nfe - (1 if final > 0 else 0)
+        budget = nfe - cls(**{**settings, self.knob: 1}).denoises_at_end(path)
         return cls(
             **{**settings, self.knob: max(1, round(budget / (self.evals_per_step * levels)))}
         )

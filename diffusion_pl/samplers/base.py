@@ -135,9 +135,14 @@ class Sampler:
         x = self.solver(
             denoiser, path, x, ts, generator=generator, progress=progress, **self.settings()
         )
-        if self.denoise_final and float(path.sigma(path.as_time(path.t_min))) > 0:
+        if self.denoises_at_end(path):
             x = denoiser(x, path.t_min).x0
         return x
+
+    def denoises_at_end(self, path: NoisePath) -> bool:
+        """Whether a call ends with one more network evaluation, x̂_0 at ``path.t_min``:
+        ``denoise_final`` is set and σ(t_min) > 0."""
+        return self.denoise_final and float(path.sigma(path.as_time(path.t_min))) > 0
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={_show(v)}" for k, v in self.arguments().items())
