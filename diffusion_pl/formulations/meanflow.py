@@ -197,7 +197,7 @@ class MeanFlow(DiffusionModule):
         velocity = self.parameterization.target(x0, eps, c)
 
         def average_velocity(z: Tensor, r: Tensor, t: Tensor) -> Tensor:
-            labels = self.parameterization.interval_labels(r, t)
+            labels = AverageVelocityPrediction.interval_labels(r, t)
             return self.net(z, labels, y).to(dtype)
 
         out, target = meanflow_target(average_velocity, z, r, t, velocity)

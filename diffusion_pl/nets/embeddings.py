@@ -103,7 +103,7 @@ class NoiseEmbedding(nn.Module):
 
     With ``num_noise_labels = L > 1`` the net is conditioned on L noise labels per example
     (``noise_labels [B, L]``): each label has its own features → Linear → SiLU → Linear, and the
-    L embeddings are summed (MeanFlow's (t, t − r): Geng et al., 2025, Sec. 4.3 and Table 1c).
+    L embeddings are summed (MeanFlow's (t, t − r): Geng et al., 2025, Sec. 4.3 and Table 1).
     The first label keeps the modules of a one-label embedding, so L = 1 adds nothing to the
     state dict and older checkpoints load unchanged.
 
