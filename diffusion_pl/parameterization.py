@@ -22,6 +22,8 @@ from diffusion_pl.paths import NoisePath, PathCoefficients
 from diffusion_pl.tensors import as_batch
 
 __all__ = [
+    "AverageVelocityDenoiser",
+    "AverageVelocityPrediction",
     "Denoiser",
     "EDMPreconditioning",
     "EpsilonPrediction",
@@ -163,6 +165,29 @@ class VelocityPrediction(Parameterization):
         return c.alpha / (c.alpha * c.d_sigma - c.sigma * c.d_alpha)
 
 
+class AverageVelocityPrediction(VelocityPrediction):
+    """F = u(z, r, t), the average velocity over [r, t] of the flow on the linear path (MeanFlow).
+
+    u(z_t, r, t) = (z_t − z_r) / (t − r) for the probability-flow trajectory through z_t; at
+    r = t it is the instantaneous velocity v(z_t, t), which is all a denoiser is asked for, so
+    the output is read as :class:`VelocityPrediction`'s. The net sees two noise labels,
+    (t, t − r) (:meth:`interval_labels`); a denoiser call at time t gives it (t, 0), and every
+    sampler that takes a :class:`Denoiser` runs on a MeanFlow model at r = t.
+
+    Reference: Geng et al. (2025), "Mean Flows for One-step Generative Modeling", Sec. 4.1
+    (average velocity) and Sec. 4.3 (conditioning on (t, t − r)).
+    """
+
+    @staticmethod
+    def interval_labels(r: Tensor, t: Tensor) -> Tensor:
+        """The net's noise labels ``[B, 2]``: (t, t − r) at each row's times r ≤ t ``[B]``."""
+        return torch.stack([t, t - r], dim=-1)
+
+    def noise_label(self, t: Tensor, c: PathCoefficients) -> Tensor:
+        """(t, 0) ``[B, 2]``: the average velocity over an empty interval, v(z, t)."""
+        return self.interval_labels(t, t)
+
+
 class EDMPreconditioning(Parameterization):
     """Karras et al.'s preconditioning on the scaled variable x̃ = x/α at σ̃ = σ/α, any path.
 
@@ -276,3 +301,43 @@ class Denoiser:
         out = self.net(net_in, labels.to(x.dtype), self.class_labels).to(dtype)
         self.nfe += 1
         return self.parameterization.predict(out, x.to(dtype), c)
+
+
+class AverageVelocityDenoiser(Denoiser):
+    """A :class:`Denoiser` of a MeanFlow net that also gives the average velocity u(x, r, t).
+
+    ``denoiser(x, t)`` reads u(x, t, t) = v(x, t) as a velocity (every sampler can use it);
+    :meth:`average_velocity` is what the mean-flow sampler jumps with,
+    z_r = z_t − (t − r) u(z_t, r, t).
+
+    Args:
+        net: a net with ``num_noise_labels = 2`` that predicts u from (t, t − r).
+        path: the path the net was trained on (the linear path).
+        parameterization: an :class:`AverageVelocityPrediction`.
+        class_labels: optional labels ``[B]`` passed to every call.
+
+    Reference: Geng et al. (2025), "Mean Flows for One-step Generative Modeling", Sec. 4.1 and
+    Algorithm 2 (sampling).
+    """
+
+    def __init__(
+        self,
+        net: DenoiserNet,
+        path: NoisePath,
+        parameterization: Parameterization,
+        class_labels: Tensor | None = None,
+    ) -> None:
+        if not isinstance(parameterization, AverageVelocityPrediction):
+            raise ValueError(
+                "an AverageVelocityDenoiser reads average velocities: its parameterization "
+                f"must be AverageVelocityPrediction, got {type(parameterization).__name__}"
+            )
+        super().__init__(net, path, parameterization, class_labels)
+
+    def average_velocity(self, x: Tensor, r: Tensor | float, t: Tensor | float) -> Tensor:
+        """u(x, r, t) ``[B, ...]`` for times r ≤ t (scalars or ``[B]``), in ≥ float32."""
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        labels = AverageVelocityPrediction.interval_labels(batch_times(r, x), batch_times(t, x))
+        out = self.net(x, labels.to(x.dtype), self.class_labels).to(dtype)
+        self.nfe += 1
+        return out

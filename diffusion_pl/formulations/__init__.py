@@ -3,6 +3,7 @@
 from diffusion_pl.formulations.base import DiffusionModule, mean_flat
 from diffusion_pl.formulations.classifier import NoisyClassifier
 from diffusion_pl.formulations.edm import EDM
+from diffusion_pl.formulations.meanflow import MeanFlow, meanflow_target
 from diffusion_pl.formulations.ncsn import NCSN
 from diffusion_pl.formulations.optim import optimizer_config
 from diffusion_pl.formulations.rectified_flow import RectifiedFlow, Reflow
@@ -14,10 +15,12 @@ __all__ = [
     "NCSN",
     "VDM",
     "DiffusionModule",
+    "MeanFlow",
     "NoisyClassifier",
     "RectifiedFlow",
     "Reflow",
     "ScoreSDE",
     "mean_flat",
+    "meanflow_target",
     "optimizer_config",
 ]

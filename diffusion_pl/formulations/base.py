@@ -10,7 +10,7 @@ bound) overrides :meth:`DiffusionModule.loss` and keeps the rest.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from lightning import LightningModule
@@ -68,6 +68,9 @@ class DiffusionModule(LightningModule):
         guidance_scale: default classifier-free guidance scale w of :meth:`sample` when class
             labels are given: 1 conditional, 0 unconditional, > 1 sharper.
     """
+
+    denoiser_type: ClassVar[type[Denoiser]] = Denoiser
+    """The view of the net that :meth:`denoiser` returns when no guidance mixes two passes."""
 
     def __init__(
         self,
@@ -196,9 +199,9 @@ class DiffusionModule(LightningModule):
         """
         parts = (self.net, self.path, self.parameterization)
         if class_labels is None or guidance_scale == 1:
-            return Denoiser(*parts, class_labels)
+            return self.denoiser_type(*parts, class_labels)
         if guidance_scale == 0 and self.num_classes is not None:
-            return Denoiser(*parts, torch.full_like(class_labels, self.num_classes))
+            return self.denoiser_type(*parts, torch.full_like(class_labels, self.num_classes))
         return ClassifierFreeGuidance(*parts, class_labels, guidance_scale)
 
     def guided_denoiser(

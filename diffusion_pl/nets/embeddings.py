@@ -101,14 +101,22 @@ class NoiseEmbedding(nn.Module):
     DDPM. With ``num_classes = K`` the class table has ``K + 1`` rows; row ``K`` is the learned
     "no label" embedding used for unconditional samples and classifier-free guidance.
 
+    With ``num_noise_labels = L > 1`` the net is conditioned on L noise labels per example
+    (``noise_labels [B, L]``): each label has its own features → Linear → SiLU → Linear, and the
+    L embeddings are summed (MeanFlow's (t, t − r): Geng et al., 2025, Sec. 4.3 and Table 1).
+    The first label keeps the modules of a one-label embedding, so L = 1 adds nothing to the
+    state dict and older checkpoints load unchanged.
+
     Args:
         features: builds the noise-label features given their width, e.g.
             :class:`PositionalEmbedding` or :class:`FourierEmbedding` (or a partial of either).
         features_dim: width of the sinusoidal features.
         out_dim: width of the returned embedding.
         num_classes: number of classes K, or ``None`` for an unconditional net.
+        num_noise_labels: number of noise labels L per example (1: one ``[B]`` label).
 
-    Reference: Ho et al. (2020), Appendix B; Ho & Salimans (2022), classifier-free guidance.
+    Reference: Ho et al. (2020), Appendix B; Ho & Salimans (2022), classifier-free guidance;
+    Geng et al. (2025), "Mean Flows for One-step Generative Modeling", Sec. 4.3.
     """
 
     def __init__(
@@ -117,6 +125,7 @@ class NoiseEmbedding(nn.Module):
         features_dim: int,
         out_dim: int,
         num_classes: int | None = None,
+        num_noise_labels: int = 1,
     ) -> None:
         super().__init__()
         if not callable(features):
@@ -126,11 +135,22 @@ class NoiseEmbedding(nn.Module):
             )
         if num_classes is not None and num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer or None, got {num_classes}")
+        if num_noise_labels < 1:
+            raise ValueError(
+                f"num_noise_labels must be >= 1 (2 for MeanFlow's (t, t - r)), "
+                f"got {num_noise_labels}"
+            )
         self.features = features(features_dim)
         self.fc1 = nn.Linear(features_dim, out_dim)
         self.fc2 = nn.Linear(out_dim, out_dim)
         self.num_classes = num_classes
+        self.num_noise_labels = num_noise_labels
         self.class_embed = None if num_classes is None else nn.Embedding(num_classes + 1, out_dim)
+        self.more_labels = None
+        if num_noise_labels > 1:
+            self.more_labels = nn.ModuleList(
+                NoiseEmbedding(features, features_dim, out_dim) for _ in range(num_noise_labels - 1)
+            )
 
     def forward(
         self, noise_labels: Tensor | float, class_labels: Tensor | None, batch_size: int
@@ -139,7 +159,7 @@ class NoiseEmbedding(nn.Module):
 
         Args:
             noise_labels: ``[B]`` float, or a 0-dim / one-element tensor (or float) shared by
-                the batch.
+                the batch; ``[B, L]`` (or ``[L]``, shared) with ``num_noise_labels = L > 1``.
             class_labels: ``[B]`` int64 in ``[0, num_classes]`` (``num_classes`` = no label), or
                 ``None`` (all unconditional). Must be ``None`` when ``num_classes`` is ``None``.
             batch_size: B.
@@ -147,6 +167,24 @@ class NoiseEmbedding(nn.Module):
         Returns:
             ``[B, out_dim]`` embedding in the dtype of the linear layers.
         """
+        if self.more_labels is not None:
+            labels = torch.as_tensor(noise_labels, device=self.fc1.weight.device)
+            if labels.shape[-1:] != (self.num_noise_labels,) or labels.ndim > 2:
+                raise ValueError(
+                    f"this net takes {self.num_noise_labels} noise labels per example, shaped "
+                    f"[B, {self.num_noise_labels}]; got shape {list(labels.shape)}"
+                )
+            labels = labels.reshape(-1, self.num_noise_labels)
+            emb = self._embed(labels[:, 0], class_labels, batch_size)
+            for i, extra in enumerate(self.more_labels, start=1):
+                emb = emb + extra(labels[:, i], None, batch_size)
+            return emb
+        return self._embed(noise_labels, class_labels, batch_size)
+
+    def _embed(
+        self, noise_labels: Tensor | float, class_labels: Tensor | None, batch_size: int
+    ) -> Tensor:
+        """One noise label per example (plus the class embedding): :meth:`forward`'s L = 1."""
         weight = self.fc1.weight
         noise_labels = torch.as_tensor(noise_labels, device=weight.device).reshape(-1)
         if noise_labels.numel() == 1:

@@ -55,6 +55,7 @@ class ResidualMLP(nn.Module):
             :class:`~.embeddings.FourierEmbedding`, by ``class_path`` in YAML).
         embedding_dim: width of the sinusoidal features (the embedding MLP outputs ``hidden``).
         class_embeddings: number of classes K the trunk is conditioned on, or None.
+        num_noise_labels: noise labels per example, embedded and summed (2 for MeanFlow).
 
     Reference: He et al. (2016), residual learning; Ho et al. (2020), time-embedding injection.
     """
@@ -68,10 +69,14 @@ class ResidualMLP(nn.Module):
         embedding: NoiseFeatures,
         embedding_dim: int,
         class_embeddings: int | None,
+        num_noise_labels: int = 1,
     ) -> None:
         super().__init__()
         self.dim = dim
-        self.embed = NoiseEmbedding(embedding, embedding_dim, hidden, class_embeddings)
+        self.num_noise_labels = num_noise_labels
+        self.embed = NoiseEmbedding(
+            embedding, embedding_dim, hidden, class_embeddings, num_noise_labels
+        )
         self.fc_in = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(MLPBlock(hidden, hidden) for _ in range(depth))
         self.fc_out = nn.Linear(hidden, out_dim)
@@ -83,7 +88,8 @@ class ResidualMLP(nn.Module):
 
         Args:
             x: ``[B, D]`` noisy data.
-            noise_labels: ``[B]`` float noise conditioning (``t``, ``log σ``, …), or one value.
+            noise_labels: ``[B]`` float noise conditioning (``t``, ``log σ``, …), or one value;
+                ``[B, num_noise_labels]`` when there are several.
             class_labels: ``[B]`` int64 in ``[0, K]``, or ``None`` (unconditional).
 
         Returns:
@@ -115,6 +121,8 @@ class MLP(ResidualMLP):
             (:class:`~.embeddings.PositionalEmbedding`, :class:`~.embeddings.FourierEmbedding`).
         embedding_dim: width of the sinusoidal features (the embedding MLP outputs ``hidden``).
         num_classes: number of classes K for a class-conditional net; label K means "no label".
+        num_noise_labels: noise labels per example, each embedded, the embeddings summed: 1,
+            or 2 for MeanFlow's (t, t − r) (:class:`~diffusion_pl.formulations.MeanFlow`).
 
     Reference: Ho et al. (2020); Song et al. (2021) for the Fourier-feature variant.
     """
@@ -127,8 +135,11 @@ class MLP(ResidualMLP):
         embedding: NoiseFeatures = PositionalEmbedding,
         embedding_dim: int = 128,
         num_classes: int | None = None,
+        num_noise_labels: int = 1,
     ) -> None:
-        super().__init__(dim, dim, hidden, depth, embedding, embedding_dim, num_classes)
+        super().__init__(
+            dim, dim, hidden, depth, embedding, embedding_dim, num_classes, num_noise_labels
+        )
         self.num_classes = num_classes
         nn.init.zeros_(self.fc_out.weight)
         nn.init.zeros_(self.fc_out.bias)

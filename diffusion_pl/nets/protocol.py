@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 
 from torch import Tensor
 
-__all__ = ["ClassifierNet", "DenoiserNet"]
+__all__ = ["ClassifierNet", "DenoiserNet", "MultiLabelDenoiserNet"]
 
 
 @runtime_checkable
@@ -32,6 +32,20 @@ class DenoiserNet(Protocol):
     def check_data_shape(self, data_shape: tuple[int, ...]) -> None:
         """Raise ValueError, naming the setting to change, unless examples of this shape fit."""
         ...
+
+
+@runtime_checkable
+class MultiLabelDenoiserNet(DenoiserNet, Protocol):
+    """A :class:`DenoiserNet` that may take several noise labels per example.
+
+    With ``num_noise_labels = L > 1`` it is called with ``noise_labels [B, L]`` (MeanFlow's
+    (t, t − r): L = 2); with L = 1 it is an ordinary :class:`DenoiserNet`.
+
+    Attributes:
+        num_noise_labels: L, the noise labels each example is conditioned on.
+    """
+
+    num_noise_labels: int
 
 
 @runtime_checkable

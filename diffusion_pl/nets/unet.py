@@ -42,6 +42,8 @@ class UNet(nn.Module):
         embedding: noise-label features, a class taking the width (``base_channels``):
             :class:`~.embeddings.PositionalEmbedding` or :class:`~.embeddings.FourierEmbedding`.
         num_classes: number of classes K for a class-conditional net; label K means "no label".
+        num_noise_labels: noise labels per example, each embedded, the embeddings summed: 1,
+            or 2 for MeanFlow's (t, t − r) (:class:`~diffusion_pl.formulations.MeanFlow`).
         resample_with_conv: strided conv / nearest + conv resampling, else avg-pool / nearest.
         skip_rescale: divide residual sums by √2 (NCSN++).
         num_groups: largest GroupNorm group count (fewer when a layer has < 4·num_groups
@@ -66,6 +68,7 @@ class UNet(nn.Module):
         resample_with_conv: bool = True,
         skip_rescale: bool = True,
         num_groups: int = 32,
+        num_noise_labels: int = 1,
     ) -> None:
         super().__init__()
         factor = 2 ** (len(channel_mult) - 1)
@@ -85,8 +88,11 @@ class UNet(nn.Module):
         self.out_channels = in_channels if out_channels is None else out_channels
         self.image_size = image_size
         self.num_classes = num_classes
+        self.num_noise_labels = num_noise_labels
         emb_dim = 4 * base_channels
-        self.embed = NoiseEmbedding(embedding, base_channels, emb_dim, num_classes)
+        self.embed = NoiseEmbedding(
+            embedding, base_channels, emb_dim, num_classes, num_noise_labels
+        )
         block = partial(
             res_attn_block,
             emb_dim=emb_dim,
@@ -162,7 +168,8 @@ class UNet(nn.Module):
 
         Args:
             x: ``[B, in_channels, image_size, image_size]`` noisy images.
-            noise_labels: ``[B]`` float noise conditioning (``t``, ``log σ``, …), or one value.
+            noise_labels: ``[B]`` float noise conditioning (``t``, ``log σ``, …), or one value;
+                ``[B, num_noise_labels]`` when there are several.
             class_labels: ``[B]`` int64 in ``[0, num_classes]``, or ``None`` (unconditional).
 
         Returns:

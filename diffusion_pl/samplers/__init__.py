@@ -22,6 +22,7 @@ from diffusion_pl.samplers.langevin import (
     sample_annealed_langevin,
     score_at,
 )
+from diffusion_pl.samplers.meanflow import AverageVelocityFn, MeanFlowSampler, sample_meanflow
 from diffusion_pl.samplers.multistep import (
     DPMSolver3MSampler,
     DPMSolverSampler,
@@ -60,6 +61,7 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "unipc": UniPCSampler,
     "ipndm": IPNDMSampler,
     "edm_sde": EDMSampler,
+    "meanflow": MeanFlowSampler,
 }
 """Short names for ``diffusion-pl sample --sampler NAME``; YAML uses ``class_path`` instead."""
 
@@ -67,6 +69,7 @@ __all__ = [
     "GRIDS",
     "SAMPLERS",
     "AnnealedLangevinSampler",
+    "AverageVelocityFn",
     "DDIMSampler",
     "DDPMSampler",
     "DPMSolver3MSampler",
@@ -82,6 +85,7 @@ __all__ = [
     "LeadingGrid",
     "LinspaceGrid",
     "LogSNRGrid",
+    "MeanFlowSampler",
     "PCSampler",
     "RK45Sampler",
     "Sampler",
@@ -101,6 +105,7 @@ __all__ = [
     "sample_euler_maruyama",
     "sample_heun",
     "sample_ipndm",
+    "sample_meanflow",
     "sample_pc",
     "sample_rk45",
     "sample_unipc",
