@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from run_helpers import toy_overrides
+from run_helpers import ROOT, toy_overrides
 
 from diffusion_pl.checkpoints import read_checkpoint, remove_stale_temporaries
 from diffusion_pl.cli import main
@@ -125,3 +125,23 @@ def test_fits_that_would_train_nothing_or_fail_in_torch_are_refused_first(
     with pytest.raises(ValueError, match=match):
         main(["fit", *toy_overrides(tmp_path, 2), *override])
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize("code", [75, 0, 1])
+def test_the_slurm_script_requeues_exactly_a_preempted_fit(tmp_path: Path, code: int) -> None:
+    """configs/slurm/train.sbatch with stand-ins for srun (exits ``code``) and scontrol."""
+    calls = tmp_path / "calls"
+    for name, body in (("srun", f'echo "srun $*" >> {calls}; exit {code}'),
+                       ("scontrol", f'echo "scontrol $*" >> {calls}')):  # fmt: skip
+        (tmp_path / name).write_text(f"#!/bin/bash\n{body}\n")
+        (tmp_path / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_JOB_ID": "42",
+           "SLURM_JOB_NUM_NODES": "2", "SLURM_NTASKS_PER_NODE": "4"}  # fmt: skip
+    script = ROOT / "configs/slurm/train.sbatch"
+    done = subprocess.run(["bash", str(script), "cfg.yaml", "--x", "1"], env=env, text=True,
+                          capture_output=True, check=False)  # fmt: skip
+    assert done.returncode == code, done.stderr
+    lines = calls.read_text().splitlines()
+    assert lines[0].startswith("srun python -m diffusion_pl fit --config cfg.yaml ")
+    assert lines[0].endswith("--ckpt_path last --x 1")
+    assert lines[1:] == (["scontrol requeue 42"] if code == 75 else [])
