@@ -141,7 +141,8 @@ class DiffusionCLI(LightningCLI):
         return trainer
 
     def _parse_ckpt_path(self) -> None:
-        """Resolve ``ckpt_path`` and check it against the config (:mod:`diffusion_pl.runs`).
+        """Resolve ``ckpt_path`` and check it against the config (:mod:`diffusion_pl.runs`);
+        a fit first clears its run directory of stale temporary files.
 
         Replaces Lightning's own step here, which parsed the checkpoint's model config over the
         given one, so that overrides were dropped without a word; here the config runs, and a
@@ -149,7 +150,7 @@ class DiffusionCLI(LightningCLI):
         """
         subcommand = self.config.get("subcommand")
         config = self.config.get(subcommand or "", None)
-        if config is None or config.get("ckpt_path") is None:
+        if config is None or (config.get("ckpt_path") is None and subcommand != "fit"):
             return
         given = yaml.safe_load(
             self.parser.dump(self.config, skip_link_targets=False, skip_none=False)

@@ -1,10 +1,12 @@
-"""Surviving long runs: a checkpoint on SIGTERM, exact resumption, a stop on NaN/inf loss.
+"""Surviving long runs: a checkpoint on SIGTERM, exact resumption, stops on divergence.
 
-``diffusion-pl fit`` adds all three to every run (Lightning's "persistent callbacks"). With them a
-preempted run resumed by ``--ckpt_path last`` continues as if it had never stopped: the same
-step, learning rate, optimizer and EMA state (Lightning restores those), the same batches (the
-DataModule's loader resumes mid-epoch) and the same draws of t and ε (:class:`StepSeed`, which
-also gives each DDP rank its own).
+``diffusion-pl fit`` adds :class:`SigtermCheckpoint`, :class:`StepSeed`, :class:`StopOnNonFinite`
+and :class:`FinalCheckpoint` to every run (Lightning's "persistent callbacks"); the loss-spike
+rule :class:`StopOnLossSpike` is optional. With them a preempted run resumed by
+``--ckpt_path last`` continues as if it had never stopped: the same step, learning rate,
+optimizer and EMA state (Lightning restores those), the same batches (the DataModule's loader
+resumes mid-epoch) and the same draws of t and ε (:class:`StepSeed`, which also gives each DDP
+rank its own).
 """
 
 from __future__ import annotations
