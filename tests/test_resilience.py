@@ -204,6 +204,14 @@ def test_a_checkpoint_with_nonfinite_weights_is_refused() -> None:
         StopOnNonFinite().on_save_checkpoint(Stub(), None, {"state_dict": state})
 
 
+def test_the_gradient_check_leaves_inf_gradients_to_a_loss_scaler() -> None:
+    """With 16-mixed, inf gradients are the GradScaler's to skip (it lowers the scale): no stop."""
+    module = torch.nn.Linear(2, 1)
+    module.weight.grad = torch.full_like(module.weight, float("inf"))
+    trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=object()))
+    StopOnNonFinite().on_before_optimizer_step(trainer, module, None)  # returns, no stop
+
+
 def test_atomic_checkpoint_io_never_leaves_a_partial_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
