@@ -21,7 +21,7 @@ import yaml
 from jsonargparse import CLI, Namespace
 from jsonargparse.typing import import_object
 from lightning import LightningModule, Trainer
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tqdm.auto import tqdm
@@ -140,22 +140,25 @@ class DiffusionCLI(LightningCLI):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
 
-    def _parse_ckpt_path(self) -> None:
-        """Resolve ``ckpt_path`` and check it against the config (:mod:`diffusion_pl.runs`);
-        a fit first clears its run directory of stale temporary files.
-
-        Replaces Lightning's own step here, which parsed the checkpoint's model config over the
-        given one, so that overrides were dropped without a word; here the config runs, and a
-        checkpoint it cannot resume is refused, naming the keys.
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Parse; then resolve ``ckpt_path`` and check it against the config
+        (:func:`~.runs.prepare_checkpoint`); a fit first clears its run directory of stale
+        temporary files. A checkpoint the config cannot resume is refused, naming the keys.
         """
+        super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         config = self.config.get(subcommand or "", None)
         if config is None or (config.get("ckpt_path") is None and subcommand != "fit"):
             return
-        given = yaml.safe_load(
-            self.parser.dump(self.config, skip_link_targets=False, skip_none=False)
-        )
+        given = yaml.safe_load(parser.dump(self.config, skip_link_targets=False, skip_none=False))
         config.ckpt_path = prepare_checkpoint(given[subcommand], subcommand)
+
+    def _parse_ckpt_path(self) -> None:
+        """Nothing: the config runs as given (checked in :meth:`parse_arguments`).
+
+        Recent Lightning releases parse the checkpoint's model config over the given one here,
+        which dropped overrides (a new sampler) without a word.
+        """
 
     def _run_subcommand(self, subcommand: str) -> None:
         """Run it; a run stopped by SIGTERM or divergence prints its outputs and how it ended.
