@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import socket
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ __all__ = [
     "load_datamodule",
     "load_module",
     "read_checkpoint",
+    "remove_stale_temporaries",
 ]
 
 
@@ -87,21 +90,71 @@ def read_checkpoint(
         raise
 
 
-def find_last_checkpoint(*roots: str | Path) -> Path | None:
-    """The most recently written resumable checkpoint under any of ``roots`` (recursively).
+def find_last_checkpoint(*folders: str | Path) -> Path | None:
+    """The most recently written resumable checkpoint in any of ``folders`` (not below them).
 
-    Candidates are ``last*.ckpt`` (ModelCheckpoint, SIGTERM) and ``hpc_ckpt_*.ckpt`` (written
-    by Lightning on SLURM's requeue signal). ``fit --ckpt_path last`` in plain Lightning looks
-    only in the new run's own (empty) version folder; this searches every earlier run.
+    Candidates are ``last*.ckpt`` (ModelCheckpoint, SIGTERM, divergence stops) and
+    ``hpc_ckpt_*.ckpt`` (written by Lightning on SLURM's requeue signal).
     """
     found = [
         p
-        for root in roots
-        if Path(root).is_dir()
+        for folder in folders
+        if Path(folder).is_dir()
         for pattern in ("last*.ckpt", "hpc_ckpt_*.ckpt")
-        for p in Path(root).rglob(pattern)
+        for p in Path(folder).glob(pattern)
+        if p.is_file()
     ]
     return max(found, key=lambda p: p.stat().st_mtime, default=None)
+
+
+_TEMPORARY = re.compile(r"^\.(?P<target>.+)\.tmp-(?:(?P<host>.+)-)?(?P<pid>\d+)$")
+"""``.NAME.tmp-HOST-PID``: :class:`AtomicCheckpointIO`'s staging file (``.NAME.tmp-PID`` before
+the host was added)."""
+
+
+def _temporary_name(path: Path) -> Path:
+    """Where :class:`AtomicCheckpointIO` stages ``path``: beside it, named by host and process."""
+    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+
+
+def _running(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (signal 0 probes without sending)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(*folders: str | Path) -> tuple[list[Path], list[Path]]:
+    """Delete the staging files of checkpoint writes whose writer is gone; return what was seen.
+
+    :class:`AtomicCheckpointIO` stages ``NAME`` as ``.NAME.tmp-HOST-PID`` beside it; a process
+    killed while writing (``kill -9``, out of memory, a lost node) leaves that file behind, as
+    large as a checkpoint. A file of this host (or without a host) is removed when no process
+    ``PID`` runs here; a live process's file is never touched. A file of another host is kept,
+    since its writer may be alive there.
+
+    Returns:
+        ``(removed, other_hosts)``: the files deleted, and the other hosts' files left.
+    """
+    host = socket.gethostname()
+    removed, other_hosts = [], []
+    for folder in folders:
+        if not Path(folder).is_dir():
+            continue
+        for path in sorted(Path(folder).glob(".*.tmp-*")):
+            match = _TEMPORARY.match(path.name)
+            if match is None or not path.is_file():
+                continue
+            if match["host"] not in (None, host):
+                other_hosts.append(path)
+            elif not _running(int(match["pid"])):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed, other_hosts
 
 
 def check_checkpoint_fits(path: str | Path, class_path: str) -> None:
@@ -168,12 +221,26 @@ def load_datamodule(ckpt_path: str | Path) -> DiffusionDataModule:
     return instantiate_module(DiffusionDataModule, hparams)
 
 
+def _fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename in it) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` that writes atomically and names the file when it cannot read one.
 
-    A local checkpoint is written to a temporary file in the target's own folder, flushed to
-    disk, and renamed over the target (``os.replace``); remote paths (``s3://`` …) keep
-    Lightning's behaviour.
+    A local checkpoint is written to a temporary file in the target's own folder
+    (``.NAME.tmp-HOST-PID``), flushed to disk, and renamed over the target (``os.replace``),
+    and the rename is flushed too; remote paths (``s3://`` …) keep Lightning's behaviour. A
+    writer killed mid-write leaves the temporary file, which :func:`remove_stale_temporaries`
+    deletes when the next run starts.
     """
 
     def save_checkpoint(
@@ -185,13 +252,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp = _temporary_name(path)
         try:
             with open(tmp, "wb") as f:
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+            _fsync_folder(path.parent)  # the rename itself survives a crash
         finally:
             tmp.unlink(missing_ok=True)
 

@@ -21,31 +21,21 @@ import yaml
 from jsonargparse import CLI, Namespace
 from jsonargparse.typing import import_object
 from lightning import LightningModule, Trainer
-from lightning.pytorch.cli import (
-    ArgsType,
-    LightningArgumentParser,
-    LightningCLI,
-)
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tqdm.auto import tqdm
 
 from diffusion_pl import formulations
 from diffusion_pl.callbacks import (
     FinalCheckpoint,
-    SampleGrid,
     SigtermCheckpoint,
     StepSeed,
     StopOnNonFinite,
+    TrainingDiverged,
     Weights,
-    run_dir,
 )
-from diffusion_pl.checkpoints import (
-    AtomicCheckpointIO,
-    check_checkpoint_fits,
-    find_last_checkpoint,
-    load_datamodule,
-    load_module,
-)
+from diffusion_pl.checkpoints import AtomicCheckpointIO, load_datamodule, load_module
 from diffusion_pl.data import DiffusionDataModule
 from diffusion_pl.formulations import VDM, DiffusionModule, NoisyClassifier, RectifiedFlow
 from diffusion_pl.generate import choose_sampler, cycle_labels, generate
@@ -54,6 +44,13 @@ from diffusion_pl.likelihood import bits_per_dim, dequantize, log_likelihood
 from diffusion_pl.metrics import FIDEvaluator
 from diffusion_pl.metrics.features import resolve_extractor
 from diffusion_pl.reflow import flow_pairs
+from diffusion_pl.runs import (
+    EXIT_PREEMPTED,
+    check_fit,
+    prepare_checkpoint,
+    print_outputs,
+    resume_hint,
+)
 from diffusion_pl.samplers import SAMPLERS
 from diffusion_pl.visualize import save_samples_figure
 
@@ -144,46 +141,53 @@ class DiffusionCLI(LightningCLI):
         return trainer
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
-        """Parse; then resolve ``--ckpt_path last`` and refuse an unfit checkpoint early.
-
-        Lightning's ``last`` looks only in the new run's own (empty) version folder, so every
-        earlier run under ``trainer.default_root_dir`` is searched here. A checkpoint of another
-        formulation, or a corrupt one, fails before Lightning reads its hyperparameters.
+        """Parse; then resolve ``ckpt_path`` and check it against the config
+        (:func:`~.runs.prepare_checkpoint`); a fit first clears its run directory of stale
+        temporary files. A checkpoint the config cannot resume is refused, naming the keys.
         """
         super().parse_arguments(parser, args)
-        config = self.config.get(self.config.get("subcommand") or "", None)
-        path = None if config is None else config.get("ckpt_path")
-        if path == "last":
-            root = config.trainer.default_root_dir or os.getcwd()
-            dirs = [
-                (c.get("init_args") or {}).get("dirpath") for c in config.trainer.callbacks or []
-            ]
-            found = find_last_checkpoint(root, *[d for d in dirs if d])
-            if found is None:
-                print(f"no last*.ckpt under {root}: starting afresh", flush=True)
-            path = config.ckpt_path = None if found is None else str(found)
-        if path is not None and path not in ("best", "hpc") and "://" not in str(path):
-            check_checkpoint_fits(path, config.model.class_path)
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand or "", None)
+        if config is None or (config.get("ckpt_path") is None and subcommand != "fit"):
+            return
+        given = yaml.safe_load(parser.dump(self.config, skip_link_targets=False, skip_none=False))
+        config.ckpt_path = prepare_checkpoint(given[subcommand], subcommand)
+
+    def _parse_ckpt_path(self) -> None:
+        """Nothing: the config runs as given (checked in :meth:`parse_arguments`).
+
+        Recent Lightning releases parse the checkpoint's model config over the given one here,
+        which dropped overrides (a new sampler) without a word.
+        """
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run it; a run stopped by SIGTERM or divergence prints its outputs and how it ended.
+
+        After SIGTERM (``last.ckpt`` is written by then) the process exits with
+        :data:`~.runs.EXIT_PREEMPTED`, so a retry loop can tell preemption from completion.
+        """
+        try:
+            super()._run_subcommand(subcommand)
+        except SIGTERMException:
+            if subcommand == "fit":
+                state = f"stopped by SIGTERM at step {self.trainer.global_step}"
+                state += f" (exit code {EXIT_PREEMPTED}); resume with: {resume_hint(self.trainer)}"
+                print_outputs(self.trainer, state)
+            raise SystemExit(EXIT_PREEMPTED) from None
+        except TrainingDiverged:
+            print_outputs(self.trainer, f"diverged at step {self.trainer.global_step} (below)")
+            raise
 
     def before_fit(self) -> None:
         check_labels(self.model, self.datamodule)
+        check_fit(self.trainer, self.model)
 
     def before_validate(self) -> None:
         check_labels(self.model, self.datamodule)
 
     def after_fit(self) -> None:
         """Say where the run's outputs are."""
-        trainer = self.trainer
-        if not trainer.is_global_zero:
-            return
-        lines = [f"logs:        {run_dir(trainer)}"]
-        ckpt = trainer.checkpoint_callback
-        if ckpt is not None and (ckpt.last_model_path or ckpt.best_model_path):
-            lines.append(f"checkpoint:  {ckpt.last_model_path or ckpt.best_model_path}")
-        for callback in trainer.callbacks:
-            if isinstance(callback, SampleGrid) and callback.last_path is not None:
-                lines.append(f"samples:     {callback.last_path}")
-        print("\n".join(["", "diffusion-pl outputs", *lines]), flush=True)
+        print_outputs(self.trainer, f"finished at step {self.trainer.global_step}")
 
 
 def check_labels(model: LightningModule, datamodule: DiffusionDataModule) -> None:

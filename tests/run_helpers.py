@@ -15,7 +15,7 @@ from torch import Tensor
 
 from diffusion_pl.nets import MLP
 
-__all__ = ["TOY", "NaNAfterMLP", "Pace", "RankReport", "launch", "toy_overrides"]
+__all__ = ["TOY", "NaNAfterMLP", "Pace", "RankReport", "Snapshot", "launch", "toy_overrides"]
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "configs/toy2d/rectified_flow.yaml"
@@ -114,16 +114,34 @@ class RankReport(Callback):
 
 
 class NaNAfterMLP(MLP):
-    """An MLP whose output turns NaN from its ``nan_from``-th training call (0-based) on."""
+    """An MLP that turns NaN from its ``nan_from``-th training call (0-based) on: its output
+    (``where="output"``: a NaN loss), or only the gradient flowing back through the output
+    (``where="gradient"``: a finite loss with NaN gradients)."""
 
-    def __init__(self, nan_from: int, **kwargs: Any) -> None:
+    def __init__(self, nan_from: int, where: str = "output", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.nan_from, self.calls = nan_from, 0
+        self.nan_from, self.where, self.calls = nan_from, where, 0
 
     def forward(self, x: Tensor, noise_labels: Tensor | float, class_labels: Tensor | None = None):
         out = super().forward(x, noise_labels, class_labels)
         if self.training:
             self.calls += 1
-            if self.calls > self.nan_from:
+            if self.calls > self.nan_from and self.where == "output":
                 return out * float("nan")
+            if self.calls > self.nan_from:
+                out.register_hook(lambda grad: torch.full_like(grad, float("nan")))
         return out
+
+
+class Snapshot(Callback):
+    """Save the module's weights at the start of every training step to ``folder/step{N}.pt``."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        weights = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        torch.save(weights, self.folder / f"step{trainer.global_step}.pt")

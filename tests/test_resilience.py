@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -15,10 +16,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from run_helpers import launch, toy_overrides
 from torch import Tensor
 
-from diffusion_pl.callbacks import StepSeed, StopOnNonFinite
+from diffusion_pl.callbacks import StepSeed, StopOnNonFinite, TrainingDiverged
 from diffusion_pl.checkpoints import AtomicCheckpointIO, read_checkpoint
 from diffusion_pl.cli import main
 from diffusion_pl.data import DiffusionDataModule, Toy2D
+from diffusion_pl.runs import EXIT_PREEMPTED
 
 EMA = ["--trainer.callbacks+=diffusion_pl.callbacks.EMA",
        "--trainer.callbacks.init_args.halflife_samples", "2000"]  # fmt: skip
@@ -58,9 +60,15 @@ def test_sigterm_leaves_a_checkpoint_and_the_resumed_run_matches_an_uninterrupte
         time.sleep(0.05)
     run.send_signal(signal.SIGTERM)
     output = run.communicate(timeout=120)[0]
-    assert run.returncode == 0, output
+    assert run.returncode == EXIT_PREEMPTED == 75, output  # after last.ckpt is written
     interrupted = read_checkpoint(_last(split))
     assert 10 <= interrupted["global_step"] < steps, output
+    step, config = interrupted["global_step"], _last(split).parent.parent / "config.yaml"
+    assert (
+        f"diffusion-pl outputs\nstate:       stopped by SIGTERM at step {step} (exit code 75); "
+        f"resume with: diffusion-pl fit --config {config} --ckpt_path last\n"
+    ) in output
+    assert f"checkpoint:  {_last(split)}" in output
 
     main(["fit", *toy_overrides(split, steps, *EMA), "--ckpt_path", "last"])
     a, b = read_checkpoint(_last(whole)), read_checkpoint(_last(split))
@@ -124,21 +132,67 @@ def _epochs(loader):
         yield from loader
 
 
-def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
-    tmp_path: Path,
+def _stopped_run(tmp_path: Path, *overrides: str) -> tuple[str, dict, Path]:
+    """Fit the toy until it diverges: the error message, the saved last.ckpt and the folder of
+    the weights at the start of every step (``run_helpers.Snapshot``)."""
+    snapshots = tmp_path / "snapshots"
+    with pytest.raises(TrainingDiverged) as stopped:
+        main(["fit", *toy_overrides(tmp_path, 20), *overrides,
+              "--trainer.callbacks+=run_helpers.Snapshot",
+              "--trainer.callbacks.init_args.folder", str(snapshots)])  # fmt: skip
+    return str(stopped.value), read_checkpoint(_last(tmp_path)), snapshots
+
+
+def _assert_weights_before_step(checkpoint: dict, snapshots: Path, step: int, key: str) -> None:
+    """The checkpoint is at ``step`` and holds exactly the (finite) weights from before it."""
+    assert checkpoint["global_step"] == step
+    before = torch.load(snapshots / f"step{step}.pt")
+    assert set(checkpoint[key]) == set(before)
+    for name, value in before.items():
+        assert torch.isfinite(checkpoint[key][name]).all(), name
+        assert torch.equal(checkpoint[key][name], value), name
+
+
+@pytest.mark.parametrize("where", ["output", "gradient"])
+def test_nonfinite_loss_or_gradient_stops_before_the_update_and_saves_the_last_good_state(
+    tmp_path: Path, where: str
 ) -> None:
     net = ["--model.init_args.net", "run_helpers.NaNAfterMLP",
-           "--model.init_args.net.init_args.nan_from", "5",
-           "--model.init_args.net.init_args.hidden", "32",
-           "--trainer.callbacks.init_args.num_samples", "16",
-           "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-           "--trainer.callbacks.init_args.every_n_train_steps", "2",
-           "--trainer.callbacks.init_args.save_last", "true"]  # fmt: skip
-    with pytest.raises(FloatingPointError, match=r"training loss is nan at step 5 .*learning rate"):
-        main(["fit", *toy_overrides(tmp_path, 20), *net])
-    good = read_checkpoint(_last(tmp_path))
-    assert good["global_step"] == 4
-    assert all(torch.isfinite(v).all() for v in good["state_dict"].values())
+           "--model.init_args.net.init_args.nan_from", "3",
+           "--model.init_args.net.init_args.where", where,
+           "--model.init_args.net.init_args.hidden", "32", *EMA]  # fmt: skip
+    message, checkpoint, snapshots = _stopped_run(tmp_path, *net)
+    what = "training loss" if where == "output" else "gradient norm"
+    assert re.match(rf"the {what} is nan at step 3 \(epoch 0\); stopped before that step's "
+                    r"update, and the weights from before it are saved as .*last\.ckpt\. ",
+                    message), message  # fmt: skip
+    _assert_weights_before_step(checkpoint, snapshots, 3, "current_model_state")  # raw weights
+    ema = checkpoint["state_dict"]  # the average, updated only after good steps
+    assert all(torch.isfinite(v).all() for v in ema.values())
+    assert any(not torch.equal(ema[k], v) for k, v in checkpoint["current_model_state"].items())
+
+
+@pytest.mark.parametrize("rule", ["non-finite", "loss spike"])
+def test_learning_rate_1e6_keeps_the_weights_from_before_the_step_that_diverged(
+    tmp_path: Path, rule: str
+) -> None:
+    """The issue's run: lr 1e6 sends the loss from 9.2 to 1e14 at step 1 and to NaN at step 2.
+    The default checks stop before step 2's update; the loss-spike rule before step 1's."""
+    spike = ["--trainer.callbacks+=diffusion_pl.callbacks.StopOnLossSpike"]
+    lr = [
+        "--model.init_args.optimizer.init_args.lr",
+        "1e6",
+        *(spike if rule != "non-finite" else []),
+    ]
+    message, checkpoint, snapshots = _stopped_run(tmp_path, *lr)
+    if rule == "non-finite":
+        assert message.startswith("the training loss is nan at step 2 (epoch 0)"), message
+    else:
+        assert re.match(r"the training loss 1\.\d+e\+14 is over 10 x the median 9\.\d+ of the "
+                        r"last 1 losses at step 1 ", message), message  # fmt: skip
+    _assert_weights_before_step(
+        checkpoint, snapshots, 2 if rule == "non-finite" else 1, "state_dict"
+    )
 
 
 def test_a_checkpoint_with_nonfinite_weights_is_refused() -> None:
@@ -148,6 +202,14 @@ def test_a_checkpoint_with_nonfinite_weights_is_refused() -> None:
     state = {"net.w": torch.tensor([1.0, float("inf")]), "steps": torch.tensor(3)}
     with pytest.raises(FloatingPointError, match=r"step 7: 1 weight tensors .*first: net.w"):
         StopOnNonFinite().on_save_checkpoint(Stub(), None, {"state_dict": state})
+
+
+def test_the_gradient_check_leaves_inf_gradients_to_a_loss_scaler() -> None:
+    """With 16-mixed, inf gradients are the GradScaler's to skip (it lowers the scale): no stop."""
+    module = torch.nn.Linear(2, 1)
+    module.weight.grad = torch.full_like(module.weight, float("inf"))
+    trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=object()))
+    StopOnNonFinite().on_before_optimizer_step(trainer, module, None)  # returns, no stop
 
 
 def test_atomic_checkpoint_io_never_leaves_a_partial_file(

@@ -6,7 +6,9 @@ from diffusion_pl.callbacks.fault_tolerance import (
     FinalCheckpoint,
     SigtermCheckpoint,
     StepSeed,
+    StopOnLossSpike,
     StopOnNonFinite,
+    TrainingDiverged,
     last_checkpoint_path,
 )
 from diffusion_pl.callbacks.fid import FID
@@ -20,7 +22,9 @@ __all__ = [
     "SampleGrid",
     "SigtermCheckpoint",
     "StepSeed",
+    "StopOnLossSpike",
     "StopOnNonFinite",
+    "TrainingDiverged",
     "Weights",
     "find_ema",
     "last_checkpoint_path",
