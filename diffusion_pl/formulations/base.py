@@ -10,7 +10,7 @@ bound) overrides :meth:`DiffusionModule.loss` and keeps the rest.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from lightning import LightningModule
@@ -68,6 +68,10 @@ class DiffusionModule(LightningModule):
         guidance_scale: default classifier-free guidance scale w of :meth:`sample` when class
             labels are given: 1 conditional, 0 unconditional, > 1 sharper.
     """
+
+    likelihood_t_eps: ClassVar[float | None] = None
+    """Where the formulation's paper starts the PF-ODE likelihood (``diffusion-pl likelihood``'s
+    default ``--t_eps``); None where the paper reports none: the path's ``t_min`` is used."""
 
     def __init__(
         self,
