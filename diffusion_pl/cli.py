@@ -488,12 +488,11 @@ def likelihood(
     module = load_module(ckpt_path, map_location=device).eval()
     if not isinstance(module, DiffusionModule):
         raise ValueError(f"{ckpt_path} holds a {type(module).__name__}, not a diffusion model")
+    origin = "--t_eps"
     if t_eps is None:
-        paper = module.likelihood_t_eps
-        t_eps, origin = (module.path.t_min, "the path's t_min") if paper is None else (
-            paper, f"{type(module).__name__}'s paper")  # fmt: skip
-    else:
-        origin = "--t_eps"
+        t_eps, origin = module.likelihood_t_eps, f"{type(module).__name__}'s paper"
+    if t_eps is None:
+        t_eps, origin = module.path.t_min, "the path's t_min"
     check_t_eps(module.path, t_eps)
     datamodule = load_datamodule(ckpt_path)
     data = datamodule.real_samples(split, num_samples).to(device)
