@@ -42,7 +42,6 @@ import math
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from unittest.mock import patch
@@ -51,13 +50,14 @@ import torch
 import yaml
 from _common import ROOT, command_line, machine, markdown_table, report_header, write_results
 from matplotlib.figure import Figure
-from torch import Tensor, nn
+from torch import Tensor
 
 from diffusion_pl.checkpoints import load_datamodule, load_module
 from diffusion_pl.cli import likelihood
 from diffusion_pl.cli import main as cli_main
 from diffusion_pl.data import DiffusionDataModule
 from diffusion_pl.formulations import VDM, DiffusionModule
+from diffusion_pl.generate import counting_calls
 from diffusion_pl.metrics import FIDEvaluator
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.samplers import SAMPLERS, Sampler
@@ -183,21 +183,6 @@ def newest_checkpoint(root: Path) -> Path:
     return max(found, key=lambda p: p.stat().st_mtime)
 
 
-@contextmanager
-def counting_calls(net: nn.Module) -> Iterator[list[int]]:
-    """Count ``net``'s forward calls inside the block, in ``calls[0]``."""
-    calls = [0]
-
-    def hook(*_) -> None:
-        calls[0] += 1
-
-    handle = net.register_forward_pre_hook(hook)
-    try:
-        yield calls
-    finally:
-        handle.remove()
-
-
 def fid_sweep(
     module: DiffusionModule,
     datamodule: DiffusionDataModule,
@@ -248,7 +233,8 @@ def bits_per_dim(
         tol, n = args.likelihood_tol, min(args.likelihood_samples, len(val))
         scores = likelihood(str(ckpt), "val", n, rtol=tol, atol=tol, device=args.device)
         result = {"bpd": round(scores["bpd"], 4), "stderr": None,
-                  "method": f"PF-ODE, RK45 rtol=atol={tol:g}, Hutchinson, dequantized",
+                  "method": f"PF-ODE from t_eps={scores['t_eps']:g}, RK45 rtol=atol={tol:g}, "
+                            "Hutchinson, dequantized",
                   "examples": n}  # fmt: skip
     else:
         return None

@@ -3,10 +3,14 @@
 diffusion-pl fit --config configs/toy2d/rectified_flow.yaml [--trainer.max_steps 200 ...]
 diffusion-pl sample --ckpt_path RUN.ckpt --num_samples N --seed S --output FILE.npz
 diffusion-pl fid --ckpt_path RUN.ckpt --feature digits --num_samples 2000  (torchrun: any ranks)
+
+Bad input ends the command with one ``error:`` line and exit code 2 (:mod:`diffusion_pl.errors`;
+``DIFFUSION_PL_TRACEBACK=1`` shows the traceback).
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -18,7 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
-from jsonargparse import CLI, Namespace
+from jsonargparse import CLI, Namespace, auto_parser
 from jsonargparse.typing import import_object
 from lightning import LightningModule, Trainer
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
@@ -37,12 +41,18 @@ from diffusion_pl.callbacks import (
 )
 from diffusion_pl.checkpoints import AtomicCheckpointIO, load_datamodule, load_module
 from diffusion_pl.data import DiffusionDataModule
+from diffusion_pl.errors import UsageError, bad_input, show_tracebacks
 from diffusion_pl.formulations import VDM, DiffusionModule, NoisyClassifier, RectifiedFlow
-from diffusion_pl.generate import choose_sampler, cycle_labels, generate
+from diffusion_pl.generate import choose_sampler, counting_calls, cycle_labels, generate
 from diffusion_pl.hparams import record_config
-from diffusion_pl.likelihood import bits_per_dim, dequantize, log_likelihood
+from diffusion_pl.likelihood import bits_per_dim, check_t_eps, dequantize, log_likelihood
 from diffusion_pl.metrics import FIDEvaluator
-from diffusion_pl.metrics.features import resolve_extractor
+from diffusion_pl.metrics.features import (
+    default_inception_weights,
+    inception_weights_missing,
+    resolve_extractor,
+)
+from diffusion_pl.metrics.fid import require_images
 from diffusion_pl.reflow import flow_pairs
 from diffusion_pl.runs import (
     EXIT_PREEMPTED,
@@ -51,7 +61,7 @@ from diffusion_pl.runs import (
     print_outputs,
     resume_hint,
 )
-from diffusion_pl.samplers import SAMPLERS
+from diffusion_pl.samplers import SAMPLERS, Sampler
 from diffusion_pl.visualize import save_samples_figure
 
 __all__ = [
@@ -61,16 +71,32 @@ __all__ = [
     "fid",
     "likelihood",
     "main",
+    "output_paths",
     "reflow",
     "sample",
 ]
 
 
+def _names_a_class(message: str) -> bool:
+    """Whether the first ``class_path '…'`` of a jsonargparse error imports (the error is then
+    about its init args, not the class)."""
+    marker = "Problem with given class_path '"
+    if marker not in message:
+        return False
+    class_path = message.split(marker, 1)[1].split("'", 1)[0]
+    try:
+        import_object(class_path)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return True
+
+
 class _Parser(LightningArgumentParser):
-    """LightningCLI's parser; an error about the model lists the formulations to choose from."""
+    """LightningCLI's parser; an error about the model's class lists the formulations to choose
+    from (not one about the init args of a class that was found)."""
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        if 'key "model"' in message:
+        if 'key "model"' in message and not _names_a_class(message):
             classes = [getattr(formulations, n) for n in formulations.__all__]
             choices = ", ".join(
                 f"diffusion_pl.formulations.{c.__name__}"
@@ -96,6 +122,12 @@ class DiffusionCLI(LightningCLI):
             "data.data_shape", "model.init_args.data_shape", apply_on="instantiate"
         )
         self._parsers = [*getattr(self, "_parsers", []), parser]  # one per subcommand
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Lightning's subcommands but ``predict``: a formulation has no ``forward`` to predict
+        with (``diffusion-pl sample`` draws samples)."""
+        return {k: v for k, v in LightningCLI.subcommands().items() if k != "predict"}
 
     def _run_config(self) -> Namespace:
         """The parsed config of the subcommand being run."""
@@ -208,6 +240,83 @@ def check_labels(model: LightningModule, datamodule: DiffusionDataModule) -> Non
         )
 
 
+def check_positive(**values: float) -> None:
+    """Refuse a command-line option that must be > 0, e.g. ``check_positive(batch_size=0)``."""
+    for name, value in values.items():
+        if not value > 0:
+            raise UsageError(f"--{name} must be > 0, got {value}")
+
+
+def check_device(device: str) -> None:
+    """Refuse a ``--device`` that is not a torch device, or a CUDA device this machine lacks."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise UsageError(
+            f"--device {device!r} is not a torch device: use cpu, cuda or cuda:N"
+        ) from None
+    if parsed.type != "cuda":
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise UsageError(
+            f"--device {device}: this machine has no CUDA device (torch.cuda.is_available() is "
+            "False); use --device cpu"
+        )
+    if parsed.index is not None and parsed.index >= count:
+        raise UsageError(
+            f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to "
+            f"cuda:{count - 1}"
+        )
+
+
+def pick_sampler(
+    default: Sampler, name: str | None, steps: int | None, grid: str | None
+) -> Sampler:
+    """:func:`~diffusion_pl.generate.choose_sampler` for ``sample`` and ``fid``, saying (on
+    stderr) what ``--steps`` does where it is not the number of network evaluations.
+
+    A sampler that picks its own steps (``rk45``, adaptive) ignores ``--steps`` with a note;
+    for ``annealed_langevin`` ``--steps`` is the number of noise levels L, each of
+    ``steps_per_level`` Langevin steps, and the note gives the product.
+    """
+    chosen = choose_sampler(default, name, None, grid)
+    if steps is None:
+        return chosen
+    if "steps" not in chosen.arguments():
+        print(f"note: {type(chosen).__name__} picks its own steps (adaptive, set by rtol and "
+              f"atol): --steps {steps} is ignored", file=sys.stderr, flush=True)  # fmt: skip
+        return chosen
+    chosen = chosen.with_steps(steps)
+    per_level = chosen.arguments().get("steps_per_level")
+    if per_level is not None:
+        print(f"note: for {type(chosen).__name__} --steps {steps} is the number of noise levels, "
+              f"each of steps_per_level={per_level} Langevin steps: {steps * per_level} network "
+              "evaluations per sample", file=sys.stderr, flush=True)  # fmt: skip
+    return chosen
+
+
+def output_paths(output: str) -> tuple[Path, Path]:
+    """The two files ``sample --output OUTPUT`` writes: the samples' ``.npz`` and the picture.
+
+    A trailing ``.npz`` or ``.png`` is dropped, then ``.npz`` and ``.png`` are added:
+    ``out/s.npz`` and ``out/s`` give ``out/s.npz`` and ``out/s.png``; ``pic.png`` gives
+    ``pic.npz`` and ``pic.png``; ``run.v2`` gives ``run.v2.npz`` and ``run.v2.png``.
+    """
+    path = Path(output)
+    if path.suffix.lower() in (".npz", ".png"):
+        path = path.with_suffix("")
+    return path.with_name(f"{path.name}.npz"), path.with_name(f"{path.name}.png")
+
+
+def check_sampler_options(sampler: str | None, steps: int | None) -> None:
+    """Refuse an unknown ``--sampler`` or ``--steps`` <= 0 (``sample`` and ``fid``)."""
+    if steps is not None and steps <= 0:
+        raise UsageError(f"--steps must be > 0, got {steps}; omit it for the sampler's default")
+    if sampler is not None and sampler not in SAMPLERS:
+        raise UsageError(f"unknown --sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+
+
 def sample(
     ckpt_path: str,
     num_samples: int,
@@ -236,14 +345,21 @@ def sample(
     Args:
         ckpt_path: checkpoint written by ``diffusion-pl fit``.
         num_samples: number of samples N (> 0); the array has shape (N, ...).
-        output: path of the ``.npz`` file to write.
+        output: where to write: the samples go to OUTPUT.npz and the picture to OUTPUT.png (a
+            trailing .npz or .png of OUTPUT is dropped first); both paths are printed.
         seed: seed of the sampling generator.
-        sampler: sampler name (one of SAMPLERS); default: the checkpoint's formulation's.
-        steps: number of sampler steps; default: the sampler's.
+        sampler: sampler name, one of euler, heun, rk45, euler_maruyama, pc, ddpm, ddim,
+            annealed_langevin, dpmpp_2m, dpmpp_3m, unipc, ipndm, edm_sde; default: the
+            checkpoint's formulation's.
+        steps: the sampler's steps (default: the sampler's own): time steps of the grid for
+            every sampler but two, one network evaluation each (two for heun and edm_sde, a
+            predictor and a corrector for pc); for annealed_langevin the number of noise
+            levels, each of 100 Langevin steps (its steps_per_level); rk45 picks its own steps
+            and ignores it with a note. The network evaluations per sample are printed.
         grid: time grid (one of GRIDS: uniform, edm, logsnr; leading, trailing, linspace on
             a discrete DDPM path); default: the sampler's (its paper's).
         batch_size: samples per network batch (does not change the samples).
-        device: torch device to sample on, e.g. ``cpu`` or ``cuda``.
+        device: torch device to sample on, e.g. ``cpu``, ``cuda`` or ``cuda:1``.
         weights: ``ema`` (the moving average, when the run had the EMA callback) or ``raw``.
         class_labels: classes to sample, cycled over the samples, e.g. ``[0,1,2]``.
         guidance_scale: classifier-free guidance scale w (1 conditional, 0 unconditional,
@@ -252,18 +368,13 @@ def sample(
             classifier guidance.
         classifier_scale: λ, the scale of the classifier's gradient (default 1).
     """
-    if num_samples <= 0:
-        raise ValueError(f"--num_samples must be > 0, got {num_samples}")
-    if batch_size <= 0:
-        raise ValueError(f"--batch_size must be > 0, got {batch_size}")
-    if steps is not None and steps <= 0:
-        raise ValueError(f"--steps must be > 0, got {steps}; omit it for the sampler's default")
-    if sampler is not None and sampler not in SAMPLERS:
-        raise ValueError(f"unknown --sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+    check_positive(num_samples=num_samples, batch_size=batch_size)
+    check_sampler_options(sampler, steps)
     if class_labels is not None and not class_labels:
-        raise ValueError("--class_labels is empty; give at least one class, e.g. [0]")
+        raise UsageError("--class_labels is empty; give at least one class, e.g. [0]")
     if classifier_scale is not None and classifier_ckpt is None:
-        raise ValueError("--classifier_scale scales a classifier's gradient: add --classifier_ckpt")
+        raise UsageError("--classifier_scale scales a classifier's gradient: add --classifier_ckpt")
+    check_device(device)
     module = load_module(ckpt_path, map_location=device, weights=weights)
     if not isinstance(module, DiffusionModule):
         raise ValueError(f"{ckpt_path} holds a {type(module).__name__}, not a diffusion model")
@@ -275,17 +386,20 @@ def sample(
                 f"--classifier_ckpt {classifier_ckpt} holds a {type(classifier).__name__}; "
                 "it needs a NoisyClassifier checkpoint (configs/digits/classifier.yaml)"
             )
-    chosen = choose_sampler(module.sampler, sampler, steps, grid)
-    samples = generate(
-        module, num_samples, seed=seed, batch_size=batch_size, sampler=chosen,
-        class_labels=class_labels, guidance_scale=guidance_scale, classifier=classifier,
-        classifier_scale=1.0 if classifier_scale is None else classifier_scale, progress=True,
-    )  # fmt: skip
+    chosen = pick_sampler(module.sampler, sampler, steps, grid)
+    with counting_calls(module.net) as calls:
+        samples = generate(
+            module, num_samples, seed=seed, batch_size=batch_size, sampler=chosen,
+            class_labels=class_labels, guidance_scale=guidance_scale, classifier=classifier,
+            classifier_scale=1.0 if classifier_scale is None else classifier_scale, progress=True,
+        )  # fmt: skip
+    nfe = calls[0] / math.ceil(num_samples / batch_size)  # one module.sample call per batch
     labels = None if class_labels is None else cycle_labels(class_labels, 0, num_samples)
-    out = Path(output)
+    out, picture = output_paths(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, samples=samples.numpy(), **({} if labels is None else {"labels": labels.numpy()}))
-    picture = save_samples_figure(samples[:256], out.with_suffix(".png"), title=str(chosen))
+    save_samples_figure(samples[:256], picture, title=str(chosen))
+    print(f"{chosen}: {nfe:g} network evaluations per sample", flush=True)
     print(f"wrote {out} (samples: {tuple(samples.shape)}) and {picture}", flush=True)
     return out
 
@@ -314,8 +428,8 @@ def reflow(
         batch_size: pairs per network batch.
         device: torch device, e.g. ``cpu`` or ``cuda``.
     """
-    if num_pairs <= 0:
-        raise ValueError(f"--num_pairs must be > 0, got {num_pairs}")
+    check_positive(num_pairs=num_pairs, steps=steps, batch_size=batch_size)
+    check_device(device)
     module = load_module(ckpt_path, map_location=device)
     if not isinstance(module, RectifiedFlow):
         raise ValueError(
@@ -346,13 +460,17 @@ def likelihood(
     divergence: Literal["exact", "hutchinson"] = "hutchinson",
     rtol: float = 1e-5,
     atol: float = 1e-5,
+    t_eps: float | None = None,
     seed: int = 0,
     device: str = "cpu",
-) -> dict[str, float]:
+    output: str | None = None,
+) -> dict[str, float | int | str]:
     """PF-ODE negative log-likelihood of a data split under a checkpoint, in bits per dimension.
 
     Discrete data (images, digits) are uniformly dequantized and the result is a bound on the
-    discrete NLL; continuous data (toys) report −log p / (D ln 2) of the density itself.
+    discrete NLL; continuous data (toys) report −log p / (D ln 2) of the density itself. The
+    ODE runs from t_eps to the path's t_max, so the number is the likelihood of p_{t_eps}, the
+    data blurred by σ(t_eps); the t_eps used is printed and returned.
 
     Args:
         ckpt_path: checkpoint written by ``diffusion-pl fit`` (its data config is reused).
@@ -362,10 +480,24 @@ def likelihood(
         divergence: ``exact`` trace (low dimension) or ``hutchinson`` estimate.
         rtol: RK45 relative tolerance.
         atol: RK45 absolute tolerance.
+        t_eps: start time of the ODE; default: the formulation's paper's, 1e-5 for score-SDE
+            (Song et al. 2021; their likelihood code's eps), else the path's t_min (0 on rectified
+            flow's linear path; the others' papers report no PF-ODE likelihood).
         seed: seed of dequantization noise and Hutchinson probes.
         device: torch device, e.g. ``cpu`` or ``cuda``.
+        output: optional JSON file for the result (bits/dim, t_eps, NFE, split, examples).
     """
+    check_positive(num_samples=num_samples, batch_size=batch_size, rtol=rtol, atol=atol)
+    check_device(device)
     module = load_module(ckpt_path, map_location=device).eval()
+    if not isinstance(module, DiffusionModule):
+        raise ValueError(f"{ckpt_path} holds a {type(module).__name__}, not a diffusion model")
+    origin = "--t_eps"
+    if t_eps is None:
+        t_eps, origin = module.likelihood_t_eps, f"{type(module).__name__}'s paper"
+    if t_eps is None:
+        t_eps, origin = module.path.t_min, "the path's t_min"
+    check_t_eps(module.path, t_eps)
     datamodule = load_datamodule(ckpt_path)
     data = datamodule.real_samples(split, num_samples).to(device)
     levels = datamodule.num_levels
@@ -376,16 +508,22 @@ def likelihood(
             x = dequantize(x, levels, generator)
         logp, n = log_likelihood(
             module.denoiser(), module.path, x, divergence=divergence, rtol=rtol, atol=atol,
-            generator=generator,
+            t_eps=t_eps, generator=generator,
         )  # fmt: skip
         nfe += n
         if levels is None:
             bpd.append(-logp / (x[0].numel() * math.log(2)))
         else:
             bpd.append(bits_per_dim(logp, tuple(x.shape), levels))
-    result = {"bpd": float(torch.cat(bpd).mean()), "nfe_per_batch": nfe / len(bpd)}
+    result = {"bpd": float(torch.cat(bpd).mean()), "nfe_per_batch": nfe / len(bpd),
+              "t_eps": t_eps, "split": split, "num_samples": len(data)}  # fmt: skip
     print(f"{split}: {result['bpd']:.4f} bits/dim over {len(data)} examples "
-          f"({result['nfe_per_batch']:.0f} network evaluations per batch)")  # fmt: skip
+          f"({result['nfe_per_batch']:.0f} network evaluations per batch; "
+          f"t_eps={t_eps:g}, {origin})", flush=True)  # fmt: skip
+    if output is not None:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {output}", flush=True)
     return result
 
 
@@ -419,8 +557,10 @@ def fid(
         feature_weights: weights file of the extractor (default: its usual place).
         split: split of the reference statistics, ``train`` or ``val``.
         reference: ready ``mu``/``sigma``: ``.npz`` (pytorch-fid, EDM) or torch-fidelity ``.pt``.
-        sampler: sampler name (one of SAMPLERS); default: the checkpoint's.
-        steps: sampler steps; default: the sampler's.
+        sampler: sampler name (as for ``diffusion-pl sample``: euler, heun, rk45, ddim, ...);
+            default: the checkpoint's.
+        steps: sampler steps (what they count depends on the sampler: see ``diffusion-pl
+            sample --help``); default: the sampler's.
         grid: time grid (one of GRIDS); default: the sampler's.
         batch_size: images per sampling batch (per process).
         kid: also compute KID.
@@ -430,8 +570,13 @@ def fid(
         device: ``cpu`` or ``cuda`` (under torchrun each process takes ``cuda:LOCAL_RANK``).
         output: optional JSON file for the scores.
     """
-    if sampler is not None and sampler not in SAMPLERS:
-        raise ValueError(f"unknown --sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+    check_sampler_options(sampler, steps)
+    check_positive(batch_size=batch_size)
+    check_device(device)
+    if feature == "inception":
+        weights_file = Path(feature_weights) if feature_weights else default_inception_weights()
+        if not weights_file.is_file():
+            raise inception_weights_missing(weights_file, "pass --feature_weights PATH")
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         if device.startswith("cuda"):
@@ -440,7 +585,8 @@ def fid(
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     rank_zero = not distributed or dist.get_rank() == 0
     module = load_module(ckpt_path, map_location=device, weights=weights).eval()
-    chosen = choose_sampler(module.sampler, sampler, steps, grid)
+    require_images(module.data_shape, ckpt_path)
+    chosen = pick_sampler(module.sampler, sampler, steps, grid)
     extractor = resolve_extractor(feature, feature_weights)
     evaluator = FIDEvaluator(
         extractor, split, num_samples, batch_size, kid=kid, cache_dir=cache_dir,
@@ -463,12 +609,39 @@ COMMANDS = {"sample": sample, "reflow": reflow, "likelihood": likelihood, "fid":
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of ``diffusion-pl`` and ``python -m diffusion_pl``."""
+    """Entry point of ``diffusion-pl`` and ``python -m diffusion_pl``.
+
+    Bad input (:func:`~diffusion_pl.errors.bad_input`) ends the command with one ``error:``
+    line on stderr, after the command's usage for a bad option of ``sample``, ``reflow``,
+    ``likelihood`` or ``fid`` (:class:`~diffusion_pl.errors.UsageError`), and exit code 2;
+    ``DIFFUSION_PL_TRACEBACK=1`` raises it with its traceback instead. Other exceptions keep
+    their tracebacks.
+    """
     argv = sys.argv[1:] if args is None else list(args)
+    try:
+        _run(argv, args)
+    except Exception as raised:
+        error = bad_input(raised)
+        if error is None or show_tracebacks():
+            raise
+        if isinstance(error, UsageError) and argv[0] in COMMANDS:
+            auto_parser(COMMANDS[argv[0]], **_command_options(argv[0])).error(str(error))
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def _command_options(name: str) -> dict[str, object]:
+    """jsonargparse options of the command ``name`` of :data:`COMMANDS`."""
+    return {"prog": f"diffusion-pl {name}", "as_positional": False}
+
+
+def _run(argv: list[str], args: list[str] | None) -> None:
+    """Run the command of ``argv``: one of :data:`COMMANDS`, or LightningCLI's."""
     if argv[:1] and argv[0] in COMMANDS:
-        command = COMMANDS[argv[0]]
-        CLI(command, args=argv[1:], prog=f"diffusion-pl {argv[0]}", as_positional=False)
+        CLI(COMMANDS[argv[0]], args=argv[1:], **_command_options(argv[0]))
         return
+    if argv[:1] and not argv[0].startswith("-") and argv[0] not in DiffusionCLI.subcommands():
+        _unknown_command(argv[0])
     DiffusionCLI(
         LightningModule,  # a formulation, or the NoisyClassifier of classifier guidance
         DiffusionDataModule,
@@ -476,7 +649,10 @@ def main(args: list[str] | None = None) -> None:
         parser_class=_Parser,
         args=args,  # None: LightningCLI reads sys.argv itself
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"description": f"Train diffusion models. Also: {', '.join(COMMANDS)}."},
+        parser_kwargs={
+            "description": f"Train diffusion models. Also: {', '.join(COMMANDS)}. Bad input "
+            "ends with one error line (exit code 2); DIFFUSION_PL_TRACEBACK=1 shows its traceback."
+        },
         # Persistent callbacks, added to every run's own: survive preemption and divergence.
         trainer_defaults={
             "callbacks": [
@@ -487,3 +663,14 @@ def main(args: list[str] | None = None) -> None:
             ]
         },
     )
+
+
+def _unknown_command(name: str) -> NoReturn:
+    """Exit 2 naming every command, and the closest to ``name``."""
+    commands = [*DiffusionCLI.subcommands(), *COMMANDS]
+    close = difflib.get_close_matches(name, commands, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    print(f"usage: diffusion-pl {{{','.join(commands)}}} ...", file=sys.stderr)
+    print(f"error: unknown command {name!r}: {hint}the commands are {', '.join(commands)}",
+          file=sys.stderr, flush=True)  # fmt: skip
+    raise SystemExit(2)

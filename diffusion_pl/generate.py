@@ -8,11 +8,12 @@ the batch size nor the share of the indices a process draws changes a sample.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from diffusion_pl.randomness import sample_generators
@@ -21,7 +22,7 @@ from diffusion_pl.samplers import GRIDS, SAMPLERS, Sampler
 if TYPE_CHECKING:
     from diffusion_pl.formulations import DiffusionModule, NoisyClassifier
 
-__all__ = ["choose_sampler", "cycle_labels", "every_class", "generate"]
+__all__ = ["choose_sampler", "counting_calls", "cycle_labels", "every_class", "generate"]
 
 
 def cycle_labels(class_labels: Sequence[int], start: int, n: int) -> Tensor:
@@ -132,3 +133,19 @@ def generate(
             batches.append(x.cpu())
             bar.update(size)
     return torch.cat(batches)
+
+
+@contextmanager
+def counting_calls(net: nn.Module) -> Iterator[list[int]]:
+    """Count ``net``'s forward calls inside the block, in ``calls[0]``: the network evaluations
+    (NFE) a sampler really made, whatever its ``steps`` mean."""
+    calls = [0]
+
+    def hook(*_) -> None:
+        calls[0] += 1
+
+    handle = net.register_forward_pre_hook(hook)
+    try:
+        yield calls
+    finally:
+        handle.remove()

@@ -24,7 +24,7 @@ from diffusion_pl.samplers.base import DenoiserFn
 from diffusion_pl.samplers.ode import ode_drift
 from diffusion_pl.samplers.rk45 import solve_ode_rk45
 
-__all__ = ["bits_per_dim", "dequantize", "discrete_nll", "log_likelihood"]
+__all__ = ["bits_per_dim", "check_t_eps", "dequantize", "discrete_nll", "log_likelihood"]
 
 
 def _divergence(f: Tensor, x: Tensor, probe: Tensor | None) -> Tensor:
@@ -42,6 +42,36 @@ def _divergence(f: Tensor, x: Tensor, probe: Tensor | None) -> Tensor:
         (grad,) = torch.autograd.grad(f_flat[:, i].sum(), x, retain_graph=i < d - 1)
         div = div + grad.flatten(1)[:, i]
     return div
+
+
+@torch.no_grad()
+def check_t_eps(path: NoisePath, t_eps: float) -> None:
+    """Raise ValueError, saying why, unless the PF-ODE likelihood can start at ``t_eps``.
+
+    The start must lie in [0, t_max); on a discrete path (DDPM's steps, NCSN's levels) it must
+    not fall below the first time the net was trained at (``t_min``); and the ODE's drift
+    α'_t x̂_0 + σ'_t ε̂ must be finite there, which fails at t = 0 on the VP paths, where
+    σ_t = √(1 − α_t²) has an infinite slope.
+    """
+    if not 0 <= t_eps < path.t_max:
+        raise ValueError(
+            f"t_eps={t_eps} is outside [0, t_max={path.t_max}) of {type(path).__name__}: the "
+            "likelihood integrates from t_eps (near the data) up to t_max"
+        )
+    if path.num_steps is not None and t_eps < path.t_min:
+        raise ValueError(
+            f"t_eps={t_eps} is below t_min={path.t_min}, the first of the {path.num_steps} "
+            f"discrete times of {type(path).__name__} the net was trained at: use "
+            f"t_eps >= {path.t_min}"
+        )
+    t = path.as_time(t_eps)
+    values = [path.alpha(t), path.sigma(t), path.d_alpha(t), path.d_sigma(t)]
+    if not all(bool(torch.isfinite(v)) for v in values) or not float(values[0]) > 0:
+        raise ValueError(
+            f"t_eps={t_eps}: the probability-flow ODE of {type(path).__name__} is singular there "
+            f"(α = {float(values[0]):.3g}, σ = {float(values[1]):.3g}, dσ/dt = "
+            f"{float(values[3]):.3g}): start a little later, e.g. t_eps=1e-5 (score-SDE's)"
+        )
 
 
 @torch.no_grad()
@@ -76,7 +106,8 @@ def log_likelihood(
         probe: distribution of the Hutchinson probe, ``"rademacher"`` (±1) or ``"gaussian"``.
         rtol: relative tolerance of RK45.
         atol: absolute tolerance of RK45.
-        t_eps: start time; default ``path.t_min``. The result is log p_{t_eps}.
+        t_eps: start time; default ``path.t_min``. The result is log p_{t_eps}
+            (:func:`check_t_eps` says where it may lie).
         prior_logp: log-density of x_{t_max} ``[B]``; default ``path.prior_logp``.
         generator: source of the Hutchinson probe (one generator, or one per sample).
         progress: show a progress bar over t.
@@ -105,8 +136,9 @@ def log_likelihood(
             div = _divergence(f, xt, z)
         return torch.cat([f.detach().flatten(1), div.detach()[:, None]], 1).to(y.dtype)
 
-    state = torch.cat([x.flatten(1), x.new_zeros(x.shape[0], 1)], 1)
     t0 = path.t_min if t_eps is None else t_eps
+    check_t_eps(path, t0)
+    state = torch.cat([x.flatten(1), x.new_zeros(x.shape[0], 1)], 1)
     state, nfe = solve_ode_rk45(
         augmented_drift, state, t0, path.t_max, rtol=rtol, atol=atol, progress=progress
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import torch
@@ -27,10 +28,17 @@ def save_image_grid(x: Tensor, path: str | Path, nrow: int | None = None) -> Pat
     return path
 
 
+_TITLE_CHARS = 50
+"""Characters per title line of a scatter plot: 10-pt text on the 5-inch figure holds about 60."""
+
+
 def save_scatter(
     x: Tensor, path: str | Path, reference: Tensor | None = None, title: str = ""
 ) -> Path:
-    """Scatter-plot 2-D samples ``[N, 2]`` (blue) over optional reference data (grey)."""
+    """Scatter-plot 2-D samples ``[N, 2]`` (blue) over optional reference data (grey).
+
+    A long title (a sampler's settings) is wrapped onto lines that fit the figure's width.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,7 +54,7 @@ def save_scatter(
     ax.scatter(pts[:, 0], pts[:, 1], s=2, c="tab:blue", alpha=0.6, label="samples")
     ax.set_aspect("equal")
     ax.legend(loc="upper right", markerscale=4)
-    ax.set_title(title)
+    ax.set_title(textwrap.fill(title, width=_TITLE_CHARS), fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

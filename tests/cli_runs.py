@@ -1,12 +1,17 @@
-"""Fitting a shipped config in-process through the real CLI (one Lightning import per suite)."""
+"""Running the real CLI in-process: fitting a shipped config, and expecting bad input."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 from diffusion_pl.cli import main
 
-__all__ = ["fit_config"]
+__all__ = ["cli_error", "fit_config"]
 
 
 def fit_config(config: Path, root: Path, *overrides: str) -> Path:
@@ -16,3 +21,21 @@ def fit_config(config: Path, root: Path, *overrides: str) -> Path:
           *overrides])  # fmt: skip
     (ckpt,) = root.rglob("last.ckpt")
     return ckpt
+
+
+@contextmanager
+def cli_error(capsys: pytest.CaptureFixture[str], match: str) -> Iterator[list[str]]:
+    """The CLI call in the block must fail as bad input does: exit code 2, no traceback, and
+    exactly one ``error: …`` line on stderr, which ``match`` (a regex) must find.
+
+    Yields a list that holds stderr's lines once the block has exited.
+    """
+    lines: list[str] = []
+    with pytest.raises(SystemExit) as exit_info:
+        yield lines
+    err = capsys.readouterr().err
+    lines += err.splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert exit_info.value.code == 2, err
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert re.search(match, errors[0]), errors[0]

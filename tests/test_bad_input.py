@@ -7,6 +7,7 @@ from pathlib import Path
 import datasets as hf
 import numpy as np
 import pytest
+from cli_runs import cli_error
 from run_helpers import ROOT, TOY, toy_overrides
 
 from diffusion_pl.cli import main
@@ -42,8 +43,10 @@ def test_missing_dataset_column_lists_the_columns(tmp_path: Path) -> None:
     ],
     ids=["size-not-divisible", "size-mismatch", "channels", "yaml-steps"],
 )  # fmt: skip
-def test_data_that_do_not_fit_the_net_fail_at_startup(override: list[str], match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+def test_data_that_do_not_fit_the_net_fail_at_startup(
+    override: list[str], match: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with cli_error(capsys, match):
         main([*DIGITS, *override])
 
 
@@ -64,17 +67,22 @@ def test_unknown_formulation_lists_the_formulations(capsys: pytest.CaptureFixtur
         ("--num_samples 2 --sampler nope", r"unknown --sampler 'nope'; choose one of \[.*'euler'"),
     ],
 )
-def test_sample_rejects_bad_values_before_loading(args: str, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+def test_sample_rejects_bad_values_before_loading(
+    args: str, match: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with cli_error(capsys, match) as stderr:
         main(f"sample --ckpt_path unused.ckpt --output o.npz {args}".split())
+    assert stderr[0].startswith("usage: diffusion-pl sample")  # a bad option: usage first
 
 
 @pytest.mark.slow
-def test_checkpoints_of_another_formulation_or_corrupt_ones_are_refused(tmp_path: Path) -> None:
+def test_checkpoints_of_another_formulation_or_corrupt_ones_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     main(["fit", *toy_overrides(tmp_path / "rf", 2)])
     (ckpt,) = (tmp_path / "rf").rglob("last.ckpt")
     vdm = ["fit", "--config", str(ROOT / "configs/toy2d/vdm.yaml"), "--trainer.max_steps", "1"]
-    with pytest.raises(ValueError, match=r"holds a .*RectifiedFlow but this run's model\.class_pa"):
+    with cli_error(capsys, r"holds a .*RectifiedFlow but this run's model\.class_pa"):
         main([*vdm, "--trainer.default_root_dir", str(tmp_path / "vdm"), "--ckpt_path", str(ckpt)])
 
     truncated, garbage = tmp_path / "truncated.ckpt", tmp_path / "garbage.ckpt"
@@ -83,7 +91,7 @@ def test_checkpoints_of_another_formulation_or_corrupt_ones_are_refused(tmp_path
     fit = ["fit", *toy_overrides(tmp_path / "again", 2)]
     for bad in (truncated, garbage):
         expected = rf"'{bad}' is corrupt or not a PyTorch checkpoint.*intact checkpoint"
-        with pytest.raises(ValueError, match=expected):
+        with cli_error(capsys, expected):
             main([*fit, "--ckpt_path", str(bad)])
-        with pytest.raises(ValueError, match=expected):
+        with cli_error(capsys, expected):
             main(f"sample --ckpt_path {bad} --num_samples 2 --output {tmp_path}/o.npz".split())

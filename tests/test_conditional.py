@@ -9,7 +9,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from cli_runs import fit_config
+from cli_runs import cli_error, fit_config
 from mixture_checks import mixture_oracle
 from torch import Tensor, nn
 
@@ -165,7 +165,9 @@ def test_trained_classifier_guides_the_exact_model(toy_classifier: NoisyClassifi
 
 
 @pytest.mark.slow
-def test_conditional_digits_fit_and_guided_sampling_through_the_cli(tmp_path: Path) -> None:
+def test_conditional_digits_fit_and_guided_sampling_through_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     small = ("--trainer.max_steps", "2", "--model.init_args.net.init_args.base_channels", "16")
     model = fit_config(ROOT / "configs/digits/vdm_cond.yaml", tmp_path / "vdm", *small)
     classifier = fit_config(ROOT / "configs/digits/classifier.yaml", tmp_path / "clf", *small)
@@ -178,10 +180,10 @@ def test_conditional_digits_fit_and_guided_sampling_through_the_cli(tmp_path: Pa
     main(f"sample --ckpt_path {model} --num_samples 4 --output {out} --steps 2 --class_labels [1] "
          f"--classifier_ckpt {classifier} --classifier_scale 2.0".split())  # fmt: skip
     assert np.isfinite(np.load(out)["samples"]).all()
-    with pytest.raises(ValueError, match=r"labels \[12\] are out of range"):
+    with cli_error(capsys, r"labels \[12\] are out of range"):
         main(f"sample --ckpt_path {model} --num_samples 2 --output {out} --steps 2 "
              "--class_labels [12]".split())  # fmt: skip
-    with pytest.raises(ValueError, match="holds a NoisyClassifier, not a diffusion model"):
+    with cli_error(capsys, "holds a NoisyClassifier, not a diffusion model"):
         main(f"sample --ckpt_path {classifier} --num_samples 2 --output {out}".split())
 
 
@@ -207,7 +209,11 @@ def test_conditional_digits_fit_and_guided_sampling_through_the_cli(tmp_path: Pa
     ids=["wrong_num_classes", "unlabelled_data"],
 )
 def test_fit_refuses_labels_that_do_not_fit_the_net(
-    config: str, overrides: list[str], message: str, tmp_path: Path
+    config: str,
+    overrides: list[str],
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    with pytest.raises(ValueError, match=message):
+    with cli_error(capsys, message):
         fit_config(ROOT / "configs" / config, tmp_path, *overrides)

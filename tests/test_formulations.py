@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from cli_runs import cli_error
 from torch import Tensor, nn
 
 from diffusion_pl.cli import main
@@ -168,9 +169,11 @@ def test_ncsn_levels_have_one_source() -> None:
         AnnealedLangevinSampler().check(VEPath())
 
 
-def test_ncsn_config_with_other_sampler_levels_fails_at_startup() -> None:
+def test_ncsn_config_with_other_sampler_levels_fails_at_startup(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     config = ["fit", "--config", str(ROOT / "configs/toy2d/ncsn.yaml")]
-    with pytest.raises(ValueError, match=r"steps=7 levels.*the path's 20 levels"):
+    with cli_error(capsys, r"steps=7 levels.*the path's 20 levels"):
         main([*config, "--model.init_args.sampler.init_args.steps", "7"])
 
 

@@ -7,11 +7,18 @@ import math
 import pytest
 import torch
 
-from diffusion_pl.likelihood import bits_per_dim, dequantize, discrete_nll, log_likelihood
+from diffusion_pl.formulations import ScoreSDE
+from diffusion_pl.likelihood import (
+    bits_per_dim,
+    check_t_eps,
+    dequantize,
+    discrete_nll,
+    log_likelihood,
+)
 from diffusion_pl.mixture import GaussianMixtureSpec
 from diffusion_pl.oracle import GaussianMixtureOracle
 from diffusion_pl.parameterization import Prediction
-from diffusion_pl.paths import LinearPath, NoisePath, VEPath, VPLinearPath
+from diffusion_pl.paths import DDPMPath, LinearPath, NoisePath, VEPath, VPCosinePath, VPLinearPath
 from diffusion_pl.samplers.rk45 import RK45Sampler, solve_ode_rk45
 
 MEANS = torch.tensor([[-4.0, 0.0], [4.0, 0.0]], dtype=torch.float64)
@@ -213,6 +220,43 @@ def test_likelihood_rejects_unknown_options() -> None:
         log_likelihood(oracle, path, X0, divergence="skilling")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="probe"):
         log_likelihood(oracle, path, X0, probe="sphere")  # type: ignore[arg-type]
+
+
+def test_score_sde_t_eps_gives_the_exact_density_there() -> None:
+    """From score-SDE's t_ε = 1e-5 (σ ≈ 1e-3 on the VP path: the data nearly unblurred) the ODE
+    reproduces log p_{1e-5} of the mixture to 1% (the exact p_{t_max} isolates the ODE)."""
+    path, t_eps = VPLinearPath(), ScoreSDE.likelihood_t_eps
+    assert t_eps == 1e-5
+    oracle = GaussianMixtureOracle(path, MIXTURE)
+    x, _ = oracle.mixture.sample(16, generator=torch.Generator().manual_seed(6))
+    ll, _ = log_likelihood(oracle, path, x, divergence="exact", t_eps=t_eps,
+                           prior_logp=lambda y: oracle.log_prob(y, path.t_max))  # fmt: skip
+    torch.testing.assert_close(ll, oracle.log_prob(x, t_eps), rtol=0.01, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("path", "t_eps", "match"),
+    [
+        (VPLinearPath(), 0.0, r"t_eps=0.0: the probability-flow ODE of VPLinearPath is singular"),
+        (VPCosinePath(), 0.0, r"VPCosinePath is singular there \(α = 1, σ = 0, dσ/dt = inf\)"),
+        (DDPMPath(), 1e-5, r"below t_min=0.001, the first of the 1000 discrete times"),
+        (LinearPath(), 1.0, r"t_eps=1.0 is outside \[0, t_max=1.0\) of LinearPath"),
+        (VEPath(), -0.1, r"t_eps=-0.1 is outside"),
+        (LinearPath(), 0.0, None),
+        (VEPath(), 0.0, None),
+        (VPLinearPath(), 1e-5, None),
+        (DDPMPath(), 1e-3, None),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, NoisePath) else str(v),
+)  # fmt: skip
+def test_t_eps_must_lie_where_the_ode_is_defined(
+    path: NoisePath, t_eps: float, match: str | None
+) -> None:
+    if match is None:
+        check_t_eps(path, t_eps)
+        return
+    with pytest.raises(ValueError, match=match):
+        check_t_eps(path, t_eps)
 
 
 # ------------------------------------------------------------------- dequantization, bpd

@@ -72,6 +72,10 @@ class DiffusionModule(LightningModule):
     denoiser_type: ClassVar[type[Denoiser]] = Denoiser
     """The view of the net that :meth:`denoiser` returns when no guidance mixes two passes."""
 
+    likelihood_t_eps: ClassVar[float | None] = None
+    """Where the formulation's paper starts the PF-ODE likelihood (``diffusion-pl likelihood``'s
+    default ``--t_eps``); None where the paper reports none: the path's ``t_min`` is used."""
+
     def __init__(
         self,
         net: nn.Module,

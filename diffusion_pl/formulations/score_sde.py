@@ -39,6 +39,10 @@ class ScoreSDE(DiffusionModule):
     Score-Based Diffusion Models", Theorem 1.
     """
 
+    likelihood_t_eps = 1e-5
+    """The PF-ODE likelihood starts at t_ε = 1e-5 (Song et al., 2021, App. D.2; ε = 1e-5 in
+    their ``likelihood.py``), below the path's sampling ``t_min``."""
+
     def __init__(
         self,
         net: nn.Module,

@@ -23,6 +23,7 @@ __all__ = [
     "DigitsFeatures",
     "InceptionFeatures",
     "extractor_id",
+    "inception_weights_missing",
     "resolve_extractor",
 ]
 
@@ -128,11 +129,10 @@ class InceptionFeatures(nn.Module):
 
         path = Path(weights_path) if weights_path else default_inception_weights()
         if not path.is_file():
-            raise FileNotFoundError(
-                f"InceptionV3 weights not found at {str(path)!r}. This machine cannot download "
-                f"them at run time: fetch {INCEPTION_WEIGHTS_URL} on a machine with internet, "
-                f"copy it to {str(default_inception_weights())!r} (or anywhere, and pass "
-                "weights_path=...), or use the offline `digits` extractor."
+            raise inception_weights_missing(
+                path,
+                "set weights_path: PATH in the init_args of class_path "
+                "diffusion_pl.metrics.InceptionFeatures",
             )
         self.net = FeatureExtractorInceptionV3(
             "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path)
@@ -149,6 +149,17 @@ class InceptionFeatures(nn.Module):
             x = x.expand(-1, 3, -1, -1)
         (features,) = self.net(to_uint8(x))
         return features
+
+
+def inception_weights_missing(path: Path, elsewhere: str) -> FileNotFoundError:
+    """The error for InceptionV3 weights missing at ``path``; ``elsewhere`` says how the user
+    names another file where they are (``--feature_weights`` on the command line, a YAML key)."""
+    return FileNotFoundError(
+        f"InceptionV3 weights not found at {str(path)!r}. This machine cannot download "
+        f"them at run time: fetch {INCEPTION_WEIGHTS_URL} on a machine with internet, "
+        f"copy it to {str(default_inception_weights())!r} (or anywhere, and {elsewhere}), "
+        "or use the offline `digits` extractor."
+    )
 
 
 def default_inception_weights() -> Path:

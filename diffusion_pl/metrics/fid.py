@@ -36,7 +36,14 @@ from diffusion_pl.generate import every_class, generate
 from diffusion_pl.metrics.features import extractor_id, resolve_extractor
 from diffusion_pl.samplers import Sampler
 
-__all__ = ["FIDEvaluator", "default_cache_dir", "read_statistics", "reference_key", "source_config"]
+__all__ = [
+    "FIDEvaluator",
+    "default_cache_dir",
+    "read_statistics",
+    "reference_key",
+    "require_images",
+    "source_config",
+]
 
 # What torch-fidelity's pickled statistics hold besides tensors: numpy arrays of float32/64
 # (numpy 2 pickles them through numpy._core, numpy 1 through numpy.core).
@@ -121,6 +128,16 @@ def read_statistics(path: Path) -> dict[str, np.ndarray]:
             "of pytorch-fid / EDM (.npz) or torch-fidelity (.pt)"
         )
     return arrays
+
+
+def require_images(data_shape: tuple[int, ...], source: object) -> None:
+    """Refuse FID on data that are not images ``[C, H, W]`` (2-D toys: points ``(2,)``)."""
+    if len(data_shape) != 3:
+        raise ValueError(
+            f"FID compares images, but {source} was trained on data of shape "
+            f"{tuple(data_shape)}, not images [C, H, W]: for 2-D toys look at the scatter plot "
+            "of `diffusion-pl sample` or run benchmarks/toy_quality.py (mode coverage)"
+        )
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -283,6 +300,7 @@ class FIDEvaluator(nn.Module):
         Returns:
             ``{"fid": float}``, plus ``"kid"`` and ``"kid_std"`` when KID is on.
         """
+        require_images(module.data_shape, type(module).__name__)
         self.to(module.device)
         self.prepare_reference(datamodule)
         rank, _ = _rank_and_world()
