@@ -4,12 +4,14 @@ change, stale temporary files, and fits that would train nothing."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from cli_runs import cli_error
 from run_helpers import ROOT, toy_overrides
 
 from diffusion_pl.checkpoints import read_checkpoint, remove_stale_temporaries
@@ -45,10 +47,12 @@ def test_last_resumes_only_the_named_run_and_only_with_what_a_resume_may_change(
     # Another formulation's settings or other data: refused, naming the keys, before training.
     other = ["--model.init_args.time_sampling", "diffusion_pl.time_sampling.LogitNormal",
              "--data.source.init_args.name", "moons"]  # fmt: skip
-    with pytest.raises(ValueError) as refused:
+    with cli_error(
+        capsys, f"^error: --ckpt_path last found {re.escape(str(first))} \\(step 2\\)"
+    ) as err:
         main([*fit, *other, "--ckpt_path", "last"])
-    message = str(refused.value)
-    assert message.startswith(f"--ckpt_path last found {first} (step 2), but this config's")
+    message = "\n".join(err)
+    assert "but this config's" in message
     assert (
         "model.init_args.time_sampling.class_path: diffusion_pl.time_sampling.Uniform -> "
         "diffusion_pl.time_sampling.LogitNormal  (it defines what the model learns)"
@@ -120,9 +124,9 @@ def test_only_dead_local_writers_temporaries_are_removed(tmp_path: Path) -> None
     ids=["max-steps-0", "negative-lr", "bad-betas"],
 )  # fmt: skip
 def test_fits_that_would_train_nothing_or_fail_in_torch_are_refused_first(
-    tmp_path: Path, override: list[str], match: str
+    tmp_path: Path, override: list[str], match: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(ValueError, match=match):
+    with cli_error(capsys, match):
         main(["fit", *toy_overrides(tmp_path, 2), *override])
     assert not list(tmp_path.rglob("*.ckpt"))
 
