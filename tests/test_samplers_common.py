@@ -33,6 +33,7 @@ SETTINGS = {
     "unipc": {"steps": 5},
     "ipndm": {"steps": 5},
     "edm_sde": {"steps": 5, "s_churn": 10.0},
+    "consistency": {"steps": 3},
 }
 
 # 4 samples of each sampler above on VPLinearPath with the test mixture's oracle, one
