@@ -195,8 +195,9 @@ def test_bad_settings_and_a_teacher_out_of_range_fail_early() -> None:
         ConsistencyModel(MLP(dim=2, hidden=8, depth=1), (2,), sigma_min=0.01)
     with pytest.raises(ValueError, match="init_from_teacher needs a teacher_ckpt"):
         ConsistencyModel(MLP(dim=2, hidden=8, depth=1), (2,), init_from_teacher=True)
-    with pytest.raises(ValueError, match="1 intermediate sigmas"):
-        ConsistencySampler(steps=2, sigmas=[5.0, 1.0])
+    with pytest.raises(ValueError, match="3 steps need 2 intermediate sigmas"):
+        ConsistencySampler(steps=3, sigmas=[5.0])
+    assert ConsistencySampler(sigmas=[0.821]).with_steps(2).levels() == [0.821]
     with pytest.raises(ValueError, match=r"covers sigma/alpha in \[0.01.*sigma_min >= 0.01"):
         check_teacher_range(VPLinearPath(), SIGMA_MIN, SIGMA_MAX)
     check_teacher_range(LinearPath(), SIGMA_MIN, SIGMA_MAX)

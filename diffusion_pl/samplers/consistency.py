@@ -71,12 +71,13 @@ class ConsistencySampler(Sampler):
     ``VEPath(0.002, 80)``); each further step re-noises to the next intermediate level σ̃_i
     and maps back. By default the intermediate levels are the inner points of Karras et al.'s
     ρ-spaced levels from ``sigma_max`` to ``sigma_min`` over ``steps`` intervals (steps = 2:
-    σ̃ = 2.53 for ρ = 7); ``sigmas`` sets them, e.g. iCT's two-step ``[0.821]`` for CIFAR-10.
+    σ̃ = 2.52 for ρ = 7); ``sigmas`` lists them instead, and a K-step call uses its first K − 1
+    (iCT's two-step ``[0.821]`` on CIFAR-10 serves 1 and 2 steps).
 
     Args:
         steps: number of network evaluations K (1, 2, 4, ...).
-        sigmas: the K − 1 intermediate levels σ̃, decreasing, each in (sigma_min, σ̃(t_max));
-            None: ρ-spaced as above.
+        sigmas: intermediate levels σ̃, decreasing, each in (sigma_min, σ̃(t_max)), at least
+            K − 1 of them (the first K − 1 are used); None: ρ-spaced as above.
         sigma_min: σ_min of the consistency function (the re-noising std is √(σ̃_i² − σ_min²)).
         sigma_max: top of the ρ-spaced default levels.
         rho: ρ of the default levels.
@@ -102,10 +103,10 @@ class ConsistencySampler(Sampler):
             )
         if sigmas is not None:
             sigmas = [float(s) for s in sigmas]
-            if len(sigmas) != steps - 1:
+            if len(sigmas) < steps - 1:
                 raise ValueError(
                     f"ConsistencySampler: {steps} steps need {steps - 1} intermediate sigmas, "
-                    f"got {sigmas}; drop sigmas (rho-spaced levels) or give {steps - 1} of them"
+                    f"got {sigmas}; give more, use fewer steps, or drop sigmas (rho-spaced levels)"
                 )
             if any(not a > b for a, b in itertools.pairwise(sigmas)) or (
                 sigmas and sigmas[-1] <= sigma_min
@@ -129,7 +130,7 @@ class ConsistencySampler(Sampler):
     def levels(self) -> list[float]:
         """The intermediate levels σ̃_1 > … > σ̃_{K−1}."""
         if self.sigmas is not None:
-            return list(self.sigmas)
+            return list(self.sigmas[: self.steps - 1])
         ramp = karras_sigmas(self.sigma_min, self.sigma_max, self.steps, self.rho)
         return ramp[1:-1].tolist()
 
