@@ -141,9 +141,10 @@ def report(results: dict) -> str:
                          info["sigma_min"]])  # fmt: skip
     lines.append(markdown_table(
         ["run", "teacher", "steps", "FID", "train s", "sigma_min"], rows))  # fmt: skip
+    nfes = s["teacher_nfe"]
     lines += ["", markdown_table(
-        ["teacher", "FID @ 10 NFE", "FID @ 100 NFE", "best"],
-        [[n, best(r, 10), best(r, 100), best_teacher.get(n)] for n, r in teachers.items()],
+        ["teacher", *[f"FID @ {n} NFE" for n in nfes], "best"],
+        [[n, *[best(r, k) for k in nfes], best_teacher.get(n)] for n, r in teachers.items()],
     )]  # fmt: skip
     targets = []
     for run, info in results["runs"].items():
