@@ -225,7 +225,7 @@ def test_distillation_and_training_fit_through_the_cli_and_sample(
 ) -> None:
     """The shipped toy CD and CT configs train a few steps; the checkpoint holds the student
     only (no teacher weights, the optimizer over the net alone) and `sample --sampler
-    consistency` reads it at 1 and 2 steps. CD starts from the teacher's net (same MLP)."""
+    consistency` reads it at 1 and 2 steps."""
     cd = fit_config(ROOT / "configs/toy2d/consistency_distill.yaml", tmp_path / "cd", *SMALL,
                     "--model.init_args.teacher_ckpt", str(teacher))  # fmt: skip
     state = read_checkpoint(cd)
