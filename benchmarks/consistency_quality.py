@@ -11,7 +11,7 @@ of configs/digits/ with digits_quality's budget (batch, EMA, seed, no validation
 ``benchmark_config``):
 
 * ``cd_vdm``, ``cd_rf``: consistency_distill.yaml from that teacher, the student with the
-  teacher's net and weights (``init_from_teacher``), ``--max_steps`` steps. The VDM teacher's
+  teacher's net (trained from scratch, as the config), ``--max_steps`` steps. The VDM teacher's
   DDPM path reaches σ/α = 0.01 only, so its student's σ_min is 0.01 (the rectified flow's,
   0.002): ``sigma_min`` is the larger of 0.002 and the teacher's lowest σ/α.
 * ``ct``: consistency_train.yaml (iCT) from scratch with digits_quality's UNet, ``--ct_steps``.
