@@ -7,7 +7,9 @@ For each config: ``diffusion-pl fit`` in a subprocess (wall time measured, the ~
 import included: ``train_seconds`` up to the final checkpoint, ``fit_seconds`` also with the
 end-of-fit sample picture), then ``num_samples`` samples with the config's default sampler,
 scored by the fraction within 3 std of a mode and each mode's share
-(``diffusion_pl.metrics.mode_stats``).
+(``diffusion_pl.metrics.mode_stats``). ``consistency_distill.yaml`` runs last and distils the
+rectified flow this benchmark trained (its newest checkpoint under ``--workdir``), or, when
+there is none, the teacher its config names (runs/toy2d/rectified_flow).
 """
 
 from __future__ import annotations
@@ -71,10 +73,15 @@ def main() -> None:
                         help="overrides for every fit, e.g. --trainer.max_steps 100")  # fmt: skip
     args = parser.parse_args()
     results = []
-    for config in args.configs:
+    for config in sorted(args.configs, key=lambda c: c.stem == "consistency_distill"):
         if config.stem == "reflow":
             continue  # needs a trained flow and its pairs: see benchmarks/reflow_toy.py
-        result = run(config, args.dataset, args.num_samples, args.workdir, args.extra)
+        extra = args.extra
+        teachers = list((args.workdir / "rectified_flow" / args.dataset).rglob("last.ckpt"))
+        if config.stem == "consistency_distill" and teachers:
+            teacher = max(teachers, key=lambda p: p.stat().st_mtime)
+            extra = ["--model.init_args.teacher_ckpt", str(teacher), *extra]
+        result = run(config, args.dataset, args.num_samples, args.workdir, extra)
         print(json.dumps(result), flush=True)
         results.append(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -349,7 +349,8 @@ def sample(
             trailing .npz or .png of OUTPUT is dropped first); both paths are printed.
         seed: seed of the sampling generator.
         sampler: sampler name, one of euler, heun, rk45, euler_maruyama, pc, ddpm, ddim,
-            annealed_langevin, dpmpp_2m, dpmpp_3m, unipc, ipndm, edm_sde, meanflow; default:
+            annealed_langevin, dpmpp_2m, dpmpp_3m, unipc, ipndm, edm_sde, meanflow,
+            consistency; default:
             the checkpoint's formulation's.
         steps: the sampler's steps (default: the sampler's own): time steps of the grid for
             every sampler but two, one network evaluation each (two for heun and edm_sde, a

@@ -24,6 +24,7 @@ from diffusion_pl.tensors import as_batch
 __all__ = [
     "AverageVelocityDenoiser",
     "AverageVelocityPrediction",
+    "ConsistencyPreconditioning",
     "Denoiser",
     "EDMPreconditioning",
     "EpsilonPrediction",
@@ -254,6 +255,57 @@ class EDMPreconditioning(Parameterization):
 
     def eps_scale(self, c: PathCoefficients) -> Tensor:
         return -c.alpha * self.sigma_data / self._norm(c)
+
+
+class ConsistencyPreconditioning(EDMPreconditioning):
+    """The consistency function f(x̃, σ̃) = c_skip x̃ + c_out F(c_in x̃, c_noise), any path.
+
+    Song et al.'s parameterization on EDM's scaled variable x̃ = x/α at σ̃ = σ/α:
+
+        c_skip = σ_d² / ((σ̃ − σ_min)² + σ_d²),   c_out = σ_d (σ̃ − σ_min) / √(σ̃² + σ_d²),
+
+    with EDM's c_in = 1/√(σ̃² + σ_d²) and c_noise = ¼ ln σ̃ (:class:`EDMPreconditioning`). At
+    σ̃ = σ_min, c_skip = 1 and c_out = 0, so f(x̃, σ_min) = x̃ whatever the weights: the
+    boundary condition holds by construction. Written on x itself, with
+    m² = (σ − σ_min α)² + σ_d² α² and n = √(σ² + σ_d² α²):
+
+        x̂_0 = (σ_d² α / m²) · x + σ_d (σ − σ_min α) F / n,    ε̂ = (x − α x̂_0) / σ,
+
+    finite at α = 0 (σ̃ = ∞, x̂_0 = σ_d F); on the VE path (α = 1) the first factor is exactly
+    1 at σ = σ_min, so f(x, σ_min) = x holds bit for bit. The reading is the denoiser x̂_0
+    every sampler consumes: a consistency model is sampled by any sampler, and multistep
+    consistency sampling (:class:`~diffusion_pl.samplers.ConsistencySampler`) reads x̂_0 only.
+
+    It has no regression target: it is trained by the consistency losses of
+    :class:`~diffusion_pl.formulations.ConsistencyModel`.
+
+    Args:
+        sigma_data: σ_d, the data's standard deviation (0.5 for images in [−1, 1]).
+        sigma_min: σ_min, where f is the identity (0.002 in both papers); also the lowest σ̃
+            the noise label distinguishes.
+        sigma_max: highest σ̃ the noise label distinguishes (80).
+
+    Reference: Song et al. (2023), "Consistency Models", Eq. 5–6 and App. C; Song & Dhariwal
+    (2023), "Improved Techniques for Training Consistency Models", Sec. 3 (σ_min = 0.002).
+    """
+
+    def predict(self, out: Tensor, x: Tensor, c: PathCoefficients) -> Prediction:
+        sd, gap = self.sigma_data, c.sigma - self.sigma_min * c.alpha
+        sd2_alpha = sd**2 * c.alpha
+        x0 = sd2_alpha / (gap**2 + sd2_alpha * c.alpha) * x + sd * gap * out / self._norm(c)
+        return Prediction(x0=x0, eps=(x - c.alpha * x0) / c.sigma)
+
+    def target(self, x0: Tensor, eps: Tensor, c: PathCoefficients) -> Tensor:
+        raise ValueError(
+            "ConsistencyPreconditioning has no regression target: train it with "
+            "diffusion_pl.formulations.ConsistencyModel (consistency distillation or training)"
+        )
+
+    def eps_scale(self, c: PathCoefficients) -> Tensor:
+        raise ValueError(
+            "ConsistencyPreconditioning is not trained by a weighted regression; use "
+            "diffusion_pl.formulations.ConsistencyModel"
+        )
 
 
 def batch_times(t: Tensor | float, x: Tensor) -> Tensor:

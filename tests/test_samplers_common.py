@@ -35,6 +35,7 @@ SETTINGS = {
     "ipndm": {"steps": 5},
     "edm_sde": {"steps": 5, "s_churn": 10.0},
     "meanflow": {"steps": 5},
+    "consistency": {"steps": 3},
 }
 
 # 4 samples of each sampler above on VPLinearPath with the test mixture's oracle, one

@@ -2,6 +2,7 @@
 
 from diffusion_pl.formulations.base import DiffusionModule, mean_flat
 from diffusion_pl.formulations.classifier import NoisyClassifier
+from diffusion_pl.formulations.consistency import ConsistencyModel
 from diffusion_pl.formulations.edm import EDM
 from diffusion_pl.formulations.meanflow import MeanFlow, meanflow_target
 from diffusion_pl.formulations.ncsn import NCSN
@@ -14,6 +15,7 @@ __all__ = [
     "EDM",
     "NCSN",
     "VDM",
+    "ConsistencyModel",
     "DiffusionModule",
     "MeanFlow",
     "NoisyClassifier",

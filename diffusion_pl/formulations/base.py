@@ -56,8 +56,10 @@ class DiffusionModule(LightningModule):
         data_shape: one example's shape, e.g. ``(2,)`` or ``(1, 8, 8)`` (linked from the data).
         path: the noise path.
         parameterization: what the net predicts and sees (its noise label).
-        weighting: the loss weight w(t) and the error it weighs.
-        time_sampling: the distribution of training times t.
+        weighting: the loss weight w(t) and the error it weighs; None for a formulation
+            whose own :meth:`loss` is not the weighted regression and needs none
+            (``ConsistencyModel``).
+        time_sampling: the distribution of training times t; None as for ``weighting``.
         sampler: the default sampler of :meth:`sample` (checked against ``path`` here).
         optimizer: optimizer factory ``params -> Optimizer`` (YAML ``class_path``).
         lr_scheduler: optional scheduler factory, stepped every optimizer step.
@@ -82,8 +84,8 @@ class DiffusionModule(LightningModule):
         data_shape: tuple[int, ...],
         path: NoisePath,
         parameterization: Parameterization,
-        weighting: Weighting,
-        time_sampling: TimeSampling,
+        weighting: Weighting | None,
+        time_sampling: TimeSampling | None,
         sampler: Sampler,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,

@@ -2,6 +2,7 @@
 
 from diffusion_pl.samplers.ancestral import DDIMSampler, DDPMSampler, sample_ddim, sample_ddpm
 from diffusion_pl.samplers.base import DenoiserFn, Sampler
+from diffusion_pl.samplers.consistency import ConsistencySampler, sample_consistency
 from diffusion_pl.samplers.edm import EDMSampler, sample_edm
 from diffusion_pl.samplers.grids import (
     GRIDS,
@@ -62,6 +63,7 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "ipndm": IPNDMSampler,
     "edm_sde": EDMSampler,
     "meanflow": MeanFlowSampler,
+    "consistency": ConsistencySampler,
 }
 """Short names for ``diffusion-pl sample --sampler NAME``; YAML uses ``class_path`` instead."""
 
@@ -70,6 +72,7 @@ __all__ = [
     "SAMPLERS",
     "AnnealedLangevinSampler",
     "AverageVelocityFn",
+    "ConsistencySampler",
     "DDIMSampler",
     "DDPMSampler",
     "DPMSolver3MSampler",
@@ -97,6 +100,7 @@ __all__ = [
     "langevin_dynamics",
     "ode_drift",
     "sample_annealed_langevin",
+    "sample_consistency",
     "sample_ddim",
     "sample_ddpm",
     "sample_dpmpp",

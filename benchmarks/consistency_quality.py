@@ -1,0 +1,231 @@
+"""One- and two-step FID of consistency distillation and training on the digits, and teachers'.
+
+    python benchmarks/consistency_quality.py [--vdm_teacher VDM.ckpt] [--rf_teacher RF.ckpt]
+        [--runs cd_vdm cd_rf ct] [--max_steps 2000] [--ct_steps 2000] [--num_samples 2000]
+        [--out benchmarks/results/consistency_quality.json]
+
+The teachers are the checkpoints ``benchmarks/digits_quality.py`` trains (VDM on the DDPM path,
+rectified flow on the linear path, the same UNet): by default the newest ``last.ckpt`` under
+its workdir, ``runs/benchmarks/digits_quality/{vdm,rectified_flow}``. Each run fits a config
+of configs/digits/ with digits_quality's budget (batch, EMA, seed, no validation; see its
+``benchmark_config``):
+
+* ``cd_vdm``, ``cd_rf``: consistency_distill.yaml from that teacher, the student with the
+  teacher's net (trained from scratch, as the config), ``--max_steps`` steps. The VDM teacher's
+  DDPM path reaches σ/α = 0.01 only, so its student's σ_min is 0.01 (the rectified flow's,
+  0.002): ``sigma_min`` is the larger of 0.002 and the teacher's lowest σ/α.
+* ``ct``: consistency_train.yaml (iCT) from scratch with digits_quality's UNet, ``--ct_steps``.
+
+Then, with the EMA weights: FID of ``--num_samples`` samples against the val split (the shipped
+digits feature network, as digits_quality) at 1 and 2 steps of multistep consistency sampling
+(ρ-spaced midpoint), the training time, and each teacher's FID at 10 and 100 NFE (the best of
+its samplers in digits_quality's sweep at that NFE). Targets of issue 14: CD at 2 steps within
+1.5x its teacher's best FID, CT at 2 steps within 2x the best teacher's.
+
+About 50–70 minutes on 2 CPU cores with the defaults: each CD step costs about 2.5 teacher-sized
+network passes (two teacher evaluations of Heun, the student with gradients, the target), CT
+about 1.5, plus ~5 minutes of teacher FIDs. Writes JSON and a Markdown report (``.md`` beside
+it, also printed) after each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from unittest.mock import patch
+
+import torch
+import yaml
+from _common import ROOT, command_line, machine, markdown_table, report_header, write_results
+from digits_quality import SWEEPS, benchmark_config, counting_calls, fid_sweep, newest_checkpoint
+
+from diffusion_pl.checkpoints import load_datamodule, load_module, read_checkpoint
+from diffusion_pl.cli import main as cli_main
+from diffusion_pl.metrics import FIDEvaluator
+from diffusion_pl.samplers import ConsistencySampler
+
+RUNS = ("cd_vdm", "cd_rf", "ct")
+DIGITS_RUNS = ROOT / "runs/benchmarks/digits_quality"
+"""digits_quality's default workdir, where the teachers are found by default."""
+TEACHERS = {"cd_vdm": "vdm", "cd_rf": "rectified_flow"}
+"""Each distillation run's teacher, by its digits_quality formulation name."""
+FLAGS = {"cd_vdm": "vdm_teacher", "cd_rf": "rf_teacher"}
+"""Each distillation run's argument naming its teacher checkpoint."""
+
+
+def lowest_level(ckpt: Path) -> float:
+    """The smallest σ/α the teacher's path reaches, at its t_min."""
+    path = load_module(ckpt).path
+    t_min = path.as_time(path.t_min)
+    return float(torch.exp(-0.5 * path.log_snr(t_min)))
+
+
+def run_config(run: str, root: Path, args: argparse.Namespace) -> tuple[Path, float]:
+    """Write the run's config under ``root`` (digits_quality's budget); return it and σ_min."""
+    name = "consistency_train" if run == "ct" else "consistency_distill"
+    budget = argparse.Namespace(**{**vars(args), "max_steps": args.ct_steps if run == "ct"
+                                   else args.max_steps})  # fmt: skip
+    path = benchmark_config(name, root, budget)
+    config = yaml.safe_load(path.read_text())
+    model = config["model"]["init_args"]
+    sigma_min = 0.002
+    if run in TEACHERS:
+        teacher = getattr(args, FLAGS[run])
+        model["teacher_ckpt"] = str(teacher)
+        model["net"] = read_checkpoint(teacher, mmap=True)["hyper_parameters"]["net"]
+        sigma_min = max(sigma_min, math.ceil(lowest_level(teacher) * 1e6) / 1e6)
+    model["sigma_min"] = sigma_min
+    model["sampler"] = {"class_path": "diffusion_pl.samplers.ConsistencySampler",
+                        "init_args": {"steps": 1, "sigma_min": sigma_min}}  # fmt: skip
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path, sigma_min
+
+
+def teacher_fids(
+    name: str, ckpt: Path, evaluator: FIDEvaluator, args: argparse.Namespace
+) -> list[dict]:
+    """The teacher's FID with each of its digits_quality samplers at each ``--teacher_nfe``
+    (the few-step solvers at those from 3 to 20, as digits_quality's ``--few_nfe``)."""
+    module = load_module(ckpt, map_location=args.device).eval()
+    datamodule = load_datamodule(ckpt)
+    few = [n for n in args.teacher_nfe if 3 <= n <= 20]
+    rows = fid_sweep(module, datamodule, evaluator, SWEEPS[name], args.teacher_nfe, few)
+    return [{"teacher": name, **row} for row in rows]
+
+
+def student_fids(
+    ckpt: Path, sigma_min: float, evaluator: FIDEvaluator, args: argparse.Namespace
+) -> list[dict]:
+    """The consistency model's FID at each number of steps of ``--steps``."""
+    module = load_module(ckpt, map_location=args.device).eval()
+    datamodule = load_datamodule(ckpt)
+    rows = []
+    for steps in args.steps:
+        sampler = ConsistencySampler(steps=steps, sigma_min=sigma_min)
+        with counting_calls(module.net) as calls:
+            start = time.perf_counter()
+            fid = evaluator.evaluate(module, datamodule, sampler)["fid"]
+            seconds = time.perf_counter() - start
+        chunks = len(list(evaluator.chunks()))
+        rows.append({"steps": steps, "nfe": calls[0] // chunks, "settings": repr(sampler),
+                     "fid": round(fid, 3), "seconds": round(seconds, 1)})  # fmt: skip
+    return rows
+
+
+def best(rows: list[dict], nfe: int) -> float | None:
+    """The lowest FID among ``rows`` at ``nfe``."""
+    fids = [r["fid"] for r in rows if r["nfe"] == nfe]
+    return min(fids) if fids else None
+
+
+def report(results: dict) -> str:
+    """The Markdown report: student FIDs beside their teachers', and the issue's targets."""
+    s = results["settings"]
+    lines = report_header(
+        "Consistency models on the digits: FID at 1 and 2 steps", results,
+        f"{s['num_samples']} samples vs val (digits features); CD {s['max_steps']} steps, CT "
+        f"{s['ct_steps']} steps, batch {s['batch_size']}; real-data floor "
+        f"{results['real_data_floor']}.",
+    )  # fmt: skip
+    teachers = results["teachers"]
+    best_teacher = {n: min(r["fid"] for r in rows) for n, rows in teachers.items() if rows}
+    rows = []
+    for run, info in results["runs"].items():
+        teacher = TEACHERS.get(run)
+        for r in info["fid"]:
+            rows.append([run, teacher or "—", r["steps"], r["fid"], info["fit_seconds"],
+                         info["sigma_min"]])  # fmt: skip
+    lines.append(markdown_table(
+        ["run", "teacher", "steps", "FID", "train s", "sigma_min"], rows))  # fmt: skip
+    nfes = s["teacher_nfe"]
+    lines += ["", markdown_table(
+        ["teacher", *[f"FID @ {n} NFE" for n in nfes], "best"],
+        [[n, *[best(r, k) for k in nfes], best_teacher.get(n)] for n, r in teachers.items()],
+    )]  # fmt: skip
+    targets = []
+    for run, info in results["runs"].items():
+        two = next((r["fid"] for r in info["fid"] if r["steps"] == 2), None)
+        if two is None or not best_teacher:
+            continue
+        if run in TEACHERS and TEACHERS[run] in best_teacher:
+            ref, factor = best_teacher[TEACHERS[run]], 1.5
+        else:
+            ref, factor = min(best_teacher.values()), 2.0
+        targets.append([run, two, f"≤ {factor}× {ref} = {factor * ref:.3f}",
+                        "met" if two <= factor * ref else "missed"])  # fmt: skip
+    if targets:
+        lines += ["", markdown_table(["run", "FID at 2 steps", "target", ""], targets)]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--vdm_teacher", type=Path, help="default: digits_quality's VDM run")
+    parser.add_argument("--rf_teacher", type=Path, help="default: its rectified flow run")
+    parser.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS))
+    parser.add_argument("--max_steps", type=int, default=2000, help="distillation steps")
+    parser.add_argument("--ct_steps", type=int, default=2000, help="consistency training steps")
+    parser.add_argument("--base_channels", type=int, default=16, help="CT's UNet width")
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--ema_halflife", type=int, default=10_000, help="in training samples")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num_samples", type=int, default=2000, help="generated images per FID")
+    parser.add_argument("--sample_batch", type=int, default=500, help="images per sampling batch")
+    parser.add_argument("--steps", type=int, nargs="+", default=[1, 2], help="sampling steps")
+    parser.add_argument("--teacher_nfe", type=int, nargs="+", default=[10, 100])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "runs/benchmarks/consistency")
+    parser.add_argument("--out", type=Path,
+                        default=ROOT / "benchmarks/results/consistency_quality.json")  # fmt: skip
+    args = parser.parse_args(argv)
+    for run in set(args.runs) & set(FLAGS):
+        if getattr(args, FLAGS[run]) is None:
+            setattr(args, FLAGS[run], newest_checkpoint(DIGITS_RUNS / TEACHERS[run]))
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark; return what it wrote to ``--out``."""
+    args = parse_args(argv)
+    evaluator = FIDEvaluator("digits", "val", args.num_samples, args.sample_batch, progress=False)
+    results = {
+        "command": command_line("consistency_quality.py", argv),
+        "machine": machine(args.device),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "real_data_floor": None,
+        "teachers": {},
+        "runs": {},
+    }
+    for run in args.runs:
+        root = args.workdir / run
+        config, sigma_min = run_config(run, root, args)
+        start = time.perf_counter()
+        with patch.object(sys, "argv", sys.argv[:1]):  # LightningCLI reads only its args
+            cli_main(["fit", "--config", str(config)])
+        fit_seconds = round(time.perf_counter() - start, 1)
+        ckpt = newest_checkpoint(root)
+        if results["real_data_floor"] is None:
+            datamodule = load_datamodule(ckpt)
+            evaluator.prepare_reference(datamodule)
+            train = datamodule.real_samples("train", len(datamodule.dataset("train")))
+            results["real_data_floor"] = round(evaluator.score_images(train)["fid"], 3)
+        rows = student_fids(ckpt, sigma_min, evaluator, args)
+        results["runs"][run] = {"fit_seconds": fit_seconds, "sigma_min": sigma_min,
+                                "checkpoint": str(ckpt), "fid": rows}  # fmt: skip
+        print(json.dumps({run: results["runs"][run]}), flush=True)
+        teacher = TEACHERS.get(run)
+        if teacher is not None and teacher not in results["teachers"]:
+            results["teachers"][teacher] = teacher_fids(
+                teacher, getattr(args, FLAGS[run]), evaluator, args
+            )
+        write_results(args.out, results, report(results))  # after each: a stopped run keeps it
+    print(report(results), flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""Consistency models against exact answers: the true consistency function of the test mixture
+(the PF-ODE solution map to σ_min, by RK45 on the exact denoiser), the boundary condition, the
+distillation loss at the teacher's solver order, iCT's constants, and fits through the CLI."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cli_runs import fit_config
+from mixture_checks import MIXTURE, check_mixture, mixture_oracle
+from torch import Tensor
+
+from diffusion_pl.checkpoints import load_module, read_checkpoint
+from diffusion_pl.cli import main
+from diffusion_pl.formulations import ConsistencyModel
+from diffusion_pl.formulations.consistency import (
+    check_teacher_range,
+    consistency_loss,
+    ict_num_scales,
+    karras_levels,
+    lognormal_level_probs,
+    pseudo_huber,
+    scaled_denoiser,
+)
+from diffusion_pl.nets import MLP, UNet
+from diffusion_pl.parameterization import ConsistencyPreconditioning, Denoiser, Prediction
+from diffusion_pl.paths import LinearPath, NoisePath, VEPath, VPLinearPath
+from diffusion_pl.randomness import sample_generators
+from diffusion_pl.samplers import SAMPLERS, ConsistencySampler
+from diffusion_pl.samplers.rk45 import solve_ode_rk45
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ROOT = Path(__file__).resolve().parents[1]
+SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
+VE = VEPath(SIGMA_MIN, SIGMA_MAX)
+
+
+def true_consistency(path: NoisePath, tol: float) -> callable:
+    """f*(x̃, σ̃ [B]): the PF-ODE of the exact mixture denoiser solved from each example's own
+    σ̃ down to σ_min by RK45 (rtol = atol = ``tol``), in scaled space.
+
+    Per-example start levels run on one clock s ∈ [0, 1] with σ̃(s) = σ̃^{1−s} σ_min^s, so
+    dx̃/ds = ε̂(x̃, σ̃(s)) · σ̃(s) ln(σ_min/σ̃).
+    """
+    denoiser = scaled_denoiser(mixture_oracle(path), path)
+
+    def f(x: Tensor, sigma: Tensor) -> Tensor:
+        log_ratio = torch.log(SIGMA_MIN / sigma.to(torch.float64))
+
+        def drift(y: Tensor, s: Tensor) -> Tensor:
+            level = sigma * torch.exp(s * log_ratio)
+            return denoiser(y, level).eps * (level * log_ratio)[:, None]
+
+        return solve_ode_rk45(drift, x.to(torch.float64), 0.0, 1.0, rtol=tol, atol=tol)[0]
+
+    return f
+
+
+class TrueConsistencyDenoiser:
+    """f* as a denoiser ``(x, t) -> Prediction`` on ``path`` (x̂_0 = f*, the sampler's read)."""
+
+    def __init__(self, path: NoisePath) -> None:
+        self.path, self.f = path, true_consistency(path, tol=1e-6)
+
+    def __call__(self, x: Tensor, t: Tensor | float) -> Prediction:
+        t = torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0])
+        alpha, sigma = self.path.alpha(t)[:, None], self.path.sigma(t)[:, None]
+        x0 = self.f(x.to(torch.float64) / alpha, (sigma / alpha)[:, 0])
+        return Prediction(x0=x0, eps=(x - alpha * x0) / sigma)
+
+
+def test_one_step_of_the_true_consistency_function_reproduces_the_mixture() -> None:
+    """One step of Algorithm 1 with f* turns 4,000 prior draws N(0, 80² I) into the 0.8/0.2
+    mixture: weights ±2 points, means and stds ±0.05 (about 3 Monte-Carlo standard errors,
+    mixture_checks)."""
+    x = ConsistencySampler(steps=1)(TrueConsistencyDenoiser(VE), VE, (4000, 2),
+                                    generator=torch.Generator().manual_seed(0),
+                                    dtype=torch.float64)  # fmt: skip
+    check_mixture(mixture_oracle(VE), x)
+
+
+def test_multistep_sampler_renoises_at_its_levels_with_per_sample_noise() -> None:
+    """Two steps on f*: still the mixture (x̂ is re-noised to σ̃ = 2.52 and mapped back), with
+    sample k the same in any batch; three evaluations for three steps."""
+    oracle = TrueConsistencyDenoiser(VE)
+    sampler = ConsistencySampler(steps=2)
+    assert sampler.levels() == pytest.approx([((80 ** (1 / 7) + 0.002 ** (1 / 7)) / 2) ** 7])
+    x = sampler(oracle, VE, (4000, 2), generator=sample_generators(0, 0, 4000),
+                dtype=torch.float64)  # fmt: skip
+    check_mixture(mixture_oracle(VE), x)
+    part = sampler(oracle, VE, (5, 2), generator=sample_generators(0, 3, 5), dtype=torch.float64)
+    torch.testing.assert_close(part, x[3:8], rtol=0, atol=1e-5)  # RK45's batch-wide step size
+    calls = []
+    sampler = ConsistencySampler(steps=3, sigmas=[5.0, 0.5])
+    sampler(lambda x, t: calls.append(float(VE.sigma(torch.as_tensor(t)))) or oracle(x, t), VE,
+            (4, 2), generator=torch.Generator().manual_seed(1), dtype=torch.float64)  # fmt: skip
+    assert calls == pytest.approx([80.0, 5.0, 0.5])
+
+
+@pytest.mark.parametrize("net", ["mlp", "unet"])
+def test_boundary_condition_is_exact_for_any_weights(net: str) -> None:
+    """f_θ(x, σ_min) = x bit for bit on the VE path, for random weights (float32 and float64);
+    on the VP path, where the level σ_min sits at some t with α < 1, to float rounding."""
+    torch.manual_seed(0)
+    if net == "mlp":
+        model = ConsistencyModel(MLP(dim=2, hidden=32, depth=2), (2,), sigma_data=2.0)
+        x = 5.0 * torch.randn(64, 2)
+    else:
+        unet = UNet(in_channels=1, image_size=8, base_channels=8, channel_mult=[1],
+                    num_res_blocks=1, attn_resolutions=[])  # fmt: skip
+        model = ConsistencyModel(unet, (1, 8, 8))
+        x = torch.randn(4, 1, 8, 8)
+    for p in model.parameters():
+        p.data.normal_()  # weights far from the initialisation
+    assert torch.equal(model.denoiser()(x, 0.0).x0, x)
+    assert torch.equal(model.double().denoiser()(x.double(), 0.0).x0, x.double())
+    precond = ConsistencyPreconditioning(sigma_data=0.5)
+    vp = VPLinearPath()
+    t = vp.time_of_log_snr(torch.tensor([-2.0 * math.log(SIGMA_MIN)], dtype=torch.float64))
+    x = torch.randn(8, 2, dtype=torch.float64)
+    c = vp.coefficients(t.expand(8), 2)
+    got = precond.predict(torch.randn(8, 2, dtype=torch.float64), c.alpha * x, c).x0
+    torch.testing.assert_close(got, x, rtol=1e-12, atol=1e-12)
+
+
+def test_preconditioning_matches_song_et_al_and_is_finite_at_the_ends() -> None:
+    """x̂_0 = c_skip x̃ + c_out F with App. C's c_skip, c_out on the linear path (α ≠ 1), and
+    finite at t = 1 (α = 0, σ̃ = ∞: x̂_0 = σ_d F)."""
+    precond, path, sd = ConsistencyPreconditioning(sigma_data=0.5), LinearPath(), 0.5
+    t = torch.tensor([0.3, 0.9, 1.0], dtype=torch.float64)
+    c = path.coefficients(t, 2)
+    x, out = torch.randn(3, 2, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)
+    got = precond.predict(out, x, c).x0
+    s = (c.sigma / c.alpha)[:2]
+    c_skip = sd**2 / ((s - SIGMA_MIN) ** 2 + sd**2)
+    c_out = sd * (s - SIGMA_MIN) / torch.sqrt(sd**2 + s**2)
+    torch.testing.assert_close(got[:2], c_skip * x[:2] / c.alpha[:2] + c_out * out[:2])
+    torch.testing.assert_close(got[2], sd * out[2], rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="no regression target"):
+        precond.target(x, x, c)
+
+
+def test_distillation_loss_of_the_true_function_vanishes_at_the_solvers_order() -> None:
+    """Exact teacher, student = target = f*: the loss is the solver's local error seen through
+    f*, so it falls as h^(2(p+1)) with h ∝ 1/N: N^−6 for Heun, N^−4 for Euler. Intervals at the
+    fixed fractions 0.1 … 0.9 of the ρ-ramp (N − 1 = 20, 40, 80), 32 examples, squared L2.
+    Measured: Heun 2.2e-5, 2.8e-7, 3.3e-9 (slope −6.3); Euler 3.1e-5 → 2.4e-6 (−3.7, the
+    asymptotic −4 not reached yet at N = 81)."""
+    f, teacher = true_consistency(VE, tol=1e-7), scaled_denoiser(mixture_oracle(VE), VE)
+    g = torch.Generator().manual_seed(0)
+    x0 = MIXTURE.sample(32, g)[0].repeat(5, 1)
+    z = torch.randn(32, 2, generator=g, dtype=torch.float64).repeat(5, 1)
+
+    def loss(n: int, solver: str) -> float:
+        sigmas = karras_levels(SIGMA_MIN, SIGMA_MAX, n)
+        idx = (torch.tensor([1, 3, 5, 7, 9]) * ((n - 1) // 10)).repeat_interleave(32)
+        return float(consistency_loss(f, f, x0, z, sigmas[idx], sigmas[idx + 1], teacher=teacher,
+                                      solver=solver, distance=lambda a, b: (a - b).pow(2).sum(1)
+                                      ).mean())  # fmt: skip
+
+    heun = [loss(n, "heun") for n in (21, 41, 81)]
+    slope = np.polyfit(np.log([20, 40, 80]), np.log(heun), 1)[0]
+    assert -7.0 < slope < -5.5 and heun[-1] < 1e-8
+    euler = [loss(n, "euler") for n in (41, 81)]
+    assert -4.5 < math.log2(euler[1] / euler[0]) < -3.3 and euler[1] > 100 * heun[-1]
+
+
+def test_ict_curriculum_levels_and_pseudo_huber_constants() -> None:
+    """N(k) = min(10 · 2^⌊k/K'⌋, 1280) + 1 with K' = ⌊K/8⌋ (iCT: 400k iterations, K' = 50k);
+    the log-normal interval masses; c = 0.00054 √d (0.03 on CIFAR-10)."""
+    counts = [ict_num_scales(k, 400_000) for k in (0, 49_999, 50_000, 100_000, 349_999, 350_000)]
+    assert counts == [11, 11, 21, 41, 641, 1281]
+    assert ict_num_scales(399_999, 400_000) == 1281 and ict_num_scales(3, 4) == 81  # K' ≥ 1
+    sigmas = karras_levels(SIGMA_MIN, SIGMA_MAX, 11)
+    assert float(sigmas[0]) == pytest.approx(SIGMA_MIN) and float(sigmas[-1]) == pytest.approx(80)
+    normal = torch.distributions.Normal(-1.1, 2.0)
+    mass = normal.cdf(sigmas.log()[1:]) - normal.cdf(sigmas.log()[:-1])
+    torch.testing.assert_close(lognormal_level_probs(sigmas), mass / mass.sum())
+    unet = UNet(in_channels=3, image_size=32, base_channels=8, channel_mult=[1],
+                num_res_blocks=1, attn_resolutions=[])  # fmt: skip
+    cifar = ConsistencyModel(unet, (3, 32, 32))
+    assert cifar.huber_c == pytest.approx(0.00054 * math.sqrt(3072)) and cifar.huber_c > 0.0299
+    a = torch.zeros(2, 3)
+    b = torch.tensor([[0.0, 0.0, 0.0], [3.0, 4.0, 0.0]])
+    torch.testing.assert_close(pseudo_huber(a, b, 0.5), torch.tensor([0.0, math.sqrt(25.25) - 0.5]))
+
+
+def test_bad_settings_and_a_teacher_out_of_range_fail_early() -> None:
+    with pytest.raises(ValueError, match=r"sigma_min=0\.002 differs from the model's"):
+        ConsistencyModel(MLP(dim=2, hidden=8, depth=1), (2,), sigma_min=0.01)
+    with pytest.raises(ValueError, match="init_from_teacher needs a teacher_ckpt"):
+        ConsistencyModel(MLP(dim=2, hidden=8, depth=1), (2,), init_from_teacher=True)
+    with pytest.raises(ValueError, match="3 steps need 2 intermediate sigmas"):
+        ConsistencySampler(steps=3, sigmas=[5.0])
+    assert ConsistencySampler(sigmas=[0.821]).with_steps(2).levels() == [0.821]
+    with pytest.raises(ValueError, match=r"covers sigma/alpha in \[0.01.*sigma_min >= 0.01"):
+        check_teacher_range(VPLinearPath(), SIGMA_MIN, SIGMA_MAX)
+    check_teacher_range(LinearPath(), SIGMA_MIN, SIGMA_MAX)
+    assert SAMPLERS["consistency"] is ConsistencySampler
+    assert "`consistency`" in (ROOT / "README.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A toy rectified flow, 20 steps of the shipped config (a poor but real teacher)."""
+    root = tmp_path_factory.mktemp("teacher")
+    return fit_config(ROOT / "configs/toy2d/rectified_flow.yaml", root, "--trainer.max_steps", "20",
+                      "--data.batch_size", "64", "--data.source.init_args.num_train", "256",
+                      "--data.source.init_args.num_val", "64",
+                      "--model.init_args.sampler.init_args.steps", "4")  # fmt: skip
+
+
+SMALL = ("--trainer.max_steps", "6", "--data.batch_size", "32",
+         "--trainer.check_val_every_n_epoch", "1", "--data.source.init_args.num_train", "64",
+         "--data.source.init_args.num_val", "32")  # fmt: skip
+
+
+def test_distillation_and_training_fit_through_the_cli_and_sample(
+    teacher: Path, tmp_path: Path
+) -> None:
+    """The shipped toy CD and CT configs train a few steps; the checkpoint holds the student
+    only (no teacher weights, the optimizer over the net alone) and `sample --sampler
+    consistency` reads it at 1 and 2 steps."""
+    cd = fit_config(ROOT / "configs/toy2d/consistency_distill.yaml", tmp_path / "cd", *SMALL,
+                    "--model.init_args.teacher_ckpt", str(teacher))  # fmt: skip
+    state = read_checkpoint(cd)
+    assert all(k.startswith(("net.", "target_net.")) for k in state["state_dict"])
+    (opt,) = state["optimizer_states"]
+    net = load_module(cd).net
+    assert len(opt["param_groups"][0]["params"]) == len(list(net.parameters()))
+    ct = fit_config(ROOT / "configs/toy2d/consistency_train.yaml", tmp_path / "ct", *SMALL)
+    for ckpt in (cd, ct):
+        for steps in ("1", "2"):
+            out = tmp_path / f"{ckpt.parent.parent.parent.parent.name}_{steps}.npz"
+            main(["sample", "--ckpt_path", str(ckpt), "--num_samples", "8", "--output", str(out),
+                  "--sampler", "consistency", "--steps", steps])  # fmt: skip
+            samples = np.load(out)["samples"]
+            assert samples.shape == (8, 2) and np.isfinite(samples).all()
+
+
+def test_a_teacher_of_other_data_fails_naming_both_shapes(teacher: Path) -> None:
+    unet = UNet(in_channels=1, image_size=8, base_channels=8, channel_mult=[1], num_res_blocks=1,
+                attn_resolutions=[])  # fmt: skip
+    model = ConsistencyModel(unet, (1, 8, 8), teacher_ckpt=str(teacher), num_scales=18)
+    shapes = r"shape \(2,\) but this model's data have shape \(1, 8, 8\)"
+    with pytest.raises(ValueError, match=shapes):
+        model.setup("fit")
+
+
+def test_distillation_reads_the_teacher_on_its_own_path(teacher: Path) -> None:
+    """The loss's teacher step equals a Heun step on the teacher's own velocity ODE mapped to
+    σ̃: dx̃/dσ̃ = ε̂ at x = α x̃ on the linear path (checked against the teacher's Denoiser)."""
+    model = ConsistencyModel(MLP(dim=2, hidden=256, depth=4), (2,), sigma_data=2.87,
+                             teacher_ckpt=str(teacher), num_scales=18,
+                             init_from_teacher=True)  # fmt: skip
+    model.setup("fit")
+    rf = load_module(teacher)
+    for mine, theirs in zip(model.net.parameters(), rf.net.parameters(), strict=True):
+        assert torch.equal(mine, theirs)
+    x = torch.randn(5, 2)
+    sigma = torch.tensor([0.5, 1.0, 2.0, 10.0, 70.0])
+    t = sigma / (1 + sigma)  # the linear path's time of σ̃ = t/(1 − t)
+    want = Denoiser(rf.net, rf.path, rf.parameterization)(x * (1 - t)[:, None], t).eps
+    got = model.teacher_denoiser(None, x.device)(x, sigma).eps
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
