@@ -33,18 +33,23 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
-from unittest.mock import patch
 
 import torch
 import yaml
 from _common import ROOT, command_line, machine, markdown_table, report_header, write_results
-from digits_quality import SWEEPS, benchmark_config, counting_calls, fid_sweep, newest_checkpoint
+from digits_quality import (
+    SWEEPS,
+    benchmark_config,
+    counting_calls,
+    fid_sweep,
+    newest_checkpoint,
+    real_data_floor,
+    timed_fit,
+)
 
 from diffusion_pl.checkpoints import load_datamodule, load_module, read_checkpoint
-from diffusion_pl.cli import main as cli_main
 from diffusion_pl.metrics import FIDEvaluator
 from diffusion_pl.samplers import ConsistencySampler
 
@@ -203,16 +208,10 @@ def main(argv: list[str] | None = None) -> dict:
     for run in args.runs:
         root = args.workdir / run
         config, sigma_min = run_config(run, root, args)
-        start = time.perf_counter()
-        with patch.object(sys, "argv", sys.argv[:1]):  # LightningCLI reads only its args
-            cli_main(["fit", "--config", str(config)])
-        fit_seconds = round(time.perf_counter() - start, 1)
+        fit_seconds = timed_fit(config)
         ckpt = newest_checkpoint(root)
         if results["real_data_floor"] is None:
-            datamodule = load_datamodule(ckpt)
-            evaluator.prepare_reference(datamodule)
-            train = datamodule.real_samples("train", len(datamodule.dataset("train")))
-            results["real_data_floor"] = round(evaluator.score_images(train)["fid"], 3)
+            results["real_data_floor"] = real_data_floor(evaluator, ckpt)
         rows = student_fids(ckpt, sigma_min, evaluator, args)
         results["runs"][run] = {"fit_seconds": fit_seconds, "sigma_min": sigma_min,
                                 "checkpoint": str(ckpt), "fid": rows}  # fmt: skip

@@ -175,6 +175,23 @@ def benchmark_config(name: str, root: Path, args: argparse.Namespace) -> Path:
     return path
 
 
+def timed_fit(config: Path) -> float:
+    """Run ``diffusion-pl fit --config config`` in this process; its wall time in seconds."""
+    start = time.perf_counter()
+    with patch.object(sys, "argv", sys.argv[:1]):  # LightningCLI reads only its args
+        cli_main(["fit", "--config", str(config)])
+    return round(time.perf_counter() - start, 1)
+
+
+def real_data_floor(evaluator: FIDEvaluator, ckpt: Path) -> float:
+    """FID of the train split against the evaluator's reference (prepared here from ``ckpt``'s
+    data): the best a model of that data can score."""
+    datamodule = load_datamodule(ckpt)
+    evaluator.prepare_reference(datamodule)
+    train = datamodule.real_samples("train", len(datamodule.dataset("train")))
+    return round(evaluator.score_images(train)["fid"], 3)
+
+
 def newest_checkpoint(root: Path) -> Path:
     """The newest ``last.ckpt`` under ``root``."""
     found = list(root.rglob("last.ckpt"))
@@ -363,16 +380,10 @@ def main(argv: list[str] | None = None) -> dict:
         root = args.workdir / name
         fit_seconds = None
         if not args.skip_fit:
-            start = time.perf_counter()
-            with patch.object(sys, "argv", sys.argv[:1]):  # LightningCLI reads only its args
-                cli_main(["fit", "--config", str(benchmark_config(name, root, args))])
-            fit_seconds = round(time.perf_counter() - start, 1)
+            fit_seconds = timed_fit(benchmark_config(name, root, args))
         ckpt = newest_checkpoint(root)
         if results["real_data_floor"] is None:
-            datamodule = load_datamodule(ckpt)
-            evaluator.prepare_reference(datamodule)
-            train = datamodule.real_samples("train", len(datamodule.dataset("train")))
-            results["real_data_floor"] = round(evaluator.score_images(train)["fid"], 3)
+            results["real_data_floor"] = real_data_floor(evaluator, ckpt)
         summary, rows = evaluate(name, ckpt, evaluator, args)
         results["formulations"][name] = {"fit_seconds": fit_seconds, **summary}
         results["fid"] += rows
