@@ -1,20 +1,27 @@
 """One- and two-step FID of consistency distillation and training on the digits, and teachers'.
 
     python benchmarks/consistency_quality.py [--vdm_teacher VDM.ckpt] [--rf_teacher RF.ckpt]
-        [--runs cd_vdm cd_rf ct] [--max_steps 2000] [--ct_steps 2000] [--num_samples 2000]
-        [--out benchmarks/results/consistency_quality.json]
+        [--edm_teacher EDM.ckpt] [--runs cd_vdm cd_rf ct cd_edm ect] [--max_steps 2000]
+        [--ct_steps 2000] [--num_samples 2000] [--out benchmarks/results/consistency_quality.json]
 
 The teachers are the checkpoints ``benchmarks/digits_quality.py`` trains (VDM on the DDPM path,
-rectified flow on the linear path, the same UNet): by default the newest ``last.ckpt`` under
-its workdir, ``runs/benchmarks/digits_quality/{vdm,rectified_flow}``. Each run fits a config
-of configs/digits/ with digits_quality's budget (batch, EMA, seed, no validation; see its
-``benchmark_config``):
+rectified flow on the linear path, EDM on the VE path, the same UNet): by default the newest
+``last.ckpt`` under its workdir, ``runs/benchmarks/digits_quality/{vdm,rectified_flow,edm}``.
+Each run fits a config of configs/digits/ with digits_quality's budget (batch, EMA, seed, no
+validation; see its ``benchmark_config``):
 
 * ``cd_vdm``, ``cd_rf``: consistency_distill.yaml from that teacher, the student with the
   teacher's net (trained from scratch, as the config), ``--max_steps`` steps. The VDM teacher's
   DDPM path reaches σ/α = 0.01 only, so its student's σ_min is 0.01 (the rectified flow's,
   0.002): ``sigma_min`` is the larger of 0.002 and the teacher's lowest σ/α.
 * ``ct``: consistency_train.yaml (iCT) from scratch with digits_quality's UNet, ``--ct_steps``.
+* ``cd_edm``: Song et al.'s own recipe: distillation from the EDM teacher with the student
+  started from the teacher's weights (``init_from_teacher``: the same preconditioning, so the
+  start is the teacher's denoiser), ``--max_steps``.
+* ``ect``: consistency_tune.yaml (ECT) started from the EDM checkpoint (``init_ckpt``), no
+  teacher ODE, ``--ct_steps``.
+
+Runs already in ``--out`` and not named by ``--runs`` are kept (so runs may be added later).
 
 Then, with the EMA weights: FID of ``--num_samples`` samples against the val split (the shipped
 digits feature network, as digits_quality) at 1 and 2 steps of multistep consistency sampling
@@ -53,13 +60,16 @@ from diffusion_pl.checkpoints import load_datamodule, load_module, read_checkpoi
 from diffusion_pl.metrics import FIDEvaluator
 from diffusion_pl.samplers import ConsistencySampler
 
-RUNS = ("cd_vdm", "cd_rf", "ct")
+RUNS = ("cd_vdm", "cd_rf", "ct", "cd_edm", "ect")
 DIGITS_RUNS = ROOT / "runs/benchmarks/digits_quality"
 """digits_quality's default workdir, where the teachers are found by default."""
-TEACHERS = {"cd_vdm": "vdm", "cd_rf": "rectified_flow"}
-"""Each distillation run's teacher, by its digits_quality formulation name."""
-FLAGS = {"cd_vdm": "vdm_teacher", "cd_rf": "rf_teacher"}
-"""Each distillation run's argument naming its teacher checkpoint."""
+TEACHERS = {"cd_vdm": "vdm", "cd_rf": "rectified_flow", "cd_edm": "edm", "ect": "edm"}
+"""Each run's teacher (for ``ect`` the model it starts from), by its digits_quality name."""
+FLAGS = {"cd_vdm": "vdm_teacher", "cd_rf": "rf_teacher", "cd_edm": "edm_teacher",
+         "ect": "edm_teacher"}  # fmt: skip
+"""Each run's argument naming that checkpoint."""
+CONFIGS = {"ct": "consistency_train", "ect": "consistency_tune"}
+"""Each run's config of configs/digits/ (the others: consistency_distill)."""
 
 
 def lowest_level(ckpt: Path) -> float:
@@ -71,8 +81,8 @@ def lowest_level(ckpt: Path) -> float:
 
 def run_config(run: str, root: Path, args: argparse.Namespace) -> tuple[Path, float]:
     """Write the run's config under ``root`` (digits_quality's budget); return it and σ_min."""
-    name = "consistency_train" if run == "ct" else "consistency_distill"
-    budget = argparse.Namespace(**{**vars(args), "max_steps": args.ct_steps if run == "ct"
+    name = CONFIGS.get(run, "consistency_distill")
+    budget = argparse.Namespace(**{**vars(args), "max_steps": args.ct_steps if run in CONFIGS
                                    else args.max_steps})  # fmt: skip
     path = benchmark_config(name, root, budget)
     config = yaml.safe_load(path.read_text())
@@ -80,7 +90,8 @@ def run_config(run: str, root: Path, args: argparse.Namespace) -> tuple[Path, fl
     sigma_min = 0.002
     if run in TEACHERS:
         teacher = getattr(args, FLAGS[run])
-        model["teacher_ckpt"] = str(teacher)
+        model["init_ckpt" if run == "ect" else "teacher_ckpt"] = str(teacher)
+        model["init_from_teacher"] = run == "cd_edm"
         model["net"] = read_checkpoint(teacher, mmap=True)["hyper_parameters"]["net"]
         sigma_min = max(sigma_min, math.ceil(lowest_level(teacher) * 1e6) / 1e6)
     model["sigma_min"] = sigma_min
@@ -130,8 +141,10 @@ def best(rows: list[dict], nfe: int) -> float | None:
 def report(results: dict) -> str:
     """The Markdown report: student FIDs beside their teachers', and the issue's targets."""
     s = results["settings"]
+    kept = results.get("earlier_commands", [])
+    earlier = "".join(f"Earlier runs kept from `{c}`. " for c in kept)
     lines = report_header(
-        "Consistency models on the digits: FID at 1 and 2 steps", results,
+        "Consistency models on the digits: FID at 1 and 2 steps", results, earlier +
         f"{s['num_samples']} samples vs val (digits features); CD {s['max_steps']} steps, CT "
         f"{s['ct_steps']} steps, batch {s['batch_size']}; real-data floor "
         f"{results['real_data_floor']}.",
@@ -140,9 +153,9 @@ def report(results: dict) -> str:
     best_teacher = {n: min(r["fid"] for r in rows) for n, rows in teachers.items() if rows}
     rows = []
     for run, info in results["runs"].items():
-        teacher = TEACHERS.get(run)
+        teacher = TEACHERS.get(run, "—") + (" (its start)" if run == "ect" else "")
         for r in info["fid"]:
-            rows.append([run, teacher or "—", r["steps"], r["fid"], info["fit_seconds"],
+            rows.append([run, teacher, r["steps"], r["fid"], info["fit_seconds"],
                          info["sigma_min"]])  # fmt: skip
     lines.append(markdown_table(
         ["run", "teacher", "steps", "FID", "train s", "sigma_min"], rows))  # fmt: skip
@@ -171,6 +184,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--vdm_teacher", type=Path, help="default: digits_quality's VDM run")
     parser.add_argument("--rf_teacher", type=Path, help="default: its rectified flow run")
+    parser.add_argument("--edm_teacher", type=Path, help="default: its EDM run (cd_edm, ect)")
     parser.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS))
     parser.add_argument("--max_steps", type=int, default=2000, help="distillation steps")
     parser.add_argument("--ct_steps", type=int, default=2000, help="consistency training steps")
@@ -205,6 +219,12 @@ def main(argv: list[str] | None = None) -> dict:
         "teachers": {},
         "runs": {},
     }
+    if args.out.is_file():  # keep the earlier runs that this call does not repeat
+        earlier = json.loads(args.out.read_text())
+        results["real_data_floor"] = earlier.get("real_data_floor")
+        results["teachers"] = earlier.get("teachers", {})
+        results["runs"] = {k: v for k, v in earlier.get("runs", {}).items() if k not in args.runs}
+        results["earlier_commands"] = [*earlier.get("earlier_commands", []), earlier["command"]]
     for run in args.runs:
         root = args.workdir / run
         config, sigma_min = run_config(run, root, args)

@@ -20,6 +20,7 @@ from diffusion_pl.formulations import ConsistencyModel
 from diffusion_pl.formulations.consistency import (
     check_teacher_range,
     consistency_loss,
+    ect_lower_level,
     ict_num_scales,
     karras_levels,
     lognormal_level_probs,
@@ -268,3 +269,52 @@ def test_distillation_reads_the_teacher_on_its_own_path(teacher: Path) -> None:
     want = Denoiser(rf.net, rf.path, rf.parameterization)(x * (1 - t)[:, None], t).eps
     got = model.teacher_denoiser(None, x.device)(x, sigma).eps
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_ect_mapping_stages_and_levels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ECT's r = t (1 − 2^−(s+1) (1 + 8 sigmoid(−t))) clamped at 0, by hand; the stage advances
+    every ``ect_stage_steps``; drawn pairs keep σ_min ≤ r < t ≤ σ_max with r the mapping of t."""
+    t = torch.tensor([0.5, 1.0, 80.0], dtype=torch.float64)
+    for stage in (0, 3):
+        want = [max(x * (1 - 2.0 ** -(stage + 1) * (1 + 8 / (1 + math.exp(x)))), 0) for x in t]
+        torch.testing.assert_close(ect_lower_level(t, stage), torch.tensor(want, dtype=t.dtype))
+    assert (
+        ect_lower_level(t, 0)[:2].tolist() == [0.0, 0.0] and float(ect_lower_level(t, 0)[2]) == 40
+    )
+    gaps = [float(80 - ect_lower_level(t, s)[2]) for s in range(4)]
+    assert gaps == pytest.approx([40, 20, 10, 5])  # sigmoid(−80) ≈ 0: t − r halves per stage
+    model = ConsistencyModel(MLP(dim=2, hidden=8, depth=1), (2,), level_sampling="ect",
+                             ect_stage_steps=10)  # fmt: skip
+    monkeypatch.setattr(ConsistencyModel, "global_step", property(lambda self: 25))
+    assert model.ect_stage() == 2
+    lo, hi = model.draw_levels(4000, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert (lo >= SIGMA_MIN).all() and (lo < hi).all()
+    assert (hi >= 2 * SIGMA_MIN).all() and (hi <= SIGMA_MAX).all()
+    torch.testing.assert_close(lo, ect_lower_level(hi, 2).clamp_min(SIGMA_MIN))
+    inside = hi[(hi > 2 * SIGMA_MIN) & (hi < SIGMA_MAX)].log()  # log-normal(−1.1, 2) up to clipping
+    assert float(inside.mean()) == pytest.approx(-1.1, abs=0.15)
+    with pytest.raises(ValueError, match="ect_q must be > 1"):
+        ConsistencyModel(MLP(dim=2, hidden=8, depth=1), (2,), level_sampling="ect", ect_q=1.0)
+
+
+def test_ect_starts_from_init_ckpt_without_a_teacher(teacher: Path, tmp_path: Path) -> None:
+    """``init_ckpt`` copies a checkpoint's net into the student when fitting starts (and only
+    then), loads no teacher, and refuses being given with ``init_from_teacher``; the shipped
+    toy ECT config tunes from a toy EDM run through the CLI."""
+    model = ConsistencyModel(MLP(dim=2, hidden=256, depth=4), (2,), init_ckpt=str(teacher),
+                             level_sampling="ect")  # fmt: skip
+    model.setup("validate")
+    rf = load_module(teacher)
+    assert not torch.equal(next(model.net.parameters()), next(rf.net.parameters()))
+    model.setup("fit")
+    for mine, theirs in zip(model.net.parameters(), rf.net.parameters(), strict=True):
+        assert torch.equal(mine, theirs)
+    assert model.teacher is None
+    with pytest.raises(ValueError, match="init_from_teacher and init_ckpt"):
+        ConsistencyModel(MLP(dim=2, hidden=8, depth=1), (2,), teacher_ckpt=str(teacher),
+                         init_from_teacher=True, init_ckpt=str(teacher))  # fmt: skip
+    edm = fit_config(ROOT / "configs/toy2d/edm.yaml", tmp_path / "edm", *SMALL)
+    tuned = fit_config(ROOT / "configs/toy2d/consistency_tune.yaml", tmp_path / "ect", *SMALL,
+                       "--model.init_args.init_ckpt", str(edm))  # fmt: skip
+    state = read_checkpoint(tuned)
+    assert state["global_step"] == 6 and state["hyper_parameters"]["level_sampling"] == "ect"

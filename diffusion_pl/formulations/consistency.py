@@ -36,6 +36,7 @@ __all__ = [
     "ConsistencyModel",
     "ScaledDenoiser",
     "consistency_loss",
+    "ect_lower_level",
     "ict_num_scales",
     "karras_levels",
     "lognormal_level_probs",
@@ -105,6 +106,26 @@ def lognormal_level_probs(sigmas: Tensor, p_mean: float = -1.1, p_std: float = 2
     cdf = torch.erf((torch.log(sigmas) - p_mean) / (math.sqrt(2.0) * p_std))
     mass = cdf[1:] - cdf[:-1]
     return mass / mass.sum()
+
+
+def ect_lower_level(
+    sigma: Tensor, stage: int, q: float = 2.0, k: float = 8.0, b: float = 1.0
+) -> Tensor:
+    """ECT's lower level r for the level t = ``sigma`` at curriculum stage s (≥ 0):
+
+        r = max(t (1 − q^{−(s+1)} (1 + k · sigmoid(−b t))), 0).
+
+    Early stages put r at 0 for most t, which is denoising (diffusion training); each stage
+    divides t − r by q, so training moves towards the consistency condition between ever closer
+    levels. The factor 1 + k sigmoid(−b t) widens the gap at small t.
+
+    Reference: Geng et al. (2024), "Consistency Models Made Easy" (ECT), Sec. 3, the mapping
+    function with q = 2, k = 8, b = 1.
+    """
+    if stage < 0:
+        raise ValueError(f"the ECT stage must be >= 0, got {stage}")
+    shrink = q ** -(stage + 1) * (1 + k * torch.sigmoid(-b * sigma))
+    return (sigma * (1 - shrink)).clamp_min(0.0)
 
 
 def pseudo_huber(a: Tensor, b: Tensor, c: float) -> Tensor:
@@ -188,6 +209,12 @@ class ConsistencyModel(DiffusionModule):
     c = 0.00054 √d, and θ⁻ = θ without gradient. Song et al. (2023)'s distillation uses N = 18
     (``num_scales``), uniform intervals, λ = 1, Heun, and an EMA target (``target_ema`` μ = 0.95).
 
+    ECT (``level_sampling: ect``; Geng et al. 2024) is consistency training without levels: the
+    upper level t is log-normal (P_mean, P_std), the lower r = :func:`ect_lower_level` of the
+    current stage, which advances every ``ect_stage_steps``; with ``init_ckpt`` naming a diffusion
+    model on EDM's preconditioning (configs/*/edm.yaml) the student starts from it and training
+    is a tuning run.
+
     Distillation reads the teacher, any checkpoint ``diffusion-pl fit`` wrote, through its own
     denoiser on its own path, with the weights its checkpoint stores as ``state_dict`` (the EMA
     when it trained with one), frozen and in eval mode. It is loaded when fitting (or validating)
@@ -210,9 +237,17 @@ class ConsistencyModel(DiffusionModule):
         curriculum_s0: s0 of the curriculum (10).
         curriculum_s1: s1 of the curriculum (1280).
         curriculum_steps: K of the curriculum; None: the trainer's ``max_steps``.
-        level_sampling: ``lognormal`` (iCT) or ``uniform`` (CD) over the N − 1 intervals.
+        init_ckpt: a checkpoint (any ``fit`` run, its stored weights) whose net starts the
+            student's, with no distillation (ECT tunes an EDM model); it needs the same net.
+        level_sampling: ``lognormal`` (iCT) or ``uniform`` (CD) over the N − 1 intervals, or
+            ``ect``: continuous log-normal t and r from ECT's mapping (no levels).
         p_mean: P_mean of the log-normal (−1.1).
         p_std: P_std of the log-normal (2.0).
+        ect_q: ECT's q, the factor t − r shrinks by per stage (2).
+        ect_k: ECT's k (8).
+        ect_b: ECT's b (1).
+        ect_stage_steps: training steps per ECT stage; None: an eighth of K (as the curriculum:
+            ``curriculum_steps`` or the trainer's ``max_steps``).
         loss_weighting: ``ict`` λ = 1/(σ_{n+1} − σ_n), or ``uniform`` λ = 1.
         distance: ``pseudo_huber`` (iCT) or ``l2`` (squared Euclidean ‖a − b‖²).
         huber_c: c of the pseudo-Huber distance; None: 0.00054 √d (d = numel of an example).
@@ -239,13 +274,18 @@ class ConsistencyModel(DiffusionModule):
         teacher_ckpt: str | None = None,
         solver: Literal["heun", "euler"] = "heun",
         init_from_teacher: bool = False,
+        init_ckpt: str | None = None,
         num_scales: int | None = None,
         curriculum_s0: int = 10,
         curriculum_s1: int = 1280,
         curriculum_steps: int | None = None,
-        level_sampling: Literal["lognormal", "uniform"] = "lognormal",
+        level_sampling: Literal["lognormal", "uniform", "ect"] = "lognormal",
         p_mean: float = -1.1,
         p_std: float = 2.0,
+        ect_q: float = 2.0,
+        ect_k: float = 8.0,
+        ect_b: float = 1.0,
+        ect_stage_steps: int | None = None,
         loss_weighting: Literal["ict", "uniform"] = "ict",
         distance: Literal["pseudo_huber", "l2"] = "pseudo_huber",
         huber_c: float | None = None,
@@ -269,6 +309,15 @@ class ConsistencyModel(DiffusionModule):
             raise ValueError(f"p_std must be > 0, got {p_std}")
         if init_from_teacher and teacher_ckpt is None:
             raise ValueError("init_from_teacher needs a teacher_ckpt to copy the weights from")
+        if init_from_teacher and init_ckpt is not None:
+            raise ValueError(
+                f"init_from_teacher and init_ckpt ({init_ckpt}) both name the student's start: "
+                "keep one"
+            )
+        if ect_q <= 1:
+            raise ValueError(f"ect_q must be > 1 (t - r shrinks by it each stage), got {ect_q}")
+        if ect_stage_steps is not None and ect_stage_steps < 1:
+            raise ValueError(f"ect_stage_steps must be >= 1 or null, got {ect_stage_steps}")
         sampler_min = sampler.arguments().get("sigma_min", sigma_min)  # (a lazy default too)
         if isinstance(sampler, ConsistencySampler) and sampler_min != sigma_min:
             raise ValueError(
@@ -279,10 +328,11 @@ class ConsistencyModel(DiffusionModule):
         super().__init__(net, data_shape, path, precond, None, None, sampler, **kwargs)
         self.sigma_min, self.sigma_max, self.rho = sigma_min, sigma_max, rho
         self.teacher_ckpt, self.solver = teacher_ckpt, solver
-        self.init_from_teacher = init_from_teacher
+        self.init_from_teacher, self.init_ckpt = init_from_teacher, init_ckpt
         self.num_scales = num_scales
         self.curriculum = (curriculum_s0, curriculum_s1, curriculum_steps)
         self.level_sampling, self.p_mean, self.p_std = level_sampling, p_mean, p_std
+        self.ect = (ect_q, ect_k, ect_b, ect_stage_steps)
         self.loss_weighting, self.distance, self.target_ema = loss_weighting, distance, target_ema
         self.huber_c = 0.00054 * math.sqrt(math.prod(data_shape)) if huber_c is None else huber_c
         self.target_net: nn.Module | None = copy_frozen(net) if target_ema > 0 else None
@@ -292,28 +342,38 @@ class ConsistencyModel(DiffusionModule):
 
     # --- the teacher ----------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        """Load the teacher (distillation) before fitting or validating; check that it fits."""
+        """Load the teacher (distillation) before fitting or validating; check that it fits.
+
+        When fitting starts, copy ``init_ckpt``'s net into the student (a resumed run then
+        restores its own weights over it)."""
+        if self.init_ckpt is not None and stage == "fit":
+            self.copy_teacher_net(self.load_diffusion_model(self.init_ckpt, "init_ckpt").net)
         if self.teacher_ckpt is None or self.teacher is not None:
             return
-        from diffusion_pl.checkpoints import load_module  # checkpoints imports formulations
-
-        teacher = load_module(self.teacher_ckpt)
-        if not isinstance(teacher, DiffusionModule):
-            raise ValueError(
-                f"teacher_ckpt {self.teacher_ckpt} holds a {type(teacher).__name__}, not a "
-                "diffusion model: pass a checkpoint that `diffusion-pl fit` wrote for one"
-            )
-        if tuple(teacher.data_shape) != self.data_shape:
-            raise ValueError(
-                f"the teacher {self.teacher_ckpt} was trained on data of shape "
-                f"{tuple(teacher.data_shape)} but this model's data have shape {self.data_shape}: "
-                "distil from a teacher of the same data"
-            )
+        teacher = self.load_diffusion_model(self.teacher_ckpt, "teacher_ckpt")
         check_teacher_range(teacher.path, self.sigma_min, self.sigma_max)
         teacher.eval().requires_grad_(False)
         if self.init_from_teacher:
             self.copy_teacher_net(teacher.net)
         self.__dict__["teacher"] = teacher
+
+    def load_diffusion_model(self, ckpt: str, key: str) -> DiffusionModule:
+        """The diffusion model ``fit`` wrote to ``ckpt`` (named by the argument ``key``), on
+        this model's data shape."""
+        from diffusion_pl.checkpoints import load_module  # checkpoints imports formulations
+
+        model = load_module(ckpt)
+        if not isinstance(model, DiffusionModule):
+            raise ValueError(
+                f"{key} {ckpt} holds a {type(model).__name__}, not a diffusion model: pass a "
+                "checkpoint that `diffusion-pl fit` wrote for one"
+            )
+        if tuple(model.data_shape) != self.data_shape:
+            raise ValueError(
+                f"{key} {ckpt} was trained on data of shape {tuple(model.data_shape)} but this "
+                f"model's data have shape {self.data_shape}: use a model of the same data"
+            )
+        return model
 
     def copy_teacher_net(self, teacher_net: nn.Module) -> None:
         """Load the teacher's net weights into the student (and its target network)."""
@@ -321,9 +381,9 @@ class ConsistencyModel(DiffusionModule):
         shapes = {k: tuple(v.shape) for k, v in mine.items()}
         if shapes != {k: tuple(v.shape) for k, v in theirs.items()}:
             raise ValueError(
-                f"init_from_teacher: the teacher's net ({type(teacher_net).__name__}) differs "
+                f"init_from_teacher / init_ckpt: that net ({type(teacher_net).__name__}) differs "
                 f"from the student's ({type(self.net).__name__}) in its layers or their shapes: "
-                "give the student the teacher's net config, or set init_from_teacher: false"
+                "give the student the same net config, or start it from its initialisation"
             )
         self.net.load_state_dict(theirs)
         if self.target_net is not None:
@@ -338,20 +398,47 @@ class ConsistencyModel(DiffusionModule):
         return scaled_denoiser(teacher.denoiser(labels), teacher.path)
 
     # --- levels, distance, weights ----------------------------------------------------------
-    def current_num_scales(self) -> int:
-        """N: ``num_scales``, or the curriculum's N(k) at the current step."""
-        if self.num_scales is not None:
-            return self.num_scales
-        s0, s1, total = self.curriculum
+    def curriculum_length(self) -> int:
+        """K: ``curriculum_steps``, else the trainer's ``max_steps``."""
+        total = self.curriculum[2]
         if total is None:
             trainer = self._trainer
             if trainer is None or trainer.max_steps is None or trainer.max_steps < 1:
                 raise ValueError(
-                    "the iCT curriculum needs its length K: set curriculum_steps, or "
-                    "trainer.max_steps, or a fixed num_scales"
+                    "the iCT curriculum and ECT's stages need the training length K: set "
+                    "curriculum_steps, or trainer.max_steps (or a fixed num_scales, or "
+                    "ect_stage_steps)"
                 )
             total = trainer.max_steps
-        return ict_num_scales(self.global_step, total, s0, s1)
+        return total
+
+    def current_num_scales(self) -> int:
+        """N: ``num_scales``, or the curriculum's N(k) at the current step."""
+        if self.num_scales is not None:
+            return self.num_scales
+        s0, s1, _ = self.curriculum
+        return ict_num_scales(self.global_step, self.curriculum_length(), s0, s1)
+
+    def ect_stage(self) -> int:
+        """ECT's stage at the current step: ⌊k / ect_stage_steps⌋ (default K/8 steps each)."""
+        per_stage = self.ect[3] or max(self.curriculum_length() // 8, 1)
+        return self.global_step // per_stage
+
+    def draw_levels(
+        self, n: int, generator: torch.Generator | None, device: torch.device
+    ) -> tuple[Tensor, Tensor]:
+        """``n`` pairs of levels σ_lo < σ_hi (float64, on ``device``): an interval of the N
+        levels, or ECT's log-normal t (at least 2 σ_min, so the pair is apart) and r(t)."""
+        if self.level_sampling != "ect":
+            sigmas = self.levels()
+            i = self.draw_intervals(sigmas, n, generator).cpu()
+            return sigmas[i].to(device), sigmas[i + 1].to(device)
+        z = torch.randn(n, generator=generator, dtype=torch.float64,
+                        device="cpu" if generator is None else generator.device)  # fmt: skip
+        hi = (self.p_mean + self.p_std * z).exp().clamp(2 * self.sigma_min, self.sigma_max)
+        q, k, b, _ = self.ect
+        lo = ect_lower_level(hi, self.ect_stage(), q, k, b).clamp_min(self.sigma_min)
+        return lo.to(device), hi.to(device)
 
     def levels(self) -> Tensor:
         """The current N levels σ_1 < … < σ_N, float64 on the CPU."""
@@ -390,15 +477,13 @@ class ConsistencyModel(DiffusionModule):
         Args:
             x0: data ``[B, ...]``.
             y: labels ``[B]`` (class-conditional nets; dropped with ``p_uncond``).
-            generator: source of the label dropout, the intervals and z, in that order.
+            generator: source of the label dropout, the levels and z, in that order.
             eps: the noise z; drawn when None.
         """
         y = self.class_labels(self.drop_labels(y, generator))
         dtype = torch.promote_types(x0.dtype, torch.float32)
         x0 = x0.to(dtype)
-        sigmas = self.levels()
-        n = self.draw_intervals(sigmas, x0.shape[0], generator).cpu()
-        sigma_lo, sigma_hi = sigmas[n].to(x0.device), sigmas[n + 1].to(x0.device)
+        sigma_lo, sigma_hi = self.draw_levels(x0.shape[0], generator, x0.device)
         if eps is None:
             eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=dtype)
         if self.teacher_ckpt is not None and self.teacher is None:
@@ -415,7 +500,10 @@ class ConsistencyModel(DiffusionModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss = super().training_step(batch, batch_idx)
-        self.log("train/num_scales", float(self.current_num_scales()))
+        if self.level_sampling == "ect":
+            self.log("train/ect_stage", float(self.ect_stage()))
+        else:
+            self.log("train/num_scales", float(self.current_num_scales()))
         return loss
 
     def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
