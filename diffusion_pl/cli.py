@@ -4,7 +4,7 @@ fid, phema.
 diffusion-pl fit --config configs/toy2d/rectified_flow.yaml [--trainer.max_steps 200 ...]
 diffusion-pl sample --ckpt_path RUN.ckpt --num_samples N --seed S --output FILE.npz
 diffusion-pl fid --ckpt_path RUN.ckpt --feature digits --num_samples 2000  (torchrun: any ranks)
-diffusion-pl phema --run RUN_DIR --sigma_rel [0.05,0.08,0.12] --output DIR [--sweep true]
+diffusion-pl phema --run RUN_DIR --sigma_rel 0.05 0.08 0.12 --output DIR [--sweep true]
 
 Bad input ends the command with one ``error:`` line and exit code 2 (:mod:`diffusion_pl.errors`;
 ``DIFFUSION_PL_TRACEBACK=1`` shows the traceback).
@@ -657,7 +657,8 @@ def phema(
     Args:
         run: the run's folder (its ``trainer.default_root_dir`` or a log dir under it); every
             ``phema/`` folder below it is read, so a resumed run's version folders count too.
-        sigma_rel: widths to rebuild, each in (0, 0.3003), e.g. ``[0.05,0.08,0.12]``.
+        sigma_rel: widths to rebuild, each in (0, 0.3003): ``0.05 0.08 0.12`` or
+            ``[0.05,0.08,0.12]``.
         output: folder for the checkpoints (and the sweep's results).
         at_step: rebuild the averages as of this step (a snapshot's); default: the last one.
         run_id: which run, where ``--run`` holds snapshots of several (the error lists them).
@@ -793,10 +794,33 @@ def _command_options(name: str) -> dict[str, object]:
     return {"prog": f"diffusion-pl {name}", "as_positional": False}
 
 
+_SPACED_LISTS = {"phema": ("--sigma_rel",)}
+"""List options that may also be given as space-separated values (``--sigma_rel 0.05 0.1``)."""
+
+
+def _gather_list(args: list[str], option: str) -> list[str]:
+    """``OPTION a b c`` as ``OPTION [a,b,c]``, the one list value jsonargparse parses.
+
+    A value already in brackets (``[0.05,0.1]``) is left as it is.
+    """
+    if option not in args:
+        return args
+    start = end = args.index(option) + 1
+    while end < len(args) and not args[end].startswith("--"):
+        end += 1
+    values = args[start:end]
+    if not values or values[0].lstrip().startswith("["):
+        return args
+    return [*args[:start], f"[{','.join(values)}]", *args[end:]]
+
+
 def _run(argv: list[str], args: list[str] | None) -> None:
     """Run the command of ``argv``: one of :data:`COMMANDS`, or LightningCLI's."""
     if argv[:1] and argv[0] in COMMANDS:
-        CLI(COMMANDS[argv[0]], args=argv[1:], **_command_options(argv[0]))
+        rest = argv[1:]
+        for option in _SPACED_LISTS.get(argv[0], ()):
+            rest = _gather_list(rest, option)
+        CLI(COMMANDS[argv[0]], args=rest, **_command_options(argv[0]))
         return
     if argv[:1] and not argv[0].startswith("-") and argv[0] not in DiffusionCLI.subcommands():
         _unknown_command(argv[0])
