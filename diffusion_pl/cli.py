@@ -84,6 +84,7 @@ __all__ = [
     "DiffusionCLI",
     "check_labels",
     "fid",
+    "fid_sweep",
     "likelihood",
     "main",
     "output_paths",

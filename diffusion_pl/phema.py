@@ -23,10 +23,13 @@ Profiles are square-integrable on [0, ∞), with inner products in closed form (
     ⟨p_{γa,ta}, p_{γb,tb}⟩ = (γa + 1)(γb + 1) / (γa + γb + 1) · (t_a/t_b)^{γb} / t_b.
 
 Snapshots of a few averages at steps t_i span profiles p_i; the average of another width σ_rel
-at step T is rebuilt as Σ_i x_i θ̂_i where x minimizes ‖Σ_i x_i p_i − p_{γ(σ_rel),T}‖₂, the
-normal equations A x = b with A_ij = ⟨p_i, p_j⟩ and b_i = ⟨p_i, p_target⟩. Because every
-average is linear in the trajectory θ_1, θ_2, …, the same x applied to the stored weights gives
-the weights of the fitted profile.
+at step T is rebuilt as Σ_i x_i θ̂_i where x minimizes ‖Σ_i x_i p_i − p_{γ(σ_rel),T}‖₂ (Gram
+matrix A_ij = ⟨p_i, p_j⟩, right-hand side b_i = ⟨p_i, p_target⟩) subject to Σ_i x_i = 1. Because
+every average is linear in the trajectory θ_1, θ_2, …, the same x applied to the stored weights
+gives the weights of the fitted profile. The constraint keeps the fitted profile's mass at 1
+(EDM2's solve leaves it free): the weights are large next to how much they move, so a mass off
+by 3·10⁻⁴ (what the free fit gives for σ_rel 0.08 from 11 snapshots) moved a rebuilt toy
+average by 36 % of the gap between the 0.05 and 0.10 averages, and by 0.5 % with it.
 
 :class:`~diffusion_pl.callbacks.PostHocEMA` writes the snapshots (``<run>/phema/``);
 ``diffusion-pl phema`` rebuilds averages from them (:func:`find_snapshots`, :func:`reconstruct`).
@@ -157,8 +160,9 @@ def posthoc_fit(
 ) -> tuple[np.ndarray, float]:
     """Coefficients x of the snapshot profiles (γ_i, t_i) closest to the profile (γ, step).
 
-    Solves the least-squares problem of the module docstring with an SVD-based solver (the
-    Gram matrix of profiles of nearby times is nearly singular), in float64.
+    Solves the least-squares problem of the module docstring, min ‖Σ x_i p_i − p‖² subject to
+    Σ x_i = 1, through its KKT system [[A, 1], [1ᵀ, 0]] [x; λ] = [b; 1] with an SVD-based
+    solver (the Gram matrix of profiles of nearby times is nearly singular), in float64.
 
     Returns:
         ``(x, error)``: the coefficients, one per snapshot profile, and the relative L2 error
@@ -167,7 +171,9 @@ def posthoc_fit(
     g, t = np.asarray(gammas, dtype=np.float64), np.asarray(steps, dtype=np.float64)
     gram = profile_inner_products(g[:, None], t[:, None], g[None, :], t[None, :])
     target = profile_inner_products(g, t, gamma, step)
-    x = np.linalg.lstsq(gram, target, rcond=None)[0]
+    n = len(g)
+    kkt = np.block([[gram, np.ones((n, 1))], [np.ones((1, n)), np.zeros((1, 1))]])
+    x = np.linalg.lstsq(kkt, np.append(target, 1.0), rcond=None)[0][:n]
     norm2 = float(profile_inner_products(gamma, step, gamma, step))
     residual2 = float(x @ gram @ x - 2 * x @ target + norm2)
     return x, math.sqrt(max(residual2, 0.0) / norm2)

@@ -57,7 +57,7 @@ class PostHocEMA(Callback):
                 f"sigma_rels must list distinct widths, e.g. [0.05, 0.10], got {sigma_rels}"
             )
         for sigma_rel in sigma_rels:
-            check_sigma_rel(sigma_rel, "sigma_rels entry")
+            check_sigma_rel(sigma_rel, "sigma_rels")
         if snapshot_every < 1:
             raise ValueError(f"snapshot_every must be >= 1 (optimizer steps), got {snapshot_every}")
         self.sigma_rels, self.snapshot_every = sigma_rels, snapshot_every
