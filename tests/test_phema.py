@@ -188,7 +188,7 @@ def test_bad_input_names_the_value_and_the_fix(
 
 # --- preemption and DDP ---------------------------------------------------------------------
 def test_sigterm_and_resume_write_the_snapshots_of_an_uninterrupted_run(
-    tracked: Path, tmp_path: Path
+    tracked: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fit = ["fit", *toy_overrides(tmp_path, STEPS, *phema_args())]
     with pytest.raises(SystemExit) as stopped:
@@ -197,6 +197,8 @@ def test_sigterm_and_resume_write_the_snapshots_of_an_uninterrupted_run(
     assert stopped.value.code == 75
     assert [s.step for s in find_snapshots(tmp_path)] == [8, 16]
     main([*fit, "--ckpt_path", "last"])
+    folder = tmp_path / "lightning_logs" / "version_1" / "phema"
+    assert f"phema:       {folder} (post-hoc EMA snapshots;" in capsys.readouterr().out
     whole, split = find_snapshots(tracked), find_snapshots(tmp_path)
     assert [s.step for s in split] == [s.step for s in whole]
     assert len({s.path.parent for s in split}) == 2  # the resumed run logs to a new version

@@ -29,25 +29,29 @@ class PostHocEMA(Callback):
     For each width σ_rel the average is updated after every optimizer step t = 1, 2, … by
     θ̂ ← β_t θ̂ + (1 − β_t) θ with β_t = (1 − 1/t)^{γ+1}, γ solving σ_rel² = (γ + 1) / ((γ + 2)²
     (γ + 3)) (:mod:`diffusion_pl.phema`); t counts optimizer steps, so β_1 = 0 and the average
-    weighs θ_1 … θ_t like the profile (γ + 1) τ^γ / t^{γ+1} over [0, t]: its width grows with
-    the run. Every ``snapshot_every`` steps, and when training ends, the averages are written
-    (rank 0, atomically, averaged parameters only) to ``<log dir>/phema/phema-<step>.pt``;
-    ``diffusion-pl phema`` rebuilds the average of any other σ_rel from them.
+    weighs θ_1 … θ_t like the profile (γ + 1) τ^γ / t^{γ+1} over [0, t], whose width grows
+    with the run while its width relative to t stays σ_rel. Every ``snapshot_every`` steps,
+    and when training ends, the averages are written (rank 0, atomically, averaged parameters
+    only) to ``<log dir>/phema/phema-<step>.pt``; ``diffusion-pl phema`` rebuilds the average
+    of any other σ_rel from them.
 
     The averages are kept in float32 (float64 weights stay float64) on the module's device,
-    apart from the weights the module trains with: this callback never swaps them in, so it
-    works beside :class:`~diffusion_pl.callbacks.EMA`, whose average validation and sampling
-    keep using. Under DDP every rank holds the same averages (the weights are equal after
-    every step). They are saved in the checkpoint, so a resumed run (``--ckpt_path last``)
-    continues them and writes the snapshots the uninterrupted run would have written; the
-    run's id (kept in every snapshot) tells ``diffusion-pl phema`` which snapshots belong to it.
+    beside the weights the module trains with; this callback never swaps them into the module,
+    so it works beside :class:`~diffusion_pl.callbacks.EMA`, whose average validation, sample
+    grids and FID keep using. Under DDP every rank holds the same averages (the weights are
+    equal after every step). They are saved in the checkpoint, so a resumed run
+    (``--ckpt_path last``) continues them and writes the snapshots the uninterrupted run would
+    have written; the run's id (kept in every snapshot) tells ``diffusion-pl phema`` which
+    snapshots belong to it.
 
     Args:
         sigma_rels: widths of the tracked averages, each in (0, 0.3003); EDM2 tracks 0.05 and
-            0.10 and rebuilds anything between about 0.01 and 0.25 from them.
+            0.10.
         snapshot_every: period of the snapshots in optimizer steps. Each holds one copy of
             the weights per σ_rel; the rebuilt average's profile error (printed by
-            ``diffusion-pl phema``) falls as snapshots get denser.
+            ``diffusion-pl phema``) falls as snapshots get denser: from 10 snapshots of 0.05
+            and 0.10 over the run, 0.7 % for σ_rel 0.08, 2 % for 0.04 and 0.15, 20 % for
+            0.02; from 20, 0.2 %, 0.7 %, 0.6 % and 9 %.
     """
 
     def __init__(self, sigma_rels: list[float] | None = None, snapshot_every: int = 1000) -> None:
