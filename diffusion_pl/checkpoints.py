@@ -19,7 +19,7 @@ import re
 import socket
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jsonargparse.typing import import_object
@@ -28,8 +28,10 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.cli import instantiate_module
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from diffusion_pl.callbacks.ema import Weights
 from diffusion_pl.data import DiffusionDataModule
+
+if TYPE_CHECKING:  # not at run time: the callbacks package (PostHocEMA) imports this module
+    from diffusion_pl.callbacks.ema import Weights
 
 __all__ = [
     "AtomicCheckpointIO",

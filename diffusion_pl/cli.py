@@ -1,8 +1,10 @@
-"""The ``diffusion-pl`` command: Lightning's fit/validate/test, and sample, reflow, likelihood, fid.
+"""The ``diffusion-pl`` command: Lightning's fit/validate/test, and sample, reflow, likelihood,
+fid, phema.
 
 diffusion-pl fit --config configs/toy2d/rectified_flow.yaml [--trainer.max_steps 200 ...]
 diffusion-pl sample --ckpt_path RUN.ckpt --num_samples N --seed S --output FILE.npz
 diffusion-pl fid --ckpt_path RUN.ckpt --feature digits --num_samples 2000  (torchrun: any ranks)
+diffusion-pl phema --run RUN_DIR --sigma_rel 0.05 0.08 0.12 --output DIR [--sweep true]
 
 Bad input ends the command with one ``error:`` line and exit code 2 (:mod:`diffusion_pl.errors`;
 ``DIFFUSION_PL_TRACEBACK=1`` shows the traceback).
@@ -39,7 +41,12 @@ from diffusion_pl.callbacks import (
     TrainingDiverged,
     Weights,
 )
-from diffusion_pl.checkpoints import AtomicCheckpointIO, load_datamodule, load_module
+from diffusion_pl.checkpoints import (
+    AtomicCheckpointIO,
+    load_datamodule,
+    load_module,
+    read_checkpoint,
+)
 from diffusion_pl.data import DiffusionDataModule
 from diffusion_pl.errors import UsageError, bad_input, show_tracebacks
 from diffusion_pl.formulations import VDM, DiffusionModule, NoisyClassifier, RectifiedFlow
@@ -53,6 +60,14 @@ from diffusion_pl.metrics.features import (
     resolve_extractor,
 )
 from diffusion_pl.metrics.fid import require_images
+from diffusion_pl.phema import (
+    averaged_checkpoint,
+    check_sigma_rel,
+    find_snapshots,
+    find_template,
+    reconstruct,
+    select_run,
+)
 from diffusion_pl.reflow import flow_pairs
 from diffusion_pl.runs import (
     EXIT_PREEMPTED,
@@ -62,16 +77,18 @@ from diffusion_pl.runs import (
     resume_hint,
 )
 from diffusion_pl.samplers import SAMPLERS, Sampler
-from diffusion_pl.visualize import save_samples_figure
+from diffusion_pl.visualize import save_curve, save_samples_figure
 
 __all__ = [
     "COMMANDS",
     "DiffusionCLI",
     "check_labels",
     "fid",
+    "fid_sweep",
     "likelihood",
     "main",
     "output_paths",
+    "phema",
     "reflow",
     "sample",
 ]
@@ -307,6 +324,14 @@ def output_paths(output: str) -> tuple[Path, Path]:
     if path.suffix.lower() in (".npz", ".png"):
         path = path.with_suffix("")
     return path.with_name(f"{path.name}.npz"), path.with_name(f"{path.name}.png")
+
+
+def check_feature(feature: str, feature_weights: str | None) -> None:
+    """Refuse ``--feature inception`` without its weights file (``fid`` and ``phema --sweep``)."""
+    if feature == "inception":
+        weights_file = Path(feature_weights) if feature_weights else default_inception_weights()
+        if not weights_file.is_file():
+            raise inception_weights_missing(weights_file, "pass --feature_weights PATH")
 
 
 def check_sampler_options(sampler: str | None, steps: int | None) -> None:
@@ -574,10 +599,7 @@ def fid(
     check_sampler_options(sampler, steps)
     check_positive(batch_size=batch_size)
     check_device(device)
-    if feature == "inception":
-        weights_file = Path(feature_weights) if feature_weights else default_inception_weights()
-        if not weights_file.is_file():
-            raise inception_weights_missing(weights_file, "pass --feature_weights PATH")
+    check_feature(feature, feature_weights)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         if device.startswith("cuda"):
@@ -605,7 +627,144 @@ def fid(
     return scores
 
 
-COMMANDS = {"sample": sample, "reflow": reflow, "likelihood": likelihood, "fid": fid}
+def phema(
+    run: str,
+    sigma_rel: list[float],
+    output: str,
+    at_step: int | None = None,
+    run_id: str | None = None,
+    ckpt_path: str | None = None,
+    sweep: bool = False,
+    feature: str = "inception",
+    feature_weights: str | None = None,
+    num_samples: int = 50_000,
+    split: Literal["train", "val"] = "val",
+    sampler: str | None = None,
+    steps: int | None = None,
+    batch_size: int = 250,
+    cache_dir: str | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+) -> list[Path]:
+    """Rebuild the EMA of any width σ_rel from a run's post-hoc EMA snapshots (EDM2, Sec. 3).
+
+    The run must have trained with ``diffusion_pl.callbacks.PostHocEMA``. Each σ_rel becomes
+    ``OUTPUT/phema-sigma_rel<σ_rel>-step<N>.ckpt``, which ``sample``, ``fid`` and ``likelihood``
+    take as they take a checkpoint of ``fit``: a least-squares combination of the snapshots up
+    to step N (:mod:`diffusion_pl.phema`), with the model and data config of the run's latest
+    checkpoint. With ``--sweep true`` each is also scored by FID (as ``diffusion-pl fid``, one
+    process) into ``OUTPUT/fid_vs_sigma_rel.json`` and ``.png``.
+
+    Args:
+        run: the run's folder (its ``trainer.default_root_dir`` or a log dir under it); every
+            ``phema/`` folder below it is read, so a resumed run's version folders count too.
+        sigma_rel: widths to rebuild, each in (0, 0.3003): ``0.05 0.08 0.12`` or
+            ``[0.05,0.08,0.12]``.
+        output: folder for the checkpoints (and the sweep's results).
+        at_step: rebuild the averages as of this step (a snapshot's); default: the last one.
+        run_id: which run, where ``--run`` holds snapshots of several (the error lists them).
+        ckpt_path: checkpoint whose model and data config (and buffers) the outputs take;
+            default: the run's checkpoint of the latest step.
+        sweep: score every σ_rel by FID and write FID against σ_rel.
+        feature: FID features (``--sweep``): ``inception`` or ``digits`` (offline).
+        feature_weights: weights file of the extractor (default: its usual place).
+        num_samples: generated images per σ_rel (``--sweep``).
+        split: split of the reference statistics, ``train`` or ``val``.
+        sampler: sampler name for the sweep (as for ``diffusion-pl fid``); default: the run's.
+        steps: sampler steps for the sweep; default: the sampler's.
+        batch_size: images per sampling batch.
+        cache_dir: reference statistics cache; default ``~/.cache/diffusion-pl/fid``.
+        seed: seed of the sampling generators (the same samples' noise for every σ_rel).
+        device: torch device of the sweep, e.g. ``cpu`` or ``cuda``.
+    """
+    if not sigma_rel or len({f"{s:g}" for s in sigma_rel}) != len(sigma_rel):
+        raise UsageError(
+            f"--sigma_rel must list distinct widths, e.g. [0.05,0.08], got {sigma_rel}"
+        )
+    for value in sigma_rel:
+        check_sigma_rel(value, "--sigma_rel")
+    if at_step is not None:
+        check_positive(at_step=at_step)
+    if sweep:
+        check_sampler_options(sampler, steps)
+        check_positive(num_samples=num_samples, batch_size=batch_size)
+        check_device(device)
+        check_feature(feature, feature_weights)
+    snapshots = select_run(find_snapshots(run), run, run_id)
+    taken = [s.step for s in snapshots]
+    step = taken[-1] if at_step is None else at_step
+    if step not in taken:
+        shown = ", ".join(map(str, taken[:20])) + (", ..." if len(taken) > 20 else "")
+        raise ValueError(f"--at_step {at_step}: the run has no snapshot at that step; its "
+                         f"snapshots are at steps {shown}: pass one of them")  # fmt: skip
+    template_path = Path(ckpt_path) if ckpt_path else find_template(run, snapshots[0].run_id)
+    template = read_checkpoint(template_path)
+    if sweep:
+        require_images(template.get("hyper_parameters", {}).get("data_shape", ()), template_path)
+    averages, errors = reconstruct(snapshots, sigma_rel, step)
+    used = [s for s in snapshots if s.step <= step]
+    tracked = ", ".join(f"{s:g}" for s in used[-1].sigma_rels)
+    paths = []
+    for value, params, error in zip(sigma_rel, averages, errors, strict=True):
+        path = Path(output) / f"phema-sigma_rel{value:g}-step{step}.ckpt"
+        info = {"sigma_rel": value, "step": step, "run_id": used[-1].run_id,
+                "snapshots": len(used), "profile_error": error}  # fmt: skip
+        AtomicCheckpointIO().save_checkpoint(averaged_checkpoint(template, params, info), path)
+        paths.append(path)
+        print(f"sigma_rel {value:g} at step {step}: wrote {path} (from {len(used)} snapshots of "
+              f"sigma_rel {tracked}; profile error {error:.2%})", flush=True)  # fmt: skip
+    if sweep:
+        fid_sweep(paths, sigma_rel, Path(output), feature, feature_weights, num_samples, split,
+                  sampler, steps, batch_size, cache_dir, seed, device)  # fmt: skip
+    return paths
+
+
+def fid_sweep(
+    paths: list[Path],
+    sigma_rel: list[float],
+    output: Path,
+    feature: str,
+    feature_weights: str | None,
+    num_samples: int,
+    split: Literal["train", "val"],
+    sampler: str | None,
+    steps: int | None,
+    batch_size: int,
+    cache_dir: str | None,
+    seed: int,
+    device: str,
+) -> dict[str, object]:
+    """FID of each rebuilt checkpoint (``phema --sweep``): ``fid_vs_sigma_rel.json`` and ``.png``.
+
+    One evaluator scores them all against the same reference with the same noise (seed), so
+    the scores differ only by the averaged weights.
+    """
+    evaluator = FIDEvaluator(resolve_extractor(feature, feature_weights), split, num_samples,
+                             batch_size, cache_dir=cache_dir, seed=seed)  # fmt: skip
+    datamodule = load_datamodule(paths[0])
+    rows = []
+    for value, path in sorted(zip(sigma_rel, paths, strict=True)):
+        module = load_module(path, map_location=device).eval()
+        chosen = pick_sampler(module.sampler, sampler, steps, None)
+        score = evaluator.evaluate(module, datamodule, chosen)["fid"]
+        rows.append({"sigma_rel": value, "fid": score, "checkpoint": str(path)})
+        print(f"sigma_rel {value:g}: FID {score:.4f} ({num_samples} samples, {chosen}, {feature} "
+              "features)", flush=True)  # fmt: skip
+    best = min(rows, key=lambda r: r["fid"])
+    result = {"step": read_checkpoint(paths[0], mmap=True)["global_step"], "feature": feature,
+              "split": split, "num_samples": num_samples, "sampler": str(chosen),
+              "results": rows, "best": best}  # fmt: skip
+    (output / "fid_vs_sigma_rel.json").write_text(json.dumps(result, indent=2) + "\n")
+    picture = save_curve([r["sigma_rel"] for r in rows], [r["fid"] for r in rows],
+                         output / "fid_vs_sigma_rel.png", "sigma_rel", f"FID ({feature})",
+                         f"post-hoc EMA at step {result['step']}")  # fmt: skip
+    print(f"best sigma_rel {best['sigma_rel']:g} (FID {best['fid']:.4f}); wrote "
+          f"{output / 'fid_vs_sigma_rel.json'} and {picture}", flush=True)  # fmt: skip
+    return result
+
+
+COMMANDS = {"sample": sample, "reflow": reflow, "likelihood": likelihood, "fid": fid,
+            "phema": phema}  # fmt: skip
 """Commands beside LightningCLI's fit/validate/test, each a typed function."""
 
 
@@ -614,9 +773,9 @@ def main(args: list[str] | None = None) -> None:
 
     Bad input (:func:`~diffusion_pl.errors.bad_input`) ends the command with one ``error:``
     line on stderr, after the command's usage for a bad option of ``sample``, ``reflow``,
-    ``likelihood`` or ``fid`` (:class:`~diffusion_pl.errors.UsageError`), and exit code 2;
-    ``DIFFUSION_PL_TRACEBACK=1`` raises it with its traceback instead. Other exceptions keep
-    their tracebacks.
+    ``likelihood``, ``fid`` or ``phema`` (:class:`~diffusion_pl.errors.UsageError`), and exit
+    code 2; ``DIFFUSION_PL_TRACEBACK=1`` raises it with its traceback instead. Other exceptions
+    keep their tracebacks.
     """
     argv = sys.argv[1:] if args is None else list(args)
     try:
@@ -636,10 +795,33 @@ def _command_options(name: str) -> dict[str, object]:
     return {"prog": f"diffusion-pl {name}", "as_positional": False}
 
 
+_SPACED_LISTS = {"phema": ("--sigma_rel",)}
+"""List options that may also be given as space-separated values (``--sigma_rel 0.05 0.1``)."""
+
+
+def _gather_list(args: list[str], option: str) -> list[str]:
+    """``OPTION a b c`` as ``OPTION [a,b,c]``, the one list value jsonargparse parses.
+
+    A value already in brackets (``[0.05,0.1]``) is left as it is.
+    """
+    if option not in args:
+        return args
+    start = end = args.index(option) + 1
+    while end < len(args) and not args[end].startswith("--"):
+        end += 1
+    values = args[start:end]
+    if not values or values[0].lstrip().startswith("["):
+        return args
+    return [*args[:start], f"[{','.join(values)}]", *args[end:]]
+
+
 def _run(argv: list[str], args: list[str] | None) -> None:
     """Run the command of ``argv``: one of :data:`COMMANDS`, or LightningCLI's."""
     if argv[:1] and argv[0] in COMMANDS:
-        CLI(COMMANDS[argv[0]], args=argv[1:], **_command_options(argv[0]))
+        rest = argv[1:]
+        for option in _SPACED_LISTS.get(argv[0], ()):
+            rest = _gather_list(rest, option)
+        CLI(COMMANDS[argv[0]], args=rest, **_command_options(argv[0]))
         return
     if argv[:1] and not argv[0].startswith("-") and argv[0] not in DiffusionCLI.subcommands():
         _unknown_command(argv[0])

@@ -23,8 +23,8 @@ _PACKAGE = Path(__file__).resolve().parent
 
 
 class UsageError(ValueError):
-    """A command-line option of ``sample``, ``reflow``, ``likelihood`` or ``fid`` has a bad
-    value; reported after the command's usage line (unlike other bad input, found later)."""
+    """A command-line option of ``sample``, ``reflow``, ``likelihood``, ``fid`` or ``phema`` has
+    a bad value; reported after the command's usage line (unlike other bad input, found later)."""
 
 
 def _raised_by_project(error: BaseException) -> bool:

@@ -41,7 +41,7 @@ from lightning import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
-from diffusion_pl.callbacks import SampleGrid, run_dir
+from diffusion_pl.callbacks import PostHocEMA, SampleGrid, run_dir
 from diffusion_pl.checkpoints import (
     check_checkpoint_fits,
     find_last_checkpoint,
@@ -324,4 +324,7 @@ def print_outputs(trainer: Trainer, state: str) -> None:
     for callback in trainer.callbacks:
         if isinstance(callback, SampleGrid) and callback.last_path is not None:
             lines.append(f"samples:     {callback.last_path}")
+        if isinstance(callback, PostHocEMA) and callback.written:
+            lines.append(f"phema:       {callback.written[-1].parent} (post-hoc EMA snapshots; "
+                         "rebuild any width with `diffusion-pl phema`)")  # fmt: skip
     print("\n".join(["", "diffusion-pl outputs", *lines]), flush=True)

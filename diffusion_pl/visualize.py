@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["save_image_grid", "save_samples_figure", "save_scatter"]
+__all__ = ["save_curve", "save_image_grid", "save_samples_figure", "save_scatter"]
 
 
 def save_image_grid(x: Tensor, path: str | Path, nrow: int | None = None) -> Path:
@@ -72,3 +72,26 @@ def save_samples_figure(
     raise ValueError(
         f"can only draw images [N, C, H, W] or 2-D points [N, 2], got {tuple(x.shape)}"
     )
+
+
+def save_curve(
+    x: list[float], y: list[float], path: str | Path, xlabel: str, ylabel: str, title: str = ""
+) -> Path:
+    """A line plot with markers of ``y`` against ``x`` (e.g. FID against the EMA width)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+    ax.plot(x, y, marker="o")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(textwrap.fill(title, width=_TITLE_CHARS), fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

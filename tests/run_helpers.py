@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,9 +14,12 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from torch import Tensor
 
+from diffusion_pl.callbacks import PostHocEMA
 from diffusion_pl.nets import MLP
+from diffusion_pl.phema import gamma_of_sigma_rel, power_beta
 
-__all__ = ["TOY", "NaNAfterMLP", "Pace", "RankReport", "Snapshot", "launch", "toy_overrides"]
+__all__ = ["TOY", "NaNAfterMLP", "Pace", "PhemaReport", "PowerEMA", "RankReport", "SigtermAt",
+           "Snapshot", "launch", "toy_overrides"]  # fmt: skip
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "configs/toy2d/rectified_flow.yaml"
@@ -145,3 +149,50 @@ class Snapshot(Callback):
         self.folder.mkdir(parents=True, exist_ok=True)
         weights = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
         torch.save(weights, self.folder / f"step{trainer.global_step}.pt")
+
+
+class PowerEMA(Callback):
+    """A power-function average of width ``sigma_rel`` tracked directly, step by step (the
+    reference the post-hoc reconstruction must meet), saved to ``out`` when training ends."""
+
+    def __init__(self, sigma_rel: float, out: str) -> None:
+        self.gamma, self.out = gamma_of_sigma_rel(sigma_rel), Path(out)
+        self.step, self.average = 0, {}
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            return
+        self.step = trainer.global_step
+        beta = power_beta(self.gamma, self.step)
+        for name, p in pl_module.named_parameters():
+            new = (1 - beta) * p.detach().double()
+            self.average[name] = new + beta * self.average[name] if name in self.average else new
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        torch.save({k: v.float() for k, v in self.average.items()}, self.out)
+
+
+class SigtermAt(Callback):
+    """Send this process SIGTERM after optimizer step ``step``: a preemption at a known step,
+    handled by Lightning's own signal handler."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step and not trainer.received_sigterm:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class PhemaReport(Callback):
+    """Each rank saves its PostHocEMA state and how many snapshots it wrote to ``out``."""
+
+    def __init__(self, out: str) -> None:
+        self.out = Path(out)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        (phema,) = [c for c in trainer.callbacks if isinstance(c, PostHocEMA)]
+        self.out.mkdir(parents=True, exist_ok=True)
+        averages = [{k: v.cpu() for k, v in a.items()} for a in phema.averages]
+        report = {"run_id": phema.run_id, "averages": averages, "written": len(phema.written)}
+        torch.save(report, self.out / f"rank{trainer.global_rank}.pt")

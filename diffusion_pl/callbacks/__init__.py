@@ -1,4 +1,5 @@
-"""Cross-cutting training work: weight averaging, sample pictures, FID, fault tolerance."""
+"""Cross-cutting training work: weight averaging (EMA, post-hoc EMA), sample pictures, FID,
+fault tolerance."""
 
 from diffusion_pl.callbacks.compile import CompileNet
 from diffusion_pl.callbacks.ema import EMA, Weights, find_ema, weights_in_use
@@ -12,6 +13,7 @@ from diffusion_pl.callbacks.fault_tolerance import (
     last_checkpoint_path,
 )
 from diffusion_pl.callbacks.fid import FID
+from diffusion_pl.callbacks.phema import PostHocEMA
 from diffusion_pl.callbacks.sample_grid import SampleGrid, run_dir
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "FID",
     "CompileNet",
     "FinalCheckpoint",
+    "PostHocEMA",
     "SampleGrid",
     "SigtermCheckpoint",
     "StepSeed",
