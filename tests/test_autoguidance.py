@@ -219,19 +219,20 @@ def test_guided_mixture_follows_the_closed_form_ode_and_tightens_each_mode() -> 
     reference = RK45Sampler(rtol=1e-8, atol=1e-8)(
         closed_form, main.path, (n, 2), generator=_gen(5), dtype=torch.float64
     )
-    # A few trajectories start on the ridge between the modes, where the guided flow splits
-    # them; there any two solvers part (0.1 % of samples at w = 2). The rest agree closely.
+    # A few trajectories start near the ridge between the modes, where the guided flow splits
+    # them and any two solvers part: 22 of 4000 samples differ by more than 0.01 (none lands
+    # in another mode); the median difference is 2.5e-4.
     error = (x - reference).abs().amax(1)
     assert float((error < 1e-2).double().mean()) >= 0.99, error.quantile(0.99)
     modes = MIXTURE.assign(reference)
     assert float((MIXTURE.assign(x) == modes).double().mean()) >= 0.998
     torch.testing.assert_close(mode_weights(IsotropicMixtureOracle(main.path, MIXTURE), reference),
                                WEIGHTS, rtol=0, atol=0.02)  # fmt: skip
+    predicted = torch.full((2,), S**w * G ** (1 - w), dtype=torch.float64)
     for k in range(2):
         xk = reference[modes == k]
         torch.testing.assert_close(xk.mean(0), MEANS[k], rtol=0, atol=0.03)
-        torch.testing.assert_close(xk.std(0), torch.full((2,), S**w * G ** (1 - w), dtype=torch.float64), rtol=0,
-                                   atol=0.03)  # fmt: skip
+        torch.testing.assert_close(xk.std(0), predicted, rtol=0, atol=0.03)
 
 
 # --- refusals ----------------------------------------------------------------------------------
