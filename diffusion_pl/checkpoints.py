@@ -29,6 +29,8 @@ from lightning.pytorch.cli import instantiate_module
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from diffusion_pl.data import DiffusionDataModule
+from diffusion_pl.formulations import DiffusionModule
+from diffusion_pl.guidance import check_guide
 
 if TYPE_CHECKING:  # not at run time: the callbacks package (PostHocEMA) imports this module
     from diffusion_pl.callbacks.ema import Weights
@@ -38,6 +40,7 @@ __all__ = [
     "check_checkpoint_fits",
     "find_last_checkpoint",
     "load_datamodule",
+    "load_guide",
     "load_module",
     "read_checkpoint",
     "remove_stale_temporaries",
@@ -212,6 +215,35 @@ def load_module(
     key = "current_model_state" if weights == "raw" else "state_dict"
     module.load_state_dict(checkpoint.get(key, checkpoint["state_dict"]))
     return module.to(map_location)
+
+
+def load_guide(
+    guide_ckpt: str | Path,
+    model: DiffusionModule,
+    *,
+    model_name: str = "the model",
+    map_location: str | torch.device = "cpu",
+    weights: Weights = "ema",
+) -> DiffusionModule:
+    """The guide of autoguidance from ``guide_ckpt``, checked against ``model``, frozen in eval
+    mode (:func:`~diffusion_pl.guidance.check_guide`: same data shape, path, conditioning).
+
+    Args:
+        guide_ckpt: checkpoint of a diffusion model written by ``diffusion-pl fit``.
+        model: the diffusion model it will guide.
+        model_name: how errors name ``model``, e.g. ``"the model RUN.ckpt"``.
+        map_location: device to load onto.
+        weights: ``ema`` or ``raw`` weights of the guide (as :func:`load_module`).
+    """
+    guide = load_module(guide_ckpt, map_location=map_location, weights=weights)
+    if not isinstance(guide, DiffusionModule):
+        raise ValueError(
+            f"the guide {guide_ckpt} holds a {type(guide).__name__}, not a diffusion model: "
+            "autoguidance needs a weaker diffusion model of the same data and path (an earlier "
+            "checkpoint of the same run, or a smaller net)"
+        )
+    check_guide(model, guide, model=model_name, other=f"the guide {guide_ckpt}")
+    return guide.eval().requires_grad_(False)
 
 
 def load_datamodule(ckpt_path: str | Path) -> DiffusionDataModule:

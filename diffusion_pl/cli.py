@@ -12,6 +12,7 @@ Bad input ends the command with one ``error:`` line and exit code 2 (:mod:`diffu
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import math
@@ -44,6 +45,7 @@ from diffusion_pl.callbacks import (
 from diffusion_pl.checkpoints import (
     AtomicCheckpointIO,
     load_datamodule,
+    load_guide,
     load_module,
     read_checkpoint,
 )
@@ -334,6 +336,16 @@ def check_feature(feature: str, feature_weights: str | None) -> None:
             raise inception_weights_missing(weights_file, "pass --feature_weights PATH")
 
 
+def check_guide_scale(guide_ckpt: str | None, guidance_scale: float | None) -> None:
+    """Refuse ``--guide_ckpt`` without ``--guidance_scale``: autoguidance needs its w (the
+    checkpoint's own ``guidance_scale`` is a classifier-free guidance scale, not a default)."""
+    if guide_ckpt is not None and guidance_scale is None:
+        raise UsageError(
+            "--guide_ckpt needs --guidance_scale w, autoguidance's scale (1 is the model alone, "
+            "> 1 guided; Karras et al. 2024 use about 2)"
+        )
+
+
 def check_sampler_options(sampler: str | None, steps: int | None) -> None:
     """Refuse an unknown ``--sampler`` or ``--steps`` <= 0 (``sample`` and ``fid``)."""
     if steps is not None and steps <= 0:
@@ -357,6 +369,7 @@ def sample(
     guidance_scale: float | None = None,
     classifier_ckpt: str | None = None,
     classifier_scale: float | None = None,
+    guide_ckpt: str | None = None,
 ) -> Path:
     """Draw samples from a checkpoint into an ``.npz`` (key ``samples``), plus a PNG beside it.
 
@@ -366,6 +379,8 @@ def sample(
     are cycled over the samples (``[3]``: all threes; ``[0,1,...,9]``: every digit in turn)
     and saved under the key ``labels``; a class-conditional model is guided by classifier-free
     guidance at ``--guidance_scale``, any model by a noisy classifier (``--classifier_ckpt``).
+    With ``--guide_ckpt`` any model is autoguided instead: D_guide + w (D_model − D_guide),
+    w = ``--guidance_scale`` (Karras et al. 2024), with or without class labels.
 
     Args:
         ckpt_path: checkpoint written by ``diffusion-pl fit``.
@@ -389,10 +404,15 @@ def sample(
         weights: ``ema`` (the moving average, when the run had the EMA callback) or ``raw``.
         class_labels: classes to sample, cycled over the samples, e.g. ``[0,1,2]``.
         guidance_scale: classifier-free guidance scale w (1 conditional, 0 unconditional,
-            > 1 sharper); default: the checkpoint's ``guidance_scale``.
+            > 1 sharper); default: the checkpoint's ``guidance_scale``. With ``--guide_ckpt``:
+            autoguidance's w (required; 1 the model alone, 0 the guide alone, > 1 guided,
+            about 2 in Karras et al. 2024), and no classifier-free guidance.
         classifier_ckpt: checkpoint of a ``NoisyClassifier`` trained on the model's path, for
             classifier guidance.
         classifier_scale: λ, the scale of the classifier's gradient (default 1).
+        guide_ckpt: checkpoint of a weaker model of the same data, path and conditioning for
+            autoguidance: an earlier checkpoint of the same run, or a smaller net trained the
+            same way (loaded with the same ``--weights``); both see the same class labels.
     """
     check_positive(num_samples=num_samples, batch_size=batch_size)
     check_sampler_options(sampler, steps)
@@ -400,10 +420,20 @@ def sample(
         raise UsageError("--class_labels is empty; give at least one class, e.g. [0]")
     if classifier_scale is not None and classifier_ckpt is None:
         raise UsageError("--classifier_scale scales a classifier's gradient: add --classifier_ckpt")
+    if guide_ckpt is not None and classifier_ckpt is not None:
+        raise UsageError(
+            "--guide_ckpt (autoguidance) and --classifier_ckpt (classifier guidance) cannot be "
+            "combined: pass one of them"
+        )
+    check_guide_scale(guide_ckpt, guidance_scale)
     check_device(device)
     module = load_module(ckpt_path, map_location=device, weights=weights)
     if not isinstance(module, DiffusionModule):
         raise ValueError(f"{ckpt_path} holds a {type(module).__name__}, not a diffusion model")
+    guide = None
+    if guide_ckpt is not None:
+        guide = load_guide(guide_ckpt, module, model_name=f"the model {ckpt_path}",
+                           map_location=device, weights=weights)  # fmt: skip
     classifier = None
     if classifier_ckpt is not None:
         classifier = load_module(classifier_ckpt, map_location=device).eval()
@@ -413,19 +443,24 @@ def sample(
                 "it needs a NoisyClassifier checkpoint (configs/digits/classifier.yaml)"
             )
     chosen = pick_sampler(module.sampler, sampler, steps, grid)
-    with counting_calls(module.net) as calls:
+    nets = [module.net] if guide is None else [module.net, guide.net]
+    with contextlib.ExitStack() as stack:
+        calls = [stack.enter_context(counting_calls(net)) for net in nets]
         samples = generate(
             module, num_samples, seed=seed, batch_size=batch_size, sampler=chosen,
             class_labels=class_labels, guidance_scale=guidance_scale, classifier=classifier,
-            classifier_scale=1.0 if classifier_scale is None else classifier_scale, progress=True,
+            classifier_scale=1.0 if classifier_scale is None else classifier_scale, guide=guide,
+            progress=True,
         )  # fmt: skip
-    nfe = calls[0] / math.ceil(num_samples / batch_size)  # one module.sample call per batch
+    batches = math.ceil(num_samples / batch_size)  # one module.sample call per batch
+    nfe = sum(c[0] for c in calls) / batches
+    guide_nfe = "" if guide is None else f" ({calls[1][0] / batches:g} of them the guide's)"
     labels = None if class_labels is None else cycle_labels(class_labels, 0, num_samples)
     out, picture = output_paths(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, samples=samples.numpy(), **({} if labels is None else {"labels": labels.numpy()}))
     save_samples_figure(samples[:256], picture, title=str(chosen))
-    print(f"{chosen}: {nfe:g} network evaluations per sample", flush=True)
+    print(f"{chosen}: {nfe:g} network evaluations per sample{guide_nfe}", flush=True)
     print(f"wrote {out} (samples: {tuple(samples.shape)}) and {picture}", flush=True)
     return out
 
@@ -570,6 +605,8 @@ def fid(
     seed: int = 0,
     device: str = "cpu",
     output: str | None = None,
+    guidance_scale: float | None = None,
+    guide_ckpt: str | None = None,
 ) -> dict[str, float]:
     """FID (and KID) of a checkpoint's samples against a split of its training data.
 
@@ -595,8 +632,13 @@ def fid(
         seed: seed of the sampling generators.
         device: ``cpu`` or ``cuda`` (under torchrun each process takes ``cuda:LOCAL_RANK``).
         output: optional JSON file for the scores.
+        guidance_scale: classifier-free guidance scale w of a class-conditional model (default:
+            the checkpoint's); with ``--guide_ckpt``, autoguidance's w (required).
+        guide_ckpt: checkpoint of a weaker model of the same data, path and conditioning, for
+            autoguidance (as for ``diffusion-pl sample``).
     """
     check_sampler_options(sampler, steps)
+    check_guide_scale(guide_ckpt, guidance_scale)
     check_positive(batch_size=batch_size)
     check_device(device)
     check_feature(feature, feature_weights)
@@ -609,17 +651,29 @@ def fid(
     rank_zero = not distributed or dist.get_rank() == 0
     module = load_module(ckpt_path, map_location=device, weights=weights).eval()
     require_images(module.data_shape, ckpt_path)
+    if guide_ckpt is None and guidance_scale is not None and module.num_classes is None:
+        raise UsageError(
+            f"--guidance_scale without --guide_ckpt is classifier-free guidance, which needs a "
+            f"class-conditional model; {ckpt_path} is unconditional: add --guide_ckpt for "
+            "autoguidance"
+        )
+    guide = None
+    if guide_ckpt is not None:
+        guide = load_guide(guide_ckpt, module, model_name=f"the model {ckpt_path}",
+                           map_location=device, weights=weights)  # fmt: skip
     chosen = pick_sampler(module.sampler, sampler, steps, grid)
     extractor = resolve_extractor(feature, feature_weights)
     evaluator = FIDEvaluator(
         extractor, split, num_samples, batch_size, kid=kid, cache_dir=cache_dir,
         reference=reference, seed=seed, progress=rank_zero,
     )  # fmt: skip
-    scores = evaluator.evaluate(module, load_datamodule(ckpt_path), chosen)
+    scores = evaluator.evaluate(module, load_datamodule(ckpt_path), chosen, guide=guide,
+                                guidance_scale=guidance_scale)  # fmt: skip
     if distributed:
         dist.destroy_process_group()
     if rank_zero:
-        print(f"{split} ({num_samples} samples, {chosen}, {feature} features): "
+        guided = "" if guide is None else f", guided by {guide_ckpt} at w={guidance_scale:g}"
+        print(f"{split} ({num_samples} samples, {chosen}{guided}, {feature} features): "
               + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), flush=True)  # fmt: skip
         if output is not None:
             Path(output).parent.mkdir(parents=True, exist_ok=True)

@@ -88,6 +88,7 @@ def generate(
     guidance_scale: float | None = None,
     classifier: NoisyClassifier | None = None,
     classifier_scale: float = 1.0,
+    guide: DiffusionModule | None = None,
     progress: bool = False,
 ) -> Tensor:
     """Samples ``start … start + n − 1`` of the run seeded ``seed``, on the CPU.
@@ -103,9 +104,12 @@ def generate(
         start: index of the first sample (a process's share, a later chunk).
         sampler: overrides the module's default sampler.
         class_labels: classes cycled over the sample indices (see :func:`cycle_labels`).
-        guidance_scale: classifier-free guidance scale w (default: the module's).
+        guidance_scale: classifier-free guidance scale w (default: the module's); with a
+            ``guide``, autoguidance's w (required).
         classifier: a noisy classifier (eval mode) for classifier guidance.
         classifier_scale: λ, the scale of the classifier's gradient.
+        guide: a weaker model of the same task for autoguidance (see
+            :meth:`~diffusion_pl.formulations.DiffusionModule.sample`).
         progress: show a progress bar over the samples.
 
     Returns:
@@ -129,6 +133,7 @@ def generate(
                 guidance_scale=guidance_scale,
                 classifier=classifier,
                 classifier_scale=classifier_scale,
+                guide=guide,
             )
             batches.append(x.cpu())
             bar.update(size)

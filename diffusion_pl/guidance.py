@@ -1,7 +1,9 @@
-"""Guided sampling as denoisers: classifier-free guidance and classifier guidance.
+"""Guided sampling as denoisers: classifier-free guidance, classifier guidance, autoguidance.
 
-Both wrap the ``denoiser(x, t) -> Prediction`` seam, so every sampler (ODE, SDE, ancestral,
-Langevin) is guided without knowing it: each reads its score or velocity from the guided pair.
+All three wrap the ``denoiser(x, t) -> Prediction`` seam, so every sampler (ODE, SDE, ancestral,
+Langevin, multistep, consistency) is guided without knowing it: each reads its score or velocity
+from the guided pair. (The mean-flow sampler reads an average velocity u(x, r, t) besides the
+pair; no guided denoiser gives one, so it refuses them.)
 
 Classifier-free guidance (Ho & Salimans, 2022, Eq. 6) evaluates one class-conditional network
 with the label y and with the null label ∅ and extrapolates:
@@ -24,25 +26,50 @@ classifier p_t(y | x) to the score of any model, at scale λ:
 λ = 1 with the exact classifier turns the unconditional score into the conditional one (Bayes:
 ∇ log p_t(x | y) = ∇ log p_t(x) + ∇ log p_t(y | x)); λ = 0 leaves the model unchanged. Where
 α_t = 0, x_t carries no information about y, so the gradient and its x̂_0 term are zero.
+
+Autoguidance (Karras et al., 2024, "Guiding a Diffusion Model with a Bad Version of Itself",
+Sec. 3) extrapolates from a weaker model of the same task, the guide D_0 (a smaller net, or one
+trained for less), towards the main model D_1:
+
+    D_w(x; t) = D_0(x; t) + w (D_1(x; t) − D_0(x; t)),   the same for ε̂,
+
+with both evaluated on the same (x, t) and, for class-conditional models, the same label. w = 1
+is the main model, w = 0 the guide, w > 1 moves away from the guide's errors. As for CFG the
+weights sum to one, so the pair still explains x, and the guided score is
+w ∇ log p_1,t(x) + (1 − w) ∇ log p_0,t(x). Along the probability-flow ODE this sends a Gaussian
+N(μ, s² I) guided by N(μ, g² I) to N(μ, (s^w g^{1−w})² I) (docs/math.md, Sec. 8); the
+per-mode spread of a mixture shrinks the same way when w > 1 and g > s.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from diffusion_pl.nets.protocol import DenoiserNet
-from diffusion_pl.parameterization import Denoiser, Parameterization, Prediction, batch_times
+from diffusion_pl.parameterization import (
+    ConsistencyPreconditioning,
+    Denoiser,
+    Parameterization,
+    Prediction,
+    batch_times,
+)
 from diffusion_pl.paths import NoisePath
 
+if TYPE_CHECKING:
+    from diffusion_pl.formulations import DiffusionModule
+
 __all__ = [
+    "Autoguidance",
     "ClassifierFn",
     "ClassifierFreeGuidance",
     "ClassifierGuidance",
     "check_class_labels",
+    "check_guide",
     "check_same_path",
     "classifier_gradient",
 ]
@@ -73,28 +100,96 @@ def check_class_labels(class_labels: Tensor, n: int, num_classes: int) -> Tensor
     return labels.long()
 
 
+def _class_name(obj: object) -> str:
+    """``obj``'s class name, also for a jsonargparse lazy default (``LazyInstance_VEPath``)."""
+    return type(obj).__name__.removeprefix("LazyInstance_")
+
+
 def check_same_path(
     model_path: NoisePath,
-    classifier_path: NoisePath,
+    other_path: NoisePath,
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float64,
+    model: str = "the model",
+    other: str = "the classifier",
 ) -> None:
-    """Refuse a classifier trained on a path with other α_t, σ_t than the model's.
+    """Refuse a classifier (or guide) trained on a path with other α_t, σ_t than the model's.
 
-    The classifier models p_t(y | x_t) for x_t = α_t x_0 + σ_t ε; guiding a model on another
-    path would query it at noise levels it has not seen. Compared on 65 times in [0, 1], made
-    on the model's ``device`` in its ``dtype`` (a learned path's parameters live there).
+    The classifier models p_t(y | x_t) for x_t = α_t x_0 + σ_t ε, and a guide's denoiser
+    E[x_0 | x_t] too; guiding a model on another path would query it at noise levels it has not
+    seen. Compared on 65 times in [0, 1], made on the model's ``device`` in its ``dtype`` (a
+    learned path's parameters live there).
+
+    Args:
+        model_path: the path the model samples on.
+        other_path: the path of the classifier or guide.
+        device: where to evaluate both paths.
+        dtype: in which dtype.
+        model: how the error names the model, e.g. ``"the model RUN.ckpt"``.
+        other: how it names the other, e.g. ``"the guide EARLY.ckpt"``.
     """
     t = torch.linspace(0, 1, 65, dtype=dtype, device=device)
     for name in ("alpha", "sigma"):
-        a, b = getattr(model_path, name)(t), getattr(classifier_path, name)(t)
+        a, b = getattr(model_path, name)(t), getattr(other_path, name)(t)
         if not torch.allclose(a, b, rtol=1e-5, atol=1e-6):
             raise ValueError(
-                f"the classifier was trained on {type(classifier_path).__name__} but the model "
-                f"samples on {type(model_path).__name__} ({name}_t differs); train the "
-                "classifier with the model's path"
+                f"{other} was trained on {_class_name(other_path)} but {model} "
+                f"samples on {_class_name(model_path)} ({name}_t differs); train {other} "
+                "with the model's path"
             )
+
+
+def check_guide(
+    main: DiffusionModule,
+    guide: DiffusionModule,
+    *,
+    model: str = "the model",
+    other: str = "the guide",
+) -> None:
+    """Refuse a guide that cannot guide ``main`` by autoguidance, naming both.
+
+    The guide must model the same thing as the main model, only worse (Karras et al., 2024,
+    Sec. 3): the same data shape, the same noise path (:func:`check_same_path`), the same
+    conditioning (both unconditional, or both with the same number of classes: each sees the
+    same label), and the same kind of x̂_0 (a consistency model's is the ODE's endpoint, not the
+    posterior mean E[x_0 | x_t] of every other formulation, so the two do not mix).
+
+    Args:
+        main: the model to sample.
+        guide: the weaker model of the same task.
+        model: how errors name the main model (e.g. its checkpoint).
+        other: how errors name the guide.
+    """
+    if tuple(guide.data_shape) != tuple(main.data_shape):
+        raise ValueError(
+            f"{other} was trained on data of shape {tuple(guide.data_shape)} but {model} on "
+            f"{tuple(main.data_shape)}: a guide must model the same data (an earlier checkpoint "
+            "of the same run, or a smaller net trained on the same data)"
+        )
+    dtype = torch.promote_types(main.dtype, torch.float32)
+    check_same_path(
+        main.path, guide.path, device=main.device, dtype=dtype, model=model, other=other
+    )
+    if guide.num_classes != main.num_classes:
+
+        def conditioning(k: int | None) -> str:
+            return "unconditional" if k is None else f"conditional on {k} classes"
+
+        raise ValueError(
+            f"{other} is {conditioning(guide.num_classes)} but {model} is "
+            f"{conditioning(main.num_classes)}: autoguidance evaluates both with the same label, "
+            "so the guide needs the main model's conditioning"
+        )
+    kinds = [isinstance(m.parameterization, ConsistencyPreconditioning) for m in (main, guide)]
+    if kinds[0] != kinds[1]:
+        names = [f"{n} ({_class_name(m)})" for n, m in ((model, main), (other, guide))]
+        consistency, diffusion = names if kinds[0] else names[::-1]
+        raise ValueError(
+            f"{consistency} is a consistency model, whose x0 is the end of the ODE, but "
+            f"{diffusion} predicts the posterior mean E[x0 | x_t]: autoguidance mixes two "
+            "models of the same kind; guide a consistency model with another one"
+        )
 
 
 def classifier_gradient(classifier: ClassifierFn, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
@@ -111,9 +206,9 @@ def classifier_gradient(classifier: ClassifierFn, x: Tensor, t: Tensor, y: Tenso
     return grad.to(x.dtype)
 
 
-def _mix(uncond: Tensor, cond: Tensor, scale: float) -> Tensor:
-    """uncond + w (cond − uncond)."""
-    return uncond + scale * (cond - uncond)
+def _mix(base: Tensor, target: Tensor, scale: float) -> Tensor:
+    """base + w (target − base): CFG's ∅ → y, autoguidance's guide → main model."""
+    return base + scale * (target - base)
 
 
 class ClassifierFreeGuidance(Denoiser):
@@ -192,4 +287,37 @@ class ClassifierGuidance:
         x0_coef = torch.where(c.alpha > 0, c.sigma**2 / c.alpha, torch.zeros_like(c.alpha))
         return Prediction(
             x0=pred.x0 + self.scale * x0_coef * grad, eps=pred.eps - self.scale * c.sigma * grad
+        )
+
+
+class Autoguidance:
+    """The main model's denoiser guided by a weaker one's: D_0 + w (D_1 − D_0) on x̂_0 and ε̂.
+
+    Two evaluations per call, one of each model, on the same (x, t) (and each model's own
+    labels, the same for both when they are class-conditional). Check the pair with
+    :func:`check_guide` first.
+
+    Args:
+        main: ``(x, t) -> Prediction`` of the main model D_1.
+        guide: ``(x, t) -> Prediction`` of the guide D_0, on the same path.
+        scale: w; 1 the main model, 0 the guide, > 1 guided (Karras et al.'s ImageNet-512
+            results use w ≈ 2).
+
+    Reference: Karras, Aittala, Kynkäänniemi, Lehtinen, Aila & Laine (2024), "Guiding a Diffusion
+    Model with a Bad Version of Itself", Sec. 3 (the guided denoiser and the choice of guide).
+    """
+
+    def __init__(
+        self,
+        main: Callable[[Tensor, Tensor | float], Prediction],
+        guide: Callable[[Tensor, Tensor | float], Prediction],
+        scale: float,
+    ) -> None:
+        self.main, self.guide, self.scale = main, guide, scale
+
+    def __call__(self, x: Tensor, t: Tensor | float) -> Prediction:
+        t = batch_times(t, x)
+        main, guide = self.main(x, t), self.guide(x, t)
+        return Prediction(
+            x0=_mix(guide.x0, main.x0, self.scale), eps=_mix(guide.eps, main.eps, self.scale)
         )

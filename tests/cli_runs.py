@@ -8,10 +8,22 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import yaml
 
 from diffusion_pl.cli import main
 
-__all__ = ["cli_error", "fit_config"]
+__all__ = ["ROOT", "cli_error", "fit_config", "write_config"]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_config(source: str, out: Path, trainer: dict, callbacks: list[dict], **model) -> Path:
+    """A shipped config with trainer keys, the callback list and model init args replaced."""
+    config = yaml.safe_load((ROOT / source).read_text())
+    config["trainer"].update(trainer, callbacks=callbacks)
+    config["model"]["init_args"].update(model)
+    out.write_text(yaml.safe_dump(config))
+    return out
 
 
 def fit_config(config: Path, root: Path, *overrides: str) -> Path:

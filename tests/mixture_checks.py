@@ -15,7 +15,7 @@ from torch import Tensor
 
 from diffusion_pl.mixture import GaussianMixtureSpec
 from diffusion_pl.oracle import GaussianMixtureOracle, responsibilities
-from diffusion_pl.parameterization import Prediction
+from diffusion_pl.parameterization import Parameterization, Prediction
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.tensors import as_batch
 
@@ -26,6 +26,7 @@ __all__ = [
     "WEIGHTS",
     "IsotropicMixtureOracle",
     "N",
+    "OracleNet",
     "check_mixture",
     "mixture_oracle",
     "mode_weights",
@@ -90,6 +91,32 @@ class IsotropicMixtureOracle(GaussianMixtureOracle):
         x0 = (resp[..., None] * means).sum(0) + alpha[:, None] * shrink.sum(0)
         sigma = self.path.sigma(as_batch(t, x.shape[0], x).to(torch.float64))
         return Prediction(x0=x0, eps=-sigma[:, None] * score)
+
+
+class OracleNet:
+    """The exact class-conditional mixture as a network whose output ``parameterization`` reads.
+
+    ``net(x, t, labels)`` returns the parameterization's target for the exact pair of
+    p_t(x | y) (label y < K) or of p_t(x) (label K = ∅, or None). Records each call's batch.
+    A formulation takes it as its net (a :class:`~diffusion_pl.nets.protocol.DenoiserNet` with
+    ``num_classes`` = K), so whole ``sample`` calls run on the exact model.
+    """
+
+    def __init__(self, oracle: GaussianMixtureOracle, parameterization: Parameterization) -> None:
+        self.oracle, self.parameterization = oracle, parameterization
+        self.num_classes = oracle.mixture.num_components
+        self.batches: list[int] = []
+
+    def __call__(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None) -> Tensor:
+        self.batches.append(x.shape[0])
+        pred = self.oracle(x, noise_labels, class_labels)
+        c = self.oracle.path.coefficients(noise_labels.double(), x.ndim)
+        return self.parameterization.target(pred.x0, pred.eps, c)
+
+    def check_data_shape(self, data_shape: tuple[int, ...]) -> None:
+        """Examples are points of the mixture's dimension D."""
+        if tuple(data_shape) != (self.oracle.mixture.dim,):
+            raise ValueError(f"the mixture is {self.oracle.mixture.dim}-D, got {data_shape}")
 
 
 def mixture_oracle(path: NoisePath) -> IsotropicMixtureOracle:

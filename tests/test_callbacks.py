@@ -10,22 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from cli_runs import write_config
 
 from diffusion_pl.checkpoints import load_module, read_checkpoint
 from diffusion_pl.cli import fid, main
 
-ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
-
-
-def write_config(source: str, out: Path, trainer: dict, callbacks: list[dict], **model) -> Path:
-    """A shipped config with trainer keys, the callback list and model init args replaced."""
-    config = yaml.safe_load((ROOT / source).read_text())
-    config["trainer"].update(trainer, callbacks=callbacks)
-    config["model"]["init_args"].update(model)
-    out.write_text(yaml.safe_dump(config))
-    return out
 
 
 def test_sample_grids_every_n_steps_land_in_tensorboard(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import copy
 
 import pytest
 import torch
-from mixture_checks import MEANS, MIXTURE, STDS, N, check_mixture, mixture_oracle
+from mixture_checks import MEANS, MIXTURE, STDS, N, OracleNet, check_mixture, mixture_oracle
 from torch import Tensor
 
 from diffusion_pl.formulations import VDM, NoisyClassifier
@@ -49,25 +49,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-class OracleNet:
-    """The exact class-conditional mixture as a network whose output ``parameterization`` reads.
-
-    ``net(x, t, labels)`` returns the parameterization's target for the exact pair of
-    p_t(x | y) (label y < K) or of p_t(x) (label K = ∅, or None). Records each call's batch.
-    """
-
-    def __init__(self, oracle: GaussianMixtureOracle, parameterization: Parameterization) -> None:
-        self.oracle, self.parameterization = oracle, parameterization
-        self.num_classes = oracle.mixture.num_components
-        self.batches: list[int] = []
-
-    def __call__(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None) -> Tensor:
-        self.batches.append(x.shape[0])
-        pred = self.oracle(x, noise_labels, class_labels)
-        c = self.oracle.path.coefficients(noise_labels.double(), x.ndim)
-        return self.parameterization.target(pred.x0, pred.eps, c)
 
 
 def _labels(n: int) -> Tensor:

@@ -6,6 +6,7 @@ from lightning import Callback, LightningModule, Trainer
 from torch import nn
 
 from diffusion_pl.callbacks.ema import Weights, weights_in_use, weights_list
+from diffusion_pl.callbacks.guide import CallbackGuide
 from diffusion_pl.data.sources import Split
 from diffusion_pl.metrics.fid import FIDEvaluator
 from diffusion_pl.samplers import Sampler
@@ -34,6 +35,9 @@ class FID(Callback):
             the raw weights otherwise) and/or ``raw``.
         cache_dir: reference statistics cache (see ``FIDEvaluator``).
         seed: seed of the sampling generators (the same samples' noise every time).
+        guide_ckpt: a guide for autoguidance (:class:`~.guide.CallbackGuide`): the FID is then
+            the guided samples'; None scores the model as it samples by itself.
+        guidance_scale: autoguidance's w; required with ``guide_ckpt`` and only with it.
     """
 
     def __init__(
@@ -48,16 +52,22 @@ class FID(Callback):
         weights: list[Weights] | None = None,
         cache_dir: str | None = None,
         seed: int = 0,
+        guide_ckpt: str | None = None,
+        guidance_scale: float | None = None,
     ) -> None:
         if every_n_validations <= 0:
             raise ValueError(f"every_n_validations must be > 0, got {every_n_validations}")
         weights = weights_list(weights)
+        self.guide = CallbackGuide(guide_ckpt, guidance_scale, "FID")
         self.evaluator = FIDEvaluator(
             feature, split, num_samples, batch_size, kid=kid, cache_dir=cache_dir, seed=seed
         )
         self.every_n_validations, self.sampler, self.weights = every_n_validations, sampler, weights
         self.validations = 0
         self.last: dict[str, float] = {}
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.guide.load(pl_module)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
@@ -68,7 +78,9 @@ class FID(Callback):
         for i, weights in enumerate(self.weights):
             suffix = "" if i == 0 else f"_{weights}"
             with weights_in_use(trainer, pl_module, weights):
-                scores = self.evaluator.evaluate(pl_module, trainer.datamodule, self.sampler)
+                scores = self.evaluator.evaluate(
+                    pl_module, trainer.datamodule, self.sampler, **self.guide.sampling()
+                )
             for name, value in scores.items():
                 self.last[f"val/{name}{suffix}"] = value
                 pl_module.log(f"val/{name}{suffix}", value, prog_bar=name == "fid" and i == 0)

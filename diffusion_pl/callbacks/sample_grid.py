@@ -9,6 +9,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from diffusion_pl.callbacks.ema import Weights, weights_in_use, weights_list
+from diffusion_pl.callbacks.guide import CallbackGuide
 from diffusion_pl.generate import every_class, generate
 from diffusion_pl.visualize import save_samples_figure
 
@@ -42,6 +43,9 @@ class SampleGrid(Callback):
         seed: seed of the sampling generator.
         weights: which weights draw: ``ema`` (the moving average when an EMA callback is on,
             else the raw weights) and/or ``raw``; a second entry gets its own picture.
+        guide_ckpt: a guide for autoguidance (:class:`~.guide.CallbackGuide`); None draws the
+            model as it samples by itself.
+        guidance_scale: autoguidance's w; required with ``guide_ckpt`` and only with it.
     """
 
     def __init__(
@@ -50,6 +54,8 @@ class SampleGrid(Callback):
         every_n_steps: int = 0,
         seed: int = 0,
         weights: list[Weights] | None = None,
+        guide_ckpt: str | None = None,
+        guidance_scale: float | None = None,
     ) -> None:
         if num_samples <= 0:
             raise ValueError(f"num_samples must be > 0, got {num_samples}")
@@ -60,8 +66,12 @@ class SampleGrid(Callback):
         weights = weights_list(weights)
         self.num_samples, self.every_n_steps, self.seed = num_samples, every_n_steps, seed
         self.weights = weights
+        self.guide = CallbackGuide(guide_ckpt, guidance_scale, "SampleGrid")
         self.last_path: Path | None = None
         self._step_seen = 0
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.guide.load(pl_module)
 
     @rank_zero_only
     def draw(self, trainer: Trainer, pl_module: LightningModule, name: str) -> Path:
@@ -74,7 +84,10 @@ class SampleGrid(Callback):
             suffix = "" if i == 0 else f"_{weights}"
             with weights_in_use(trainer, pl_module, weights):
                 n, classes = self.num_samples, every_class(pl_module)
-                x = generate(pl_module, n, seed=self.seed, batch_size=n, class_labels=classes)
+                x = generate(
+                    pl_module, n, seed=self.seed, batch_size=n, class_labels=classes,
+                    **self.guide.sampling(),
+                )  # fmt: skip
             path = run_dir(trainer) / "samples" / f"{name}{suffix}.png"
             title = f"step {trainer.global_step}" + (f" ({weights} weights)" if suffix else "")
             self.last_path = save_samples_figure(x, path, reference, title=title)

@@ -19,9 +19,11 @@ from torch import Tensor, nn
 
 from diffusion_pl.formulations.optim import optimizer_config
 from diffusion_pl.guidance import (
+    Autoguidance,
     ClassifierFreeGuidance,
     ClassifierGuidance,
     check_class_labels,
+    check_guide,
     check_same_path,
 )
 from diffusion_pl.nets.protocol import DenoiserNet
@@ -68,7 +70,9 @@ class DiffusionModule(LightningModule):
             guidance alongside the conditional one (Ho & Salimans, 2022: 0.1 or 0.2); needs a
             class-conditional net.
         guidance_scale: default classifier-free guidance scale w of :meth:`sample` when class
-            labels are given: 1 conditional, 0 unconditional, > 1 sharper.
+            labels are given: 1 conditional, 0 unconditional, > 1 sharper. (Autoguidance's w
+            is given with its guide, to :meth:`sample` or to the FID and sample-grid
+            callbacks, never read from here.)
     """
 
     denoiser_type: ClassVar[type[Denoiser]] = Denoiser
@@ -217,20 +221,39 @@ class DiffusionModule(LightningModule):
         guidance_scale: float | None,
         classifier: NoisyClassifier | None,
         classifier_scale: float,
+        guide: DiffusionModule | None = None,
     ) -> DenoiserFn:
         """The denoiser :meth:`sample` uses for ``n`` samples; arguments as there."""
+        if guide is not None:
+            return self.autoguided_denoiser(n, class_labels, guidance_scale, classifier, guide)
         if class_labels is None:
             if guidance_scale is not None or classifier is not None:
                 raise ValueError(
                     "guidance_scale and classifier steer samples towards class labels: pass "
-                    "class_labels too, or neither for unconditional samples"
+                    "class_labels too, or neither for unconditional samples (autoguidance, "
+                    "with a guide, needs no labels)"
                 )
             return self.denoiser()
         if guidance_scale is not None and self.num_classes is None:
             raise ValueError(
                 f"guidance_scale={guidance_scale} is classifier-free guidance, which needs a "
-                "class-conditional net; this one is unconditional (use classifier_scale)"
+                "class-conditional net; this one is unconditional (use classifier_scale, or "
+                "pass a guide for autoguidance)"
             )
+        labels = self.checked_labels(n, class_labels, classifier)
+        scale = self.guidance_scale if guidance_scale is None else guidance_scale
+        denoiser = self.denoiser(self.class_labels(labels), scale)
+        if classifier is None:
+            return denoiser
+        dtype = torch.promote_types(self.dtype, torch.float32)
+        check_same_path(self.path, classifier.path, device=self.device, dtype=dtype)
+        return ClassifierGuidance(denoiser, classifier, self.path, labels, classifier_scale)
+
+    def checked_labels(
+        self, n: int, class_labels: Tensor, classifier: NoisyClassifier | None = None
+    ) -> Tensor:
+        """``class_labels`` as int64 ``[n]`` on the model's device, checked against the classes
+        of the net (or of the classifier, for classifier guidance)."""
         classes = self.num_classes if classifier is None else classifier.num_classes
         if classes is None:
             raise ValueError(
@@ -242,14 +265,38 @@ class DiffusionModule(LightningModule):
             raise ValueError(
                 f"the classifier has {classes} classes but the model's net {self.num_classes}"
             )
-        labels = check_class_labels(class_labels, n, classes).to(self.device)
-        scale = self.guidance_scale if guidance_scale is None else guidance_scale
-        denoiser = self.denoiser(self.class_labels(labels), scale)
-        if classifier is None:
-            return denoiser
-        dtype = torch.promote_types(self.dtype, torch.float32)
-        check_same_path(self.path, classifier.path, device=self.device, dtype=dtype)
-        return ClassifierGuidance(denoiser, classifier, self.path, labels, classifier_scale)
+        return check_class_labels(class_labels, n, classes).to(self.device)
+
+    def autoguided_denoiser(
+        self,
+        n: int,
+        class_labels: Tensor | None,
+        guidance_scale: float | None,
+        classifier: NoisyClassifier | None,
+        guide: DiffusionModule,
+    ) -> Autoguidance:
+        """This model's denoiser guided by ``guide``'s at scale w = ``guidance_scale``.
+
+        Both models see the same labels: the given ones (both class-conditional), or none (a
+        class-conditional pair then sees ∅). Refuses a guide that does not fit
+        (:func:`~diffusion_pl.guidance.check_guide`), a missing w, and classifier guidance on
+        top: one guidance at a time.
+        """
+        if classifier is not None:
+            raise ValueError(
+                "autoguidance (a guide) and classifier guidance (a classifier) cannot be "
+                "combined: pass one of them"
+            )
+        if guidance_scale is None:
+            raise ValueError(
+                "autoguidance needs its scale w: pass guidance_scale (1 is this model alone, 0 "
+                "the guide alone, > 1 guided; Karras et al. 2024 use about 2)"
+            )
+        if not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale}")
+        check_guide(self, guide)
+        labels = None if class_labels is None else self.checked_labels(n, class_labels)
+        return Autoguidance(self.denoiser(labels), guide.denoiser(labels), guidance_scale)
 
     @torch.no_grad()
     def sample(
@@ -263,10 +310,12 @@ class DiffusionModule(LightningModule):
         guidance_scale: float | None = None,
         classifier: NoisyClassifier | None = None,
         classifier_scale: float = 1.0,
+        guide: DiffusionModule | None = None,
     ) -> Tensor:
         """Draw ``n`` samples in data space ``[n, *data_shape]`` (images clipped to [−1, 1]).
 
         Without class labels the samples are unconditional (a conditional net gets ∅).
+        With a ``guide``, ``guidance_scale`` is autoguidance's w, not classifier-free guidance's.
 
         Args:
             n: number of samples (> 0).
@@ -275,19 +324,25 @@ class DiffusionModule(LightningModule):
             progress: show a progress bar.
             class_labels: ``[n]`` labels in [0, K) to sample each class from.
             guidance_scale: classifier-free guidance scale w (default: the module's); needs a
-                class-conditional net.
+                class-conditional net. With a ``guide``: autoguidance's w, required.
             classifier: a :class:`NoisyClassifier` (in eval mode) on this model's path, for
                 classifier guidance.
             classifier_scale: λ, the scale of the classifier's gradient.
+            guide: a weaker model of the same path, data and conditioning for autoguidance,
+                D_guide + w (D_self − D_guide) (:class:`~diffusion_pl.guidance.Autoguidance`);
+                moved to this model's device and dtype, sampled in eval mode.
         """
         if n <= 0:
             raise ValueError(f"number of samples must be > 0, got {n}")
         sampler = self.sampler if sampler is None else sampler
+        if guide is not None:
+            guide.to(device=self.device, dtype=self.dtype)
         denoiser = self.guided_denoiser(
-            n, class_labels, guidance_scale, classifier, classifier_scale
+            n, class_labels, guidance_scale, classifier, classifier_scale, guide
         )
-        was_training = self.training
-        self.eval()
+        modes = [(m, m.training) for m in (self, guide) if m is not None]
+        for module, _ in modes:
+            module.eval()
         x = sampler(
             denoiser,
             self.path,
@@ -297,5 +352,6 @@ class DiffusionModule(LightningModule):
             dtype=self.dtype,
             progress=progress,
         )
-        self.train(was_training)
+        for module, training in modes:
+            module.train(training)
         return x.clamp(-1, 1) if len(self.data_shape) == 3 else x

@@ -288,7 +288,13 @@ class FIDEvaluator(nn.Module):
 
     @torch.no_grad()
     def evaluate(
-        self, module: nn.Module, datamodule: DiffusionDataModule, sampler: Sampler | None = None
+        self,
+        module: nn.Module,
+        datamodule: DiffusionDataModule,
+        sampler: Sampler | None = None,
+        *,
+        guide: nn.Module | None = None,
+        guidance_scale: float | None = None,
     ) -> dict[str, float]:
         """FID (and KID) of ``module.sample`` against the reference split.
 
@@ -296,6 +302,9 @@ class FIDEvaluator(nn.Module):
             module: a formulation; a class-conditional one draws all classes equally often.
             datamodule: the data the reference statistics come from.
             sampler: overrides the module's default sampler.
+            guide: a weaker model of the same task for autoguidance.
+            guidance_scale: autoguidance's w with a ``guide``; else classifier-free guidance's
+                (default: the module's).
 
         Returns:
             ``{"fid": float}``, plus ``"kid"`` and ``"kid_std"`` when KID is on.
@@ -309,7 +318,8 @@ class FIDEvaluator(nn.Module):
                    disable=not self.progress or rank != 0)  # fmt: skip
         for start, n in chunks:
             x = generate(module, n, seed=self.seed, batch_size=n, start=start, sampler=sampler,
-                         class_labels=every_class(module))  # fmt: skip
+                         class_labels=every_class(module), guidance_scale=guidance_scale,
+                         guide=guide)  # fmt: skip
             self._update(self._features(x), real=False)
             bar.update(n)
         bar.close()

@@ -62,8 +62,9 @@ def sample_meanflow(
         raise ValueError(
             f"the meanflow sampler jumps with a learned average velocity u(z, r, t), which "
             f"{type(denoiser).__name__} does not give: it needs a MeanFlow model without "
-            "guidance (classifier-free guidance at w not in {0, 1} and classifier guidance mix "
-            "instantaneous velocities only); use an ODE sampler such as euler instead"
+            "guidance (classifier-free guidance at w not in {0, 1}, classifier guidance and "
+            "autoguidance mix instantaneous velocities only); use an ODE sampler such as euler "
+            "instead"
         )
     steps = len(ts) - 1
     for i in progress_bar(range(steps), steps, progress, "meanflow"):
