@@ -132,3 +132,24 @@ def test_digits_quality(load: Callable, tmp_path: Path, monkeypatch: pytest.Monk
     assert again["formulations"]["rectified_flow"]["fit_seconds"] is None
     first, same = results["fid"][0], again["fid"][0]
     assert (same["nfe"], same["fid"]) == (first["nfe"], first["fid"])
+
+
+def test_phema_autoguidance(
+    load: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 4-step run: two snapshots rebuild each width, and autoguidance at w = 1 scores what the
+    model alone scores (its samples are the unguided ones)."""
+    monkeypatch.setenv("DIFFUSION_PL_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "after.json"
+    results = load("phema_autoguidance").main([
+        "--max_steps", "4", "--snapshot_every", "2", "--guide_step", "2", "--sigma_rel", "0.05",
+        "0.1", "--scales", "1", "2", "--steps", "2", "--base_channels", "8", "--batch_size", "16",
+        "--num_samples", "20", "--sample_batch", "10", "--workdir", str(tmp_path / "runs"),
+        "--out", str(out),
+    ])  # fmt: skip
+    assert json.loads(out.read_text()) == results
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert [r["sigma_rel"] for r in results["phema"]] == [0.05, 0.1]
+    (alone, guided) = results["autoguidance"]
+    assert alone["fid"] == pytest.approx(results["fixed_ema_fid"], abs=1e-3)
+    assert guided["fid"] != pytest.approx(alone["fid"], abs=1e-3)
