@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,7 +16,16 @@ from torch import Tensor
 
 from diffusion_pl.nets import MLP
 
-__all__ = ["TOY", "NaNAfterMLP", "Pace", "RankReport", "Snapshot", "launch", "toy_overrides"]
+__all__ = [
+    "TOY",
+    "NaNAfterMLP",
+    "Pace",
+    "RankReport",
+    "SigtermAt",
+    "Snapshot",
+    "launch",
+    "toy_overrides",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "configs/toy2d/rectified_flow.yaml"
@@ -131,6 +141,18 @@ class NaNAfterMLP(MLP):
             if self.calls > self.nan_from:
                 out.register_hook(lambda grad: torch.full_like(grad, float("nan")))
         return out
+
+
+class SigtermAt(Callback):
+    """Send this process SIGTERM at the end of its ``batch``-th training batch (0-based, counted
+    over epochs), as a preemption that lands there would."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+
+    def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
+        if trainer.fit_loop.total_batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 class Snapshot(Callback):

@@ -1,4 +1,5 @@
-"""Cross-cutting training work: weight averaging, sample pictures, FID, fault tolerance."""
+"""Cross-cutting training work: weight averaging, sample pictures, FID, fault tolerance,
+throughput."""
 
 from diffusion_pl.callbacks.compile import CompileNet
 from diffusion_pl.callbacks.ema import EMA, Weights, find_ema, weights_in_use
@@ -13,6 +14,7 @@ from diffusion_pl.callbacks.fault_tolerance import (
 )
 from diffusion_pl.callbacks.fid import FID
 from diffusion_pl.callbacks.sample_grid import SampleGrid, run_dir
+from diffusion_pl.callbacks.throughput import Throughput
 
 __all__ = [
     "EMA",
@@ -24,6 +26,7 @@ __all__ = [
     "StepSeed",
     "StopOnLossSpike",
     "StopOnNonFinite",
+    "Throughput",
     "TrainingDiverged",
     "Weights",
     "find_ema",

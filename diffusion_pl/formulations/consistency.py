@@ -28,6 +28,7 @@ from diffusion_pl.formulations.optim import optimizer_config
 from diffusion_pl.hparams import save_config
 from diffusion_pl.parameterization import ConsistencyPreconditioning, Denoiser, Prediction
 from diffusion_pl.paths import NoisePath, VEPath
+from diffusion_pl.randomness import Generators, rand, randn
 from diffusion_pl.samplers import ConsistencySampler, DenoiserFn, Sampler, karras_sigmas
 from diffusion_pl.tensors import append_dims
 
@@ -357,14 +358,20 @@ class ConsistencyModel(DiffusionModule):
         """The current N levels σ_1 < … < σ_N, float64 on the CPU."""
         return karras_levels(self.sigma_min, self.sigma_max, self.current_num_scales(), self.rho)
 
-    def draw_intervals(self, sigmas: Tensor, n: int, generator: torch.Generator | None) -> Tensor:
-        """``n`` interval indices in [0, N − 2], log-normal or uniform (generator's device)."""
+    def draw_intervals(
+        self, sigmas: Tensor, n: int, generator: Generators, device: torch.device | str
+    ) -> Tensor:
+        """``n`` interval indices in [0, N − 2], log-normal or uniform, on the CPU.
+
+        Inverse-CDF sampling: index i for u ~ U[0, 1) in [F_{i−1}, F_i), F the cumulative
+        probabilities, so each example's index depends on its own uniform draw alone.
+        """
         if self.level_sampling == "uniform":
-            probs = torch.ones(len(sigmas) - 1, dtype=torch.float64)
+            probs = torch.full((len(sigmas) - 1,), 1.0 / (len(sigmas) - 1), dtype=torch.float64)
         else:
             probs = lognormal_level_probs(sigmas, self.p_mean, self.p_std)
-        device = "cpu" if generator is None else generator.device
-        return torch.multinomial(probs.to(device), n, replacement=True, generator=generator)
+        u = rand((n,), generator, device=device, dtype=torch.float64).cpu()
+        return torch.searchsorted(probs.cumsum(0), u, right=True).clamp(max=len(probs) - 1)
 
     def distance_fn(self, a: Tensor, b: Tensor) -> Tensor:
         """d(a, b) per example: pseudo-Huber with c = ``huber_c``, or ‖a − b‖²."""
@@ -382,7 +389,7 @@ class ConsistencyModel(DiffusionModule):
         self,
         x0: Tensor,
         y: Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         eps: Tensor | None = None,
     ) -> Tensor:
         """Per-example loss ``[B]``: λ(σ_n) d(f_θ(x̃_{n+1}, σ_{n+1}), f_θ⁻(x̃_n, σ_n)).
@@ -397,10 +404,10 @@ class ConsistencyModel(DiffusionModule):
         dtype = torch.promote_types(x0.dtype, torch.float32)
         x0 = x0.to(dtype)
         sigmas = self.levels()
-        n = self.draw_intervals(sigmas, x0.shape[0], generator).cpu()
+        n = self.draw_intervals(sigmas, x0.shape[0], generator, x0.device)
         sigma_lo, sigma_hi = sigmas[n].to(x0.device), sigmas[n + 1].to(x0.device)
         if eps is None:
-            eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=dtype)
+            eps = randn(x0.shape, generator, device=x0.device, dtype=dtype)
         if self.teacher_ckpt is not None and self.teacher is None:
             raise ValueError("the teacher is loaded by setup(): call it before the loss")
         target_net = self.net if self.target_net is None else self.target_net
