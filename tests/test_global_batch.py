@@ -141,8 +141,8 @@ def _args(root: Path, *extra: str) -> list[str]:
 
 
 def _weights(root: Path) -> dict[str, Tensor]:
-    (ckpt,) = root.rglob("last.ckpt")
-    checkpoint = read_checkpoint(ckpt)
+    newest = max(root.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+    checkpoint = read_checkpoint(newest)
     assert checkpoint["global_step"] == STEPS
     return checkpoint["state_dict"]
 

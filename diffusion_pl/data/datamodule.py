@@ -34,15 +34,13 @@ def split_global_batch(
         ValueError: G is not a multiple of the world size (the message names both and the fix).
     """
     if global_batch_size % world_size:
-        lower, higher = (
-            (global_batch_size // world_size) * world_size,
-            world_size * (global_batch_size // world_size + 1),
-        )
+        lower = global_batch_size // world_size * world_size
+        near = " or ".join(str(g) for g in (lower, lower + world_size) if g > 0)
         raise ValueError(
             f"data.global_batch_size={global_batch_size} is not divisible by the {world_size} "
             "processes (trainer.devices x trainer.num_nodes), so the devices cannot hold equal "
             f"shares of it: set data.global_batch_size to a multiple of {world_size} (e.g. "
-            f"{lower or higher} or {higher}), or run on a number of devices that divides it"
+            f"{near}), or run on a number of devices that divides it"
         )
     share = global_batch_size // world_size
     cap = share if max_device_batch is None else min(max_device_batch, share)
