@@ -368,9 +368,9 @@ def test_hflip_mirrors_some_training_images(image_folder: Path) -> None:
     dm = DiffusionDataModule(source, global_batch_size=5, hflip=True)
     originals = dm.real_samples("train", 5)
     L.seed_everything(0, verbose=False)
-    flipped = 0
-    for _ in range(6):
-        for x in next(iter(dm.train_dataloader()))[0]:
+    loader, flipped = dm.train_dataloader(), 0
+    for _ in range(6):  # six epochs: the flips are drawn anew from (seed, epoch)
+        for x in next(iter(loader))[0]:
             same = (originals == x).flatten(1).all(1)
             mirrored = (originals.flip(-1) == x).flatten(1).all(1)
             assert same.any() or mirrored.any()
