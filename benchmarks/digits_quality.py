@@ -168,7 +168,7 @@ def benchmark_config(name: str, root: Path, args: argparse.Namespace) -> Path:
                       "channel_mult": [1, 2], "num_res_blocks": 2, "attn_resolutions": [4],
                       "dropout": 0.1},
     }  # fmt: skip
-    config["data"]["batch_size"] = args.batch_size
+    config["data"]["global_batch_size"] = args.batch_size
     root.mkdir(parents=True, exist_ok=True)
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from diffusion_pl.learned_schedule import d_gamma
 from diffusion_pl.paths import NoisePath
+from diffusion_pl.randomness import Generators, randn
 from diffusion_pl.samplers import DenoiserFn
 from diffusion_pl.time_sampling import DiscreteUniform, Uniform
 
@@ -46,7 +47,7 @@ def bound_times(
     n: int,
     *,
     low_discrepancy: bool = True,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
@@ -184,7 +185,7 @@ def variational_bound(
     *,
     num_levels: int | None,
     low_discrepancy: bool = True,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     eps: Tensor | None = None,
 ) -> VariationalBound:
     """Unbiased one-sample estimate of VDM's bound for each example of ``x0`` ``[B, ...]``.
@@ -213,8 +214,8 @@ def variational_bound(
         dtype=x0.dtype,
     )
     if eps is None:
-        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    eps0 = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        eps = randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)
+    eps0 = randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)
     return VariationalBound(
         prior=prior_kl(path, x0),
         diffusion=diffusion_loss(denoiser, path, x0, t, eps, bound_steps(path)),

@@ -39,6 +39,7 @@ from diffusion_pl.callbacks import (
     SigtermCheckpoint,
     StepSeed,
     StopOnNonFinite,
+    Throughput,
     TrainingDiverged,
     Weights,
 )
@@ -890,13 +891,15 @@ def _run(argv: list[str], args: list[str] | None) -> None:
             "description": f"Train diffusion models. Also: {', '.join(COMMANDS)}. Bad input "
             "ends with one error line (exit code 2); DIFFUSION_PL_TRACEBACK=1 shows its traceback."
         },
-        # Persistent callbacks, added to every run's own: survive preemption and divergence.
+        # Persistent callbacks, added to every run's own: survive preemption and divergence,
+        # report progress in kimg.
         trainer_defaults={
             "callbacks": [
                 SigtermCheckpoint(),
                 StepSeed(),
                 StopOnNonFinite(),
                 FinalCheckpoint(),
+                Throughput(),
             ]
         },
     )

@@ -16,13 +16,14 @@ trained and that the resumed run can honour:
 * every ``trainer`` setting (``max_steps``, callbacks, precision, gradient clipping, devices…);
 * the model's ``sampler`` and ``guidance_scale`` (:data:`RESUMABLE_MODEL_KEYS`): they choose how
   the model samples, not what it learns;
-* the data's ``num_workers`` and ``pin_memory`` (:data:`RESUMABLE_DATA_KEYS`): how batches are
-  loaded, not which.
+* the data's ``num_workers``, ``pin_memory`` and ``max_device_batch``
+  (:data:`RESUMABLE_DATA_KEYS`): how batches are loaded, not which (the per-device batch and
+  accumulation follow from the global batch and the devices, which may change too).
 
 Any other difference is an error naming each key with both values: the net, path,
 parameterization, weighting, time sampling and p_uncond define what is trained; the optimizer
 and LR schedule are restored from the checkpoint (Lightning loads their state, learning rate
-and ``T_max`` included, over the config's); the data source and batch size decide which
+and ``T_max`` included, over the config's); the data source and global batch size decide which
 batches come next. The model's ``data_shape`` and VDM's ``num_levels`` are linked from the data
 and compared through it. Honoured differences are printed, and the new run's config.yaml
 records them, as it records what runs.
@@ -69,7 +70,7 @@ sysexits.h, "temporary failure, retry"; configs/slurm/train.sbatch requeues the 
 RESUMABLE_MODEL_KEYS = ("sampler", "guidance_scale")
 """Model init args a resume may change: they choose how the model samples, not what it learns."""
 
-RESUMABLE_DATA_KEYS = ("num_workers", "pin_memory")
+RESUMABLE_DATA_KEYS = ("num_workers", "pin_memory", "max_device_batch")
 """Data init args a resume may change: how batches are loaded, not which."""
 
 _LINKED_MODEL_KEYS = ("data_shape", "num_levels")  # linked from the data, compared through it

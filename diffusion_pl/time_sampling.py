@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from diffusion_pl.paths import NoisePath
+from diffusion_pl.randomness import Generators, low_discrepancy_uniform, rand, randn
 
 __all__ = [
     "DiscreteUniform",
@@ -26,20 +27,20 @@ def uniform_draws(
     n: int,
     *,
     low_discrepancy: bool,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     device: torch.device | str | None = None,
 ) -> Tensor:
     """``n`` draws u ~ U[0, 1) in float64, independent or low-discrepancy.
 
     With ``low_discrepancy`` one u_0 is drawn and u_k = (u_0 + k/n) mod 1: each u_k is still
-    uniform, but the batch covers [0, 1) evenly.
+    uniform, but the batch (a training step's global batch) covers [0, 1) evenly
+    (:func:`~diffusion_pl.randomness.low_discrepancy_uniform`).
 
     Reference: Kingma et al. (2021), "Variational Diffusion Models", App. I.1.
     """
     if not low_discrepancy:
-        return torch.rand(n, generator=generator, device=device, dtype=torch.float64)
-    u0 = torch.rand(1, generator=generator, device=device, dtype=torch.float64)
-    return torch.remainder(u0 + torch.arange(n, device=device, dtype=torch.float64) / n, 1.0)
+        return rand((n,), generator, device=device, dtype=torch.float64)
+    return low_discrepancy_uniform(n, generator, device)
 
 
 class TimeSampling:
@@ -50,7 +51,7 @@ class TimeSampling:
         n: int,
         path: NoisePath,
         *,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> Tensor:
@@ -84,7 +85,7 @@ class Uniform(TimeSampling):
         t_min = path.t_min if self.t_min is None else self.t_min
         t_max = path.t_max if self.t_max is None else self.t_max
         if not self.low_discrepancy:
-            u = torch.rand(n, generator=generator, device=device, dtype=dtype)
+            u = rand((n,), generator, device=device, dtype=dtype)
             return t_min + (t_max - t_min) * u
         u = uniform_draws(n, low_discrepancy=True, generator=generator, device=device)
         return (t_min + (t_max - t_min) * u).to(dtype)
@@ -142,7 +143,7 @@ class LogitNormal(TimeSampling):
         self.mean, self.std = mean, std
 
     def __call__(self, n, path, *, generator=None, device=None, dtype=torch.float32) -> Tensor:
-        normal = torch.randn(n, generator=generator, device=device, dtype=dtype)
+        normal = randn((n,), generator, device=device, dtype=dtype)
         return torch.sigmoid(self.mean + self.std * normal)
 
 
@@ -169,7 +170,7 @@ class LogNormal(TimeSampling):
         self.p_mean, self.p_std = p_mean, p_std
 
     def __call__(self, n, path, *, generator=None, device=None, dtype=torch.float32) -> Tensor:
-        normal = torch.randn(n, generator=generator, device=device, dtype=torch.float64)
+        normal = randn((n,), generator, device=device, dtype=torch.float64)
         log_sigma = self.p_mean + self.p_std * normal
         t = path.time_of_log_snr(-2.0 * log_sigma)
         return t.clamp(path.t_min, path.t_max).to(dtype)

@@ -137,6 +137,18 @@ class NaNAfterMLP(MLP):
         return out
 
 
+class SigtermAt(Callback):
+    """Send this process SIGTERM at the end of its ``batch``-th training batch (0-based, counted
+    over epochs), as a preemption that lands there would."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+
+    def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
+        if trainer.fit_loop.total_batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 class Snapshot(Callback):
     """Save the module's weights at the start of every training step to ``folder/step{N}.pt``."""
 
@@ -170,18 +182,6 @@ class PowerEMA(Callback):
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         torch.save({k: v.float() for k, v in self.average.items()}, self.out)
-
-
-class SigtermAt(Callback):
-    """Send this process SIGTERM after optimizer step ``step``: a preemption at a known step,
-    handled by Lightning's own signal handler."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
-        if trainer.global_step == self.step and not trainer.received_sigterm:
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 class PhemaReport(Callback):

@@ -46,12 +46,12 @@ def test_sample_grid_draws_once_per_optimizer_step_under_gradient_accumulation(
 
     config = write_config(
         "configs/toy2d/rectified_flow.yaml", tmp_path / "toy.yaml",
-        {"max_steps": 4, "accumulate_grad_batches": 2, "default_root_dir": str(tmp_path),
+        {"max_steps": 4, "default_root_dir": str(tmp_path),
          "accelerator": "cpu", "enable_progress_bar": False, "limit_val_batches": 0},
         [{"class_path": "diffusion_pl.callbacks.SampleGrid",
           "init_args": {"num_samples": 20, "every_n_steps": 2}}],
     )  # fmt: skip
-    main(["fit", "--config", str(config)])
+    main(["fit", "--config", str(config), "--data.max_device_batch", "128"])  # 2 x 128 a step
     (log_dir,) = tmp_path.glob("lightning_logs/version_0")
     pictures = sorted(p.name for p in (log_dir / "samples").glob("*.png"))
     assert pictures == ["final.png", "step_0000002.png", "step_0000004.png"]
@@ -78,7 +78,8 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )  # fmt: skip
     path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])  # keep this checkout
     env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "diffusion_pl", "fit", "--config", str(config)],
+    subprocess.run([sys.executable, "-m", "diffusion_pl", "fit", "--config", str(config),
+                    "--data.global_batch_size", "256"],  # 5 steps an epoch: validation at 5
                    check=True, env=env, cwd=root, capture_output=True)  # fmt: skip
     return root
 

@@ -116,7 +116,7 @@ def test_reflow_command_and_config(toy_ckpt: Path, tmp_path: Path) -> None:
         tmp_path / "run",
         "--trainer.max_steps",
         "2",
-        "--data.batch_size",
+        "--data.global_batch_size",
         "64",
         "--model.init_args.init_from",
         str(toy_ckpt),
@@ -160,7 +160,7 @@ def test_module_entry_point_documents_options() -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    assert "--trainer.max_steps" in result.stdout and "--data.batch_size" in result.stdout
+    assert "--trainer.max_steps" in result.stdout and "--data.global_batch_size" in result.stdout
 
 
 def test_sample_rejects_bad_values(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -211,12 +211,12 @@ def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A toy rectified flow, 20 steps of the shipped config (a poor but real teacher)."""
     root = tmp_path_factory.mktemp("teacher")
     return fit_config(ROOT / "configs/toy2d/rectified_flow.yaml", root, "--trainer.max_steps", "20",
-                      "--data.batch_size", "64", "--data.source.init_args.num_train", "256",
+                      "--data.global_batch_size", "64", "--data.source.init_args.num_train", "256",
                       "--data.source.init_args.num_val", "64",
                       "--model.init_args.sampler.init_args.steps", "4")  # fmt: skip
 
 
-SMALL = ("--trainer.max_steps", "6", "--data.batch_size", "32",
+SMALL = ("--trainer.max_steps", "6", "--data.global_batch_size", "32",
          "--trainer.check_val_every_n_epoch", "1", "--data.source.init_args.num_train", "64",
          "--data.source.init_args.num_val", "32")  # fmt: skip
 

@@ -330,7 +330,7 @@ def test_hf_images_validation(kwargs: dict[str, Any], match: str) -> None:
     [(Toy2D(num_train=300, num_val=50), (2,)), (Digits(size=16), (1, 16, 16))],
 )
 def test_datamodule_batches(source: Source, shape: tuple[int, ...]) -> None:
-    dm = DiffusionDataModule(source, batch_size=64)
+    dm = DiffusionDataModule(source, global_batch_size=64)
     dm.prepare_data()
     dm.setup("fit")
     assert dm.data_shape == shape and dm.num_classes == source.num_classes
@@ -344,7 +344,7 @@ def test_datamodule_batches(source: Source, shape: tuple[int, ...]) -> None:
 
 
 def test_training_order_follows_the_global_seed() -> None:
-    dm = DiffusionDataModule(Toy2D(num_train=256, num_val=8), batch_size=32)
+    dm = DiffusionDataModule(Toy2D(num_train=256, num_val=8), global_batch_size=32)
 
     def first_batch(seed: int) -> torch.Tensor:
         L.seed_everything(seed, verbose=False)
@@ -365,12 +365,12 @@ def test_hflip_mirrors_some_training_images(image_folder: Path) -> None:
         val_fraction=0.2,
         image_size=4,
     )
-    dm = DiffusionDataModule(source, batch_size=5, hflip=True)
+    dm = DiffusionDataModule(source, global_batch_size=5, hflip=True)
     originals = dm.real_samples("train", 5)
     L.seed_everything(0, verbose=False)
-    flipped = 0
-    for _ in range(6):
-        for x in next(iter(dm.train_dataloader()))[0]:
+    loader, flipped = dm.train_dataloader(), 0
+    for _ in range(6):  # six epochs: the flips are drawn anew from (seed, epoch)
+        for x in next(iter(loader))[0]:
             same = (originals == x).flatten(1).all(1)
             mirrored = (originals.flip(-1) == x).flatten(1).all(1)
             assert same.any() or mirrored.any()
@@ -389,7 +389,10 @@ def test_hflip_refused_where_mirroring_is_wrong(source: Source, match: str) -> N
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"batch_size": 0}, "batch_size must be > 0"), ({"num_workers": -1}, "num_workers must")],
+    [
+        ({"global_batch_size": 0}, "global_batch_size must be > 0"),
+        ({"num_workers": -1}, "num_workers must"),
+    ],
 )
 def test_datamodule_validation(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -397,8 +400,8 @@ def test_datamodule_validation(kwargs: dict[str, Any], match: str) -> None:
 
 
 def test_batch_larger_than_train_split_is_an_error() -> None:
-    dm = DiffusionDataModule(Toy2D(num_train=10, num_val=10), batch_size=16)
-    with pytest.raises(ValueError, match="fewer than batch_size=16"):
+    dm = DiffusionDataModule(Toy2D(num_train=10, num_val=10), global_batch_size=16)
+    with pytest.raises(ValueError, match="fewer than global_batch_size=16"):
         dm.train_dataloader()
 
 
@@ -426,6 +429,6 @@ def test_batch_larger_than_train_split_is_an_error() -> None:
 def test_sources_parse_from_yaml_config(source: dict[str, Any], shape: tuple[int, ...]) -> None:
     parser = ArgumentParser()
     parser.add_class_arguments(DiffusionDataModule, "data")
-    config = parser.parse_object({"data": {"source": source, "batch_size": 8}})
+    config = parser.parse_object({"data": {"source": source, "global_batch_size": 8}})
     dm = parser.instantiate_classes(config).data
     assert isinstance(dm, DiffusionDataModule) and dm.data_shape == shape

@@ -19,7 +19,7 @@ from diffusion_pl.metrics.fid import reference_key, source_config
 
 @pytest.fixture(scope="module")
 def digits() -> DiffusionDataModule:
-    return DiffusionDataModule(Digits(), batch_size=64)
+    return DiffusionDataModule(Digits(), global_batch_size=64)
 
 
 @pytest.fixture(scope="module")
@@ -162,13 +162,13 @@ def test_reference_key_is_the_configuration_not_the_loaded_state(tmp_path: Path)
     """A source that loads its data (ReflowPairs reads its shape) keeps its cache key."""
     pairs = tmp_path / "pairs.pt"
     torch.save({"samples": torch.zeros(20, 1, 8, 8), "noise": torch.ones(20, 1, 8, 8)}, pairs)
-    data = DiffusionDataModule(ReflowPairs(str(pairs)), batch_size=4)
+    data = DiffusionDataModule(ReflowPairs(str(pairs)), global_batch_size=4)
     extractor = resolve_extractor("digits")
     before = reference_key(data, "val", extractor)
     data.dataset("val")
     assert reference_key(data, "val", extractor) == before
     assert before.startswith("reflowpairs-val-1x8x8-digitsfeatures-")
-    other = DiffusionDataModule(ReflowPairs(str(pairs), val_fraction=0.5), batch_size=4)
+    other = DiffusionDataModule(ReflowPairs(str(pairs), val_fraction=0.5), global_batch_size=4)
     assert reference_key(other, "val", extractor) != before  # another configuration
     assert source_config(data.source) == {
         "class": "ReflowPairs", "path": str(pairs), "val_fraction": 0.05

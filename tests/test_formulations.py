@@ -197,7 +197,7 @@ def test_nets_without_the_protocol_are_refused() -> None:
 )
 def test_fast_dev_run_on_toy_data(make, tmp_path) -> None:
     module = make()
-    data = DiffusionDataModule(Toy2D("8gaussians", num_train=256, num_val=64), batch_size=32)
+    data = DiffusionDataModule(Toy2D("8gaussians", num_train=256, num_val=64), global_batch_size=32)
     trainer = L.Trainer(
         fast_dev_run=True, accelerator="cpu", default_root_dir=tmp_path, enable_progress_bar=False
     )

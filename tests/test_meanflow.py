@@ -285,7 +285,7 @@ def test_fit_and_sample_through_the_cli(tmp_path: Path) -> None:
     """A 30-step toy fit writes a checkpoint; ``sample`` draws from it with the default one-step
     sampler, with ``--steps 3`` mean-flow jumps, and with the Euler ODE sampler at r = t."""
     ckpt = fit_config(ROOT / "configs/toy2d/meanflow.yaml", tmp_path,
-                      "--trainer.max_steps", "30", "--data.batch_size", "128",
+                      "--trainer.max_steps", "30", "--data.global_batch_size", "128",
                       "--data.source.init_args.num_train", "2048",
                       "--data.source.init_args.num_val", "256")  # fmt: skip
     results = {}

@@ -192,8 +192,8 @@ def test_sigterm_and_resume_write_the_snapshots_of_an_uninterrupted_run(
 ) -> None:
     fit = ["fit", *toy_overrides(tmp_path, STEPS, *phema_args())]
     with pytest.raises(SystemExit) as stopped:
-        main([*fit, "--trainer.callbacks+=run_helpers.SigtermAt",
-              "--trainer.callbacks.init_args.step", "20"])  # fmt: skip
+        main([*fit, "--trainer.callbacks+=run_helpers.SigtermAt",  # after step 20
+              "--trainer.callbacks.init_args.batch", "19"])  # fmt: skip
     assert stopped.value.code == 75
     assert [s.step for s in find_snapshots(tmp_path)] == [8, 16]
     main([*fit, "--ckpt_path", "last"])

@@ -108,7 +108,9 @@ def test_step_seed_gives_each_rank_step_and_batch_its_own_draws() -> None:
 
 
 def test_training_loader_resumes_mid_epoch_and_across_epochs() -> None:
-    dm = DiffusionDataModule(Toy2D(num_train=64, num_val=8), batch_size=16)  # 4 batches/epoch
+    dm = DiffusionDataModule(
+        Toy2D(num_train=64, num_val=8), global_batch_size=16
+    )  # 4 batches/epoch
     torch.manual_seed(3)
     whole = dm.train_dataloader()
     order = [x for _ in range(3) for x, _ in whole]
@@ -116,7 +118,7 @@ def test_training_loader_resumes_mid_epoch_and_across_epochs() -> None:
     first = dm.train_dataloader()
     served = [x for _, (x, _) in zip(range(6), _epochs(first), strict=False)]
     state, epoch = first.state_dict(), first.sampler.epoch - 1  # stopped 2 batches into epoch 1
-    assert state == {"batches_served": 2}
+    assert state == {"steps_served": 2}
     torch.manual_seed(3)
     again = dm.train_dataloader()
     again.load_state_dict(state)

@@ -303,7 +303,7 @@ def test_fit_and_sample_toy2d_vdm(tmp_path: Path) -> None:
         ROOT / "configs/toy2d/vdm.yaml",
         tmp_path,
         *"--trainer.max_steps 6 --trainer.check_val_every_n_epoch 1 --trainer.limit_val_batches 1"
-        " --data.batch_size 64 --data.source.init_args.num_train 256"
+        " --data.global_batch_size 64 --data.source.init_args.num_train 256"
         " --data.source.init_args.num_val 64 --model.init_args.net.init_args.hidden 32"
         " --model.init_args.sampler.init_args.steps 5".split(),
     )
@@ -316,10 +316,12 @@ def test_fit_and_sample_toy2d_vdm(tmp_path: Path) -> None:
 @pytest.mark.parametrize("source", ["toy", "digits"])
 def test_validation_logs_the_bound_in_bits_per_dim(source: str) -> None:
     if source == "toy":
-        data = DiffusionDataModule(Toy2D("8gaussians", num_train=256, num_val=256), batch_size=128)
+        data = DiffusionDataModule(
+            Toy2D("8gaussians", num_train=256, num_val=256), global_batch_size=128
+        )
         net = MLP(dim=2, hidden=32, depth=1)
     else:
-        data = DiffusionDataModule(Digits(), batch_size=64)
+        data = DiffusionDataModule(Digits(), global_batch_size=64)
         net = UNet(
             1,
             image_size=8,

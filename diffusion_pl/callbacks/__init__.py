@@ -1,5 +1,5 @@
 """Cross-cutting training work: weight averaging (EMA, post-hoc EMA), sample pictures, FID,
-fault tolerance."""
+fault tolerance, throughput."""
 
 from diffusion_pl.callbacks.compile import CompileNet
 from diffusion_pl.callbacks.ema import EMA, Weights, find_ema, weights_in_use
@@ -15,6 +15,7 @@ from diffusion_pl.callbacks.fault_tolerance import (
 from diffusion_pl.callbacks.fid import FID
 from diffusion_pl.callbacks.phema import PostHocEMA
 from diffusion_pl.callbacks.sample_grid import SampleGrid, run_dir
+from diffusion_pl.callbacks.throughput import Throughput
 
 __all__ = [
     "EMA",
@@ -27,6 +28,7 @@ __all__ = [
     "StepSeed",
     "StopOnLossSpike",
     "StopOnNonFinite",
+    "Throughput",
     "TrainingDiverged",
     "Weights",
     "find_ema",

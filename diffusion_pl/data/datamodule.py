@@ -13,14 +13,46 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from diffusion_pl.data.sources import Example, Source, Split, check_split
 from diffusion_pl.hparams import save_config
 
-__all__ = ["DiffusionDataModule"]
+__all__ = ["DiffusionDataModule", "split_global_batch"]
+
+
+def split_global_batch(
+    global_batch_size: int, world_size: int, max_device_batch: int | None = None
+) -> tuple[int, int]:
+    """The per-device batch b and the accumulated micro-batches A of a global batch G.
+
+    G = world_size · A · b, with b the largest divisor of G / world_size that is at most
+    ``max_device_batch`` (EDM2's ``batch_gpu``), so that every micro-batch on every device has
+    the same size and the mean of the micro-batch means is the mean over the global batch.
+
+    Args:
+        global_batch_size: G, examples per optimizer step over all devices.
+        world_size: the number of processes (devices × nodes).
+        max_device_batch: the most examples one device holds at once; None: G / world_size.
+
+    Raises:
+        ValueError: G is not a multiple of the world size (the message names both and the fix).
+    """
+    if global_batch_size % world_size:
+        lower = global_batch_size // world_size * world_size
+        near = " or ".join(str(g) for g in (lower, lower + world_size) if g > 0)
+        raise ValueError(
+            f"data.global_batch_size={global_batch_size} is not divisible by the {world_size} "
+            "processes (trainer.devices x trainer.num_nodes), so the devices cannot hold equal "
+            f"shares of it: set data.global_batch_size to a multiple of {world_size} (e.g. "
+            f"{near}), or run on a number of devices that divides it"
+        )
+    share = global_batch_size // world_size
+    cap = share if max_device_batch is None else min(max_device_batch, share)
+    device_batch = max(b for b in range(1, cap + 1) if share % b == 0)
+    return device_batch, share // device_batch
 
 
 class _RandomHFlip(Dataset[Example]):
-    """Mirror each image left–right with probability 1/2.
+    """Index i < n: example i as it is; n + i: example i mirrored left–right (n examples).
 
-    Draws from torch's global generator, which PyTorch seeds per DataLoader worker from the
-    loader's generator (and which ``lightning.seed_everything`` seeds in the main process).
+    The sampler chooses the flips, from the epoch's seed, so they depend neither on the number
+    of devices nor on DataLoader workers.
     """
 
     def __init__(self, data: Dataset[Example]) -> None:
@@ -30,94 +62,140 @@ class _RandomHFlip(Dataset[Example]):
         return len(self.data)
 
     def __getitem__(self, index: int) -> Example:
-        x, y = self.data[index]
-        return (x.flip(-1) if torch.rand(()) < 0.5 else x), y
+        x, y = self.data[index % len(self.data)]
+        return (x.flip(-1) if index >= len(self.data) else x), y
 
 
-class _EpochShuffle(DistributedSampler):
-    """This rank's share of a permutation drawn from (seed, epoch); it can start mid-epoch.
+class _GlobalBatchShuffle(DistributedSampler):
+    """This rank's micro-batches of global batches cut from a permutation drawn from (seed, epoch).
+
+    Epoch e is the permutation of the dataset seeded by seed + e (DistributedSampler's), cut
+    into ⌊N / G⌋ global batches of G = ranks · accumulate · device_batch examples (the
+    remainder is dropped). Rank r reads the contiguous slice [r·A·b, (r + 1)·A·b) of every
+    global batch, as A micro-batches of b in order, so global batch k holds the same examples,
+    in the same global positions, on any number of ranks and micro-batches. With ``hflip`` each
+    position also draws a mirror bit from the same seed (index + N means mirrored).
 
     As ``DistributedSampler`` (Lightning calls :meth:`set_epoch` before every epoch, and then
     leaves the sampler alone under DDP), plus: the epoch advances by itself after each pass,
-    for loops outside Lightning; and ``start`` skips the first indices of the next pass.
+    for loops outside Lightning; and ``start`` skips the first global batches of the next pass.
     """
 
-    def __init__(self, data: Dataset[Example], num_replicas: int, rank: int, seed: int) -> None:
-        super().__init__(data, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+    def __init__(
+        self,
+        data: Dataset[Example],
+        ranks: int,
+        rank: int,
+        seed: int,
+        device_batch: int,
+        accumulate: int,
+        hflip: bool,
+    ) -> None:
+        super().__init__(data, num_replicas=ranks, rank=rank, shuffle=True, seed=seed)
+        self.share = accumulate * device_batch
+        self.steps = len(data) // (ranks * self.share)
+        self.hflip = hflip
         self.start = 0
 
+    def __len__(self) -> int:
+        return self.steps * self.share
+
     def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())[self.start :]
+        n = len(self.dataset)
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(n, generator=generator)
+        if self.hflip:
+            order += n * torch.randint(0, 2, (n,), generator=generator)
+        batches = order[: self.steps * self.num_replicas * self.share]
+        mine = batches.view(self.steps, self.num_replicas, self.share)[self.start :, self.rank]
         self.start = 0
         self.epoch += 1
-        return iter(indices)
+        return iter(mine.reshape(-1).tolist())
 
 
 class _ResumableLoader(DataLoader):
-    """A training DataLoader that resumes mid-epoch.
+    """A training DataLoader that resumes mid-epoch, on any number of devices.
 
     Lightning saves a loader's ``state_dict`` in checkpoints and restores it on resume. The
-    order of an epoch depends only on (seed, epoch), so the state is the number of batches of
-    the current epoch served so far; a restored loader skips them without loading them. The
-    loader's own generator (worker seeds) is reseeded from (seed, epoch) too, and so never
-    draws from the global one that the model's noise comes from.
+    order of an epoch depends only on (seed, epoch), so the state is the number of optimizer
+    steps (global batches) of the current epoch served so far; a restored loader skips them
+    without loading them, whatever the number of devices and micro-batches of either run.
+    The loader's own generator (worker seeds) is reseeded from (seed, epoch) too, and so never
+    draws from the global one.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, accumulate: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.accumulate = accumulate
         self._served = 0
-        self._skip = 0
+        self._skip_steps = 0
 
     def __iter__(self) -> Iterator[Any]:
-        self._served, self._skip = self._skip, 0
-        if isinstance(self.sampler, _EpochShuffle):  # Lightning swaps it for overfit_batches
+        self._served, self._skip_steps = self._skip_steps * self.accumulate, 0
+        if isinstance(self.sampler, _GlobalBatchShuffle):  # Lightning swaps it for overfit_batches
             self.generator.manual_seed(self.sampler.seed + self.sampler.epoch)
-            self.sampler.start = self._served * self.batch_size
+            self.sampler.start = self._served // self.accumulate
         for batch in super().__iter__():
             self._served += 1
             yield batch
 
     def state_dict(self) -> dict[str, int]:
-        """Batches of the current epoch served so far (0 once the epoch is complete)."""
-        return {"batches_served": self._served % len(self)}
+        """Optimizer steps of the current epoch served so far (0 once the epoch is complete)."""
+        return {"steps_served": (self._served % len(self)) // self.accumulate}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Skip the batches already served when the next epoch pass starts."""
-        self._skip = state["batches_served"]
+        """Skip the global batches already served when the next epoch pass starts.
+
+        Checkpoints of runs before the global batch count ``batches_served`` (one device, no
+        accumulation: the same thing).
+        """
+        self._skip_steps = state.get("steps_served", state.get("batches_served", 0))
 
 
 class DiffusionDataModule(L.LightningDataModule):
     """Serve batches ``(x, y)`` from a source: ``x: [B, *source.shape]`` float32, ``y: [B]`` int64.
 
     Images are in [−1, 1], toy points raw coordinates, ``y`` is −1 where the data have no labels.
-    The DataModule knows nothing of noise. Training batches are shuffled with a seed taken from
-    ``torch.initial_seed()``, so ``lightning.seed_everything(s)`` fixes their order; under DDP
-    each rank reads its own share of every epoch. A run resumed from a checkpoint taken
-    mid-epoch continues with the batches the interrupted run would have drawn next.
-    Validation batches keep the split's order and keep the last, smaller batch.
+    The DataModule knows nothing of noise.
+
+    The config sets the global batch G, the examples of one optimizer step over all devices;
+    when fitting starts the per-device batch b and Lightning's ``accumulate_grad_batches`` A
+    follow from the number of processes W (:func:`split_global_batch`: G = W · A · b, b as
+    large as ``max_device_batch`` allows). Training batches are shuffled with a seed taken from
+    ``torch.initial_seed()``, so ``lightning.seed_everything(s)`` fixes their order, and global
+    batch k holds the same examples on any W and A (each rank reads its contiguous share of
+    it); the incomplete last global batch of an epoch is dropped. A run resumed from a
+    checkpoint taken mid-epoch continues with the global batches the interrupted run would have
+    drawn next, on any number of devices. Validation batches (b per device) keep the split's
+    order and keep the last, smaller batch.
 
     Args:
         source: where the examples come from, e.g. ``Toy2D``, ``Digits`` or ``HFImages``.
-        batch_size: examples per batch.
+        global_batch_size: G, examples per optimizer step over all devices and micro-batches.
+        max_device_batch: the most examples a device holds at once (its memory's limit);
+            larger shares of G are accumulated over micro-batches. None: no limit.
         num_workers: DataLoader worker processes; 0 loads in the main process.
         hflip: mirror training images left–right at random (only for sources whose examples
             are mirror-symmetric images).
-        drop_last: drop the last incomplete training batch.
         pin_memory: pin batches in page-locked memory for faster host-to-GPU copies.
     """
 
     def __init__(
         self,
         source: Source,
-        batch_size: int = 128,
+        global_batch_size: int = 128,
+        max_device_batch: int | None = None,
         num_workers: int = 0,
         hflip: bool = False,
-        drop_last: bool = True,
         pin_memory: bool = False,
     ) -> None:
         super().__init__()
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        if global_batch_size <= 0:
+            raise ValueError(f"global_batch_size must be > 0, got {global_batch_size}")
+        if max_device_batch is not None and max_device_batch <= 0:
+            raise ValueError(
+                f"max_device_batch must be > 0, or null for no limit; got {max_device_batch}"
+            )
         if num_workers < 0:
             raise ValueError(
                 f"num_workers must be >= 0 (0 loads in the main process), got {num_workers}"
@@ -130,10 +208,9 @@ class DiffusionDataModule(L.LightningDataModule):
             )
             raise ValueError(f"hflip=True does not suit {type(source).__name__}: {reason}")
         self.source = source
-        self.batch_size = batch_size
+        self.global_batch_size, self.max_device_batch = global_batch_size, max_device_batch
         self.num_workers = num_workers
         self.hflip = hflip
-        self.drop_last = drop_last
         self.pin_memory = pin_memory
         self._datasets: dict[Split, Dataset[Example]] = {}
         save_config(self)
@@ -153,6 +230,21 @@ class DiffusionDataModule(L.LightningDataModule):
         """Quantisation levels of the raw data (256 for 8-bit images), None if continuous."""
         return self.source.num_levels
 
+    @property
+    def world_size(self) -> int:
+        """Processes of the attached trainer (1 without one)."""
+        return 1 if self.trainer is None else self.trainer.world_size
+
+    @property
+    def device_batch(self) -> int:
+        """b, the examples of one micro-batch on one device (:func:`split_global_batch`)."""
+        return split_global_batch(self.global_batch_size, self.world_size, self.max_device_batch)[0]
+
+    @property
+    def accumulate(self) -> int:
+        """A, the micro-batches each device accumulates per optimizer step."""
+        return split_global_batch(self.global_batch_size, self.world_size, self.max_device_batch)[1]
+
     def prepare_data(self) -> None:
         """Download or cache the data once per machine."""
         self.source.prepare()
@@ -160,11 +252,25 @@ class DiffusionDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         """Load the splits a stage needs: train and val to fit, val to validate.
 
+        When fitting, set the trainer's ``accumulate_grad_batches`` to A; a config that sets it
+        to anything else is refused (the global batch decides it).
+
         Args:
             stage: ``"fit"``, ``"validate"``, ``"test"`` or ``"predict"``.
         """
         for split in {"fit": ("train", "val"), "validate": ("val",)}.get(stage, ()):
             self.dataset(split)
+        if stage == "fit" and self.trainer is not None:
+            accumulate = self.accumulate
+            if self.trainer.accumulate_grad_batches not in (1, accumulate):
+                raise ValueError(
+                    f"trainer.accumulate_grad_batches={self.trainer.accumulate_grad_batches}, "
+                    "but the micro-batches follow from data.global_batch_size="
+                    f"{self.global_batch_size} over {self.world_size} process(es): remove "
+                    "trainer.accumulate_grad_batches and set data.max_device_batch (the most "
+                    "examples a device holds) to accumulate"
+                )
+            self.trainer.accumulate_grad_batches = accumulate
 
     def dataset(self, split: Split) -> Dataset[Example]:
         """One split, un-augmented, loaded from the source on first use.
@@ -192,19 +298,28 @@ class DiffusionDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader[Example]:
         """Shuffled training batches, randomly mirrored when ``hflip``."""
         data = self.dataset("train")
-        if self.drop_last and len(data) < self.batch_size:
+        if len(data) < self.global_batch_size:
             raise ValueError(
-                f"the train split has {len(data)} examples, fewer than batch_size="
-                f"{self.batch_size}, so drop_last=True leaves no batch; lower batch_size"
+                f"the train split has {len(data)} examples, fewer than global_batch_size="
+                f"{self.global_batch_size}, so no whole global batch; lower global_batch_size"
             )
-        trainer = self.trainer
-        ranks, rank = (1, 0) if trainer is None else (trainer.world_size, trainer.global_rank)
+        rank = 0 if self.trainer is None else self.trainer.global_rank
         data = _RandomHFlip(data) if self.hflip else data
+        sampler = _GlobalBatchShuffle(
+            data,
+            self.world_size,
+            rank,
+            seed=torch.initial_seed() % 2**63,
+            device_batch=self.device_batch,
+            accumulate=self.accumulate,
+            hflip=self.hflip,
+        )
         return _ResumableLoader(
             data,
-            sampler=_EpochShuffle(data, ranks, rank, seed=torch.initial_seed() % 2**63),
+            accumulate=self.accumulate,
+            sampler=sampler,
             generator=torch.Generator(),
-            drop_last=self.drop_last,
+            drop_last=True,
             **self._loader_options(),
         )
 
@@ -216,7 +331,7 @@ class DiffusionDataModule(L.LightningDataModule):
 
     def _loader_options(self) -> dict[str, Any]:
         return {
-            "batch_size": self.batch_size,
+            "batch_size": self.device_batch,
             "num_workers": self.num_workers,
             "pin_memory": self.pin_memory,
             "persistent_workers": self.num_workers > 0,

@@ -29,6 +29,7 @@ from diffusion_pl.guidance import (
 from diffusion_pl.nets.protocol import DenoiserNet
 from diffusion_pl.parameterization import Denoiser, Parameterization
 from diffusion_pl.paths import NoisePath
+from diffusion_pl.randomness import ExampleNoise, Generators, rand, randn
 from diffusion_pl.samplers import DenoiserFn, Sampler
 from diffusion_pl.time_sampling import TimeSampling
 from diffusion_pl.weighting import Weighting
@@ -121,6 +122,9 @@ class DiffusionModule(LightningModule):
         self.sampler = sampler
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.p_uncond, self.guidance_scale = p_uncond, guidance_scale
+        self.training_noise: ExampleNoise | None = None
+        """Source of the next training batch's draws, set by the ``StepSeed`` callback before
+        each batch (None: torch's global generator)."""
 
     @property
     def num_classes(self) -> int | None:
@@ -132,21 +136,21 @@ class DiffusionModule(LightningModule):
         """Labels passed to the net: ``y`` for class-conditional nets, else None."""
         return y if self.num_classes is not None else None
 
-    def drop_labels(self, y: Tensor | None, generator: torch.Generator | None) -> Tensor | None:
+    def drop_labels(self, y: Tensor | None, generator: Generators) -> Tensor | None:
         """``y`` with each label replaced by ∅ = ``num_classes`` with probability ``p_uncond``.
 
         Reference: Ho & Salimans (2022), "Classifier-Free Diffusion Guidance", Algorithm 1.
         """
         if y is None or self.p_uncond == 0:
             return y
-        drop = torch.rand(y.shape, generator=generator, device=y.device) < self.p_uncond
+        drop = rand(y.shape, generator, device=y.device) < self.p_uncond
         return torch.where(drop, self.num_classes, y)
 
     def loss(
         self,
         x0: Tensor,
         y: Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         eps: Tensor | None = None,
     ) -> Tensor:
         """Per-example loss ``[B]``: w(t) · mean k² (F(α_t x_0 + σ_t ε, t) − target(x_0, ε))².
@@ -167,7 +171,7 @@ class DiffusionModule(LightningModule):
             x0.shape[0], self.path, generator=generator, device=x0.device, dtype=dtype
         )
         if eps is None:
-            eps = torch.randn(x0.shape, generator=generator, device=x0.device)
+            eps = randn(x0.shape, generator, device=x0.device)
         c = self.path.coefficients(t, x0.ndim)
         x_t = c.alpha * x0 + c.sigma * eps
         labels = self.parameterization.noise_label(t, c)
@@ -177,13 +181,16 @@ class DiffusionModule(LightningModule):
         scale = self.weighting.error_scale(self.parameterization, c)
         return self.weighting(self.path, t) * mean_flat(scale * (out - target) ** 2)
 
-    def batch_loss(self, batch: tuple[Tensor, Tensor], generator: torch.Generator | None) -> Tensor:
+    def batch_loss(self, batch: tuple[Tensor, Tensor], generator: Generators) -> Tensor:
         """Per-example loss ``[B]`` of a batch ``(x, y)``."""
         x0, y = batch
         return self.loss(x0, y, generator)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss = self.batch_loss(batch, None).mean()
+        # The mean over this micro-batch; Lightning divides it by the accumulated micro-batches
+        # and DDP averages over the ranks, so with equal micro-batches (the DataModule's global
+        # batch) the gradient is that of the mean over the global batch.
+        loss = self.batch_loss(batch, self.training_noise).mean()
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -304,7 +311,7 @@ class DiffusionModule(LightningModule):
         n: int,
         *,
         sampler: Sampler | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         progress: bool = False,
         class_labels: Tensor | None = None,
         guidance_scale: float | None = None,

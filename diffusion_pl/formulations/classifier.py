@@ -12,6 +12,7 @@ from diffusion_pl.formulations.optim import optimizer_config
 from diffusion_pl.hparams import save_config
 from diffusion_pl.nets.protocol import ClassifierNet
 from diffusion_pl.paths import NoisePath
+from diffusion_pl.randomness import ExampleNoise, Generators, randn
 from diffusion_pl.tensors import as_batch
 from diffusion_pl.time_sampling import Uniform
 
@@ -56,6 +57,7 @@ class NoisyClassifier(LightningModule):
         super().__init__()
         self.net, self.data_shape, self.path = net, tuple(data_shape), path
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
+        self.training_noise: ExampleNoise | None = None  # set by StepSeed, as DiffusionModule's
         save_config(self)
 
     @property
@@ -70,17 +72,17 @@ class NoisyClassifier(LightningModule):
         return self.net(x.to(dtype), t.to(dtype)).float()
 
     def noisy(
-        self, x0: Tensor, generator: torch.Generator | None, t: Tensor | None = None
+        self, x0: Tensor, generator: Generators, t: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """x_t = α_t x_0 + σ_t ε and t ``[B]``, t ~ U(t_min, t_max) unless given."""
         if t is None:
             t = Uniform()(x0.shape[0], self.path, generator=generator, device=x0.device)
-        eps = torch.randn(x0.shape, generator=generator, device=x0.device)
+        eps = randn(x0.shape, generator, device=x0.device)
         return self.path.marginal(x0, t, eps), t
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x0, y = batch
-        x_t, t = self.noisy(x0, None)
+        x_t, t = self.noisy(x0, self.training_noise)
         loss = F.cross_entropy(self(x_t, t), y)
         self.log("train/loss", loss, prog_bar=True)
         return loss

@@ -28,6 +28,7 @@ from diffusion_pl.formulations.optim import optimizer_config
 from diffusion_pl.hparams import save_config
 from diffusion_pl.parameterization import ConsistencyPreconditioning, Denoiser, Prediction
 from diffusion_pl.paths import NoisePath, VEPath
+from diffusion_pl.randomness import Generators, rand, randn
 from diffusion_pl.samplers import ConsistencySampler, DenoiserFn, Sampler, karras_sigmas
 from diffusion_pl.tensors import append_dims
 
@@ -425,16 +426,16 @@ class ConsistencyModel(DiffusionModule):
         return self.global_step // per_stage
 
     def draw_levels(
-        self, n: int, generator: torch.Generator | None, device: torch.device
+        self, n: int, generator: Generators, device: torch.device
     ) -> tuple[Tensor, Tensor]:
         """``n`` pairs of levels σ_lo < σ_hi (float64, on ``device``): an interval of the N
-        levels, or ECT's log-normal t (at least 2 σ_min, so the pair is apart) and r(t)."""
+        levels, or ECT's log-normal t (at least 2 σ_min, so the pair is apart) and r(t).
+        Each example's pair depends on its own draw alone."""
         if self.level_sampling != "ect":
             sigmas = self.levels()
-            i = self.draw_intervals(sigmas, n, generator).cpu()
+            i = self.draw_intervals(sigmas, n, generator, device)
             return sigmas[i].to(device), sigmas[i + 1].to(device)
-        z = torch.randn(n, generator=generator, dtype=torch.float64,
-                        device="cpu" if generator is None else generator.device)  # fmt: skip
+        z = randn((n,), generator, device=device, dtype=torch.float64)
         hi = (self.p_mean + self.p_std * z).exp().clamp(2 * self.sigma_min, self.sigma_max)
         q, k, b, _ = self.ect
         lo = ect_lower_level(hi, self.ect_stage(), q, k, b).clamp_min(self.sigma_min)
@@ -444,14 +445,20 @@ class ConsistencyModel(DiffusionModule):
         """The current N levels σ_1 < … < σ_N, float64 on the CPU."""
         return karras_levels(self.sigma_min, self.sigma_max, self.current_num_scales(), self.rho)
 
-    def draw_intervals(self, sigmas: Tensor, n: int, generator: torch.Generator | None) -> Tensor:
-        """``n`` interval indices in [0, N − 2], log-normal or uniform (generator's device)."""
+    def draw_intervals(
+        self, sigmas: Tensor, n: int, generator: Generators, device: torch.device | str
+    ) -> Tensor:
+        """``n`` interval indices in [0, N − 2], log-normal or uniform, on the CPU.
+
+        Inverse-CDF sampling: index i for u ~ U[0, 1) in [F_{i−1}, F_i), F the cumulative
+        probabilities, so each example's index depends on its own uniform draw alone.
+        """
         if self.level_sampling == "uniform":
-            probs = torch.ones(len(sigmas) - 1, dtype=torch.float64)
+            probs = torch.full((len(sigmas) - 1,), 1.0 / (len(sigmas) - 1), dtype=torch.float64)
         else:
             probs = lognormal_level_probs(sigmas, self.p_mean, self.p_std)
-        device = "cpu" if generator is None else generator.device
-        return torch.multinomial(probs.to(device), n, replacement=True, generator=generator)
+        u = rand((n,), generator, device=device, dtype=torch.float64).cpu()
+        return torch.searchsorted(probs.cumsum(0), u, right=True).clamp(max=len(probs) - 1)
 
     def distance_fn(self, a: Tensor, b: Tensor) -> Tensor:
         """d(a, b) per example: pseudo-Huber with c = ``huber_c``, or ‖a − b‖²."""
@@ -469,7 +476,7 @@ class ConsistencyModel(DiffusionModule):
         self,
         x0: Tensor,
         y: Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         eps: Tensor | None = None,
     ) -> Tensor:
         """Per-example loss ``[B]``: λ(σ_n) d(f_θ(x̃_{n+1}, σ_{n+1}), f_θ⁻(x̃_n, σ_n)).
@@ -485,7 +492,7 @@ class ConsistencyModel(DiffusionModule):
         x0 = x0.to(dtype)
         sigma_lo, sigma_hi = self.draw_levels(x0.shape[0], generator, x0.device)
         if eps is None:
-            eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=dtype)
+            eps = randn(x0.shape, generator, device=x0.device, dtype=dtype)
         if self.teacher_ckpt is not None and self.teacher is None:
             raise ValueError("the teacher is loaded by setup(): call it before the loss")
         target_net = self.net if self.target_net is None else self.target_net

@@ -34,6 +34,7 @@ from diffusion_pl.hparams import save_config
 from diffusion_pl.nets.protocol import MultiLabelDenoiserNet
 from diffusion_pl.parameterization import AverageVelocityDenoiser, AverageVelocityPrediction
 from diffusion_pl.paths import LinearPath
+from diffusion_pl.randomness import Generators, rand, randn
 from diffusion_pl.samplers import MeanFlowSampler, Sampler
 from diffusion_pl.tensors import append_dims
 from diffusion_pl.time_sampling import LogitNormal, TimeSampling
@@ -157,7 +158,7 @@ class MeanFlow(DiffusionModule):
     def interval_times(
         self,
         n: int,
-        generator: torch.Generator | None,
+        generator: Generators,
         device: torch.device | str | None,
         dtype: torch.dtype,
     ) -> tuple[Tensor, Tensor]:
@@ -168,14 +169,14 @@ class MeanFlow(DiffusionModule):
             for _ in range(2)
         )
         t, r = torch.maximum(first, second), torch.minimum(first, second)
-        apart = torch.rand(n, generator=generator, device=device, dtype=dtype)
+        apart = rand((n,), generator, device=device, dtype=dtype)
         return torch.where(apart < self.interval_ratio, r, t), t
 
     def loss(
         self,
         x0: Tensor,
         y: Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         eps: Tensor | None = None,
     ) -> Tensor:
         """Per-example loss ``[B]``: sg(1 / (‖Δ‖² + c)^p) ‖Δ‖², Δ = u_θ(z_t, r, t) − u_tgt.
@@ -191,7 +192,7 @@ class MeanFlow(DiffusionModule):
         dtype = torch.promote_types(x0.dtype, torch.float32)
         r, t = self.interval_times(x0.shape[0], generator, x0.device, dtype)
         if eps is None:
-            eps = torch.randn(x0.shape, generator=generator, device=x0.device)
+            eps = randn(x0.shape, generator, device=x0.device)
         c = self.path.coefficients(t, x0.ndim)
         z = c.alpha * x0 + c.sigma * eps
         velocity = self.parameterization.target(x0, eps, c)

@@ -10,6 +10,7 @@ from diffusion_pl.formulations.base import DiffusionModule
 from diffusion_pl.hparams import save_config
 from diffusion_pl.parameterization import VelocityPrediction
 from diffusion_pl.paths import LinearPath
+from diffusion_pl.randomness import Generators
 from diffusion_pl.samplers import EulerSampler, Sampler
 from diffusion_pl.time_sampling import TimeSampling, Uniform
 from diffusion_pl.weighting import Constant, Weighting
@@ -92,7 +93,7 @@ class Reflow(RectifiedFlow):
             teacher = torch.load(self.init_from, map_location="cpu", weights_only=True)
             self.load_state_dict(teacher["state_dict"])
 
-    def batch_loss(self, batch: tuple[Tensor, Tensor], generator: torch.Generator | None) -> Tensor:
+    def batch_loss(self, batch: tuple[Tensor, Tensor], generator: Generators) -> Tensor:
         """Per-example loss ``[B]`` of a batch of coupled pairs ``(x, z)``."""
         x0, z = batch
         return self.loss(x0, generator=generator, eps=z)

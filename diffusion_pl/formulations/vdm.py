@@ -20,6 +20,7 @@ from diffusion_pl.formulations.base import DiffusionModule
 from diffusion_pl.hparams import save_config
 from diffusion_pl.parameterization import EpsilonPrediction, Parameterization
 from diffusion_pl.paths import DDPMPath, NoisePath
+from diffusion_pl.randomness import Generators
 from diffusion_pl.samplers import Sampler
 from diffusion_pl.samplers.ancestral import DDPMSampler
 from diffusion_pl.time_sampling import DiscreteUniform, TimeSampling, Uniform
@@ -116,7 +117,7 @@ class VDM(DiffusionModule):
         self,
         x0: Tensor,
         y: Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         eps: Tensor | None = None,
     ) -> VariationalBound:
         """The variational bound per example, in nats (see :func:`variational_bound`)."""
@@ -134,7 +135,7 @@ class VDM(DiffusionModule):
         self,
         x0: Tensor,
         y: Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         eps: Tensor | None = None,
     ) -> Tensor:
         """Per-example loss ``[B]``: the weighted regression, or with ``ELBO`` the bound in bpd.
