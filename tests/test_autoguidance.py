@@ -381,7 +381,7 @@ def test_fid_evaluator_scores_the_autoguided_samples(tmp_path: Path) -> None:
         return RectifiedFlow(net, (1, 8, 8), sampler=EulerSampler(steps=2)).eval()
 
     model, guide = unet(0), unet(1)
-    digits = DiffusionDataModule(Digits(), batch_size=64)
+    digits = DiffusionDataModule(Digits(), global_batch_size=64)
     fid = FIDEvaluator("digits", num_samples=32, batch_size=16, cache_dir=str(tmp_path),
                        progress=False)  # fmt: skip
     alone = fid.evaluate(model, digits)["fid"]
