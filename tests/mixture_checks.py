@@ -15,8 +15,16 @@ from torch import Tensor
 
 from diffusion_pl.mixture import GaussianMixtureSpec
 from diffusion_pl.oracle import GaussianMixtureOracle, responsibilities
-from diffusion_pl.parameterization import Parameterization, Prediction
-from diffusion_pl.paths import NoisePath
+from diffusion_pl.parameterization import (
+    EpsilonPrediction,
+    Parameterization,
+    Prediction,
+    ScorePrediction,
+    VelocityPrediction,
+    VPrediction,
+    X0Prediction,
+)
+from diffusion_pl.paths import DDPMPath, LinearPath, NoisePath, VEPath, VPLinearPath
 from diffusion_pl.tensors import as_batch
 
 __all__ = [
@@ -147,3 +155,14 @@ def check_mixture(
         std_k = torch.sqrt(torch.diagonal(mixture.covs[k]))
         torch.testing.assert_close(xk.mean(0), mixture.means[k], atol=mean_tol, rtol=0)
         torch.testing.assert_close(xk.std(0), std_k, atol=std_tol, rtol=0)
+
+
+PAIRS = [
+    (VelocityPrediction(), LinearPath()),
+    (EpsilonPrediction(), VPLinearPath()),
+    (ScorePrediction(), VEPath()),
+    (X0Prediction(), DDPMPath()),
+    (VPrediction(), VPLinearPath()),
+]
+"""One parameterization on each kind of path: the (param, path) cases of the guidance tests."""
+PAIR_IDS = [f"{type(p).__name__}-{type(q).__name__}" for p, q in PAIRS]

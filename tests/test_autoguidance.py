@@ -25,7 +25,16 @@ import numpy as np
 import pytest
 import torch
 from cli_runs import cli_error, fit_config, write_config
-from mixture_checks import MEANS, MIXTURE, WEIGHTS, IsotropicMixtureOracle, OracleNet, mode_weights
+from mixture_checks import (
+    MEANS,
+    MIXTURE,
+    PAIR_IDS,
+    PAIRS,
+    WEIGHTS,
+    IsotropicMixtureOracle,
+    OracleNet,
+    mode_weights,
+)
 from torch import Tensor
 
 from diffusion_pl.callbacks import FID, SampleGrid
@@ -48,15 +57,10 @@ from diffusion_pl.mixture import GaussianMixtureSpec
 from diffusion_pl.nets import MLP, MLPClassifier, UNet
 from diffusion_pl.parameterization import (
     Denoiser,
-    EpsilonPrediction,
     Parameterization,
     Prediction,
-    ScorePrediction,
-    VelocityPrediction,
-    VPrediction,
-    X0Prediction,
 )
-from diffusion_pl.paths import DDPMPath, LinearPath, NoisePath, VEPath, VPLinearPath
+from diffusion_pl.paths import LinearPath, NoisePath
 from diffusion_pl.samplers import (
     ConsistencySampler,
     DDPMSampler,
@@ -103,18 +107,7 @@ def closed_form_pair(
     return Prediction(x0=x0, eps=eps)
 
 
-PAIRS = [
-    (VelocityPrediction(), LinearPath()),
-    (EpsilonPrediction(), VPLinearPath()),
-    (ScorePrediction(), VEPath()),
-    (X0Prediction(), DDPMPath()),
-    (VPrediction(), VPLinearPath()),
-]
-
-
-@pytest.mark.parametrize(
-    ("param", "path"), PAIRS, ids=[f"{type(p).__name__}-{type(q).__name__}" for p, q in PAIRS]
-)
+@pytest.mark.parametrize(("param", "path"), PAIRS, ids=PAIR_IDS)
 def test_autoguided_pair_is_the_closed_form_mix(param: Parameterization, path: NoisePath) -> None:
     """D_g + w (D_m − D_g) for x̂_0 and ε̂, each model with its label (2 = ∅), at w = 2.5."""
 

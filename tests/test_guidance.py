@@ -17,7 +17,17 @@ import copy
 
 import pytest
 import torch
-from mixture_checks import MEANS, MIXTURE, STDS, N, OracleNet, check_mixture, mixture_oracle
+from mixture_checks import (
+    MEANS,
+    MIXTURE,
+    PAIR_IDS,
+    PAIRS,
+    STDS,
+    N,
+    OracleNet,
+    check_mixture,
+    mixture_oracle,
+)
 from torch import Tensor
 
 from diffusion_pl.formulations import VDM, NoisyClassifier
@@ -37,10 +47,8 @@ from diffusion_pl.parameterization import (
     Parameterization,
     ScorePrediction,
     VelocityPrediction,
-    VPrediction,
-    X0Prediction,
 )
-from diffusion_pl.paths import DDPMPath, LinearPath, NoisePath, VEPath, VPLinearPath
+from diffusion_pl.paths import LinearPath, NoisePath, VEPath, VPLinearPath
 from diffusion_pl.samplers import DDIMSampler, EulerSampler, PCSampler, Sampler
 from diffusion_pl.weighting import ELBO
 
@@ -79,16 +87,6 @@ def test_exact_classifier_gradient_is_bayes_rule(path: NoisePath) -> None:
         grad = classifier_gradient(oracle.class_logits, x, t_batch, y)
         expected = oracle.score(x, t_batch, y) - oracle.score(x, t_batch)
         torch.testing.assert_close(grad, expected, rtol=1e-9, atol=1e-9)
-
-
-PAIRS = [
-    (VelocityPrediction(), LinearPath()),
-    (EpsilonPrediction(), VPLinearPath()),
-    (ScorePrediction(), VEPath()),
-    (X0Prediction(), DDPMPath()),
-    (VPrediction(), VPLinearPath()),
-]
-PAIR_IDS = [f"{type(p).__name__}-{type(q).__name__}" for p, q in PAIRS]
 
 
 @pytest.mark.parametrize(("param", "path"), PAIRS, ids=PAIR_IDS)
