@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import sys
@@ -19,6 +20,16 @@ def command_line(script: str, argv: list[str] | None) -> str:
     """How to re-run ``benchmarks/<script>`` with ``argv`` (default: this process's arguments)."""
     args = sys.argv[1:] if argv is None else argv
     return " ".join([f"python benchmarks/{script}", *args])
+
+
+def run_record(script: str, argv: list[str] | None, args: argparse.Namespace) -> dict:
+    """The opening keys of a benchmark's results: its ``command``, the ``machine`` it ran on
+    (``args.device``) and every parsed option as ``settings`` (paths as strings)."""
+    return {
+        "command": command_line(script, argv),
+        "machine": machine(args.device),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    }
 
 
 def machine(device: str = "cpu") -> dict:

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from _common import ROOT, command_line, machine, markdown_table, report_header, write_results
+from _common import ROOT, markdown_table, report_header, run_record, write_results
 from digits_quality import (
     SWEEPS,
     benchmark_config,
@@ -212,9 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     evaluator = FIDEvaluator("digits", "val", args.num_samples, args.sample_batch, progress=False)
     results = {
-        "command": command_line("consistency_quality.py", argv),
-        "machine": machine(args.device),
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        **run_record("consistency_quality.py", argv, args),
         "real_data_floor": None,
         "teachers": {},
         "runs": {},

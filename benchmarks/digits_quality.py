@@ -48,7 +48,7 @@ from unittest.mock import patch
 
 import torch
 import yaml
-from _common import ROOT, command_line, machine, markdown_table, report_header, write_results
+from _common import ROOT, markdown_table, report_header, run_record, write_results
 from matplotlib.figure import Figure
 from torch import Tensor
 
@@ -369,9 +369,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     evaluator = FIDEvaluator("digits", "val", args.num_samples, args.sample_batch, progress=False)
     results = {
-        "command": command_line("digits_quality.py", argv),
-        "machine": machine(args.device),
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        **run_record("digits_quality.py", argv, args),
         "real_data_floor": None,
         "formulations": {},
         "fid": [],

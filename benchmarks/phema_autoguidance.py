@@ -31,7 +31,7 @@ import json
 from pathlib import Path
 
 import yaml
-from _common import ROOT, command_line, machine, markdown_table, report_header, write_results
+from _common import ROOT, markdown_table, report_header, run_record, write_results
 from digits_quality import benchmark_config, newest_checkpoint, real_data_floor, timed_fit
 from matplotlib.figure import Figure
 
@@ -165,9 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
         guided.append({"w": w, "fid": fid["fid"]})
         print(f"autoguidance w={w:g}: FID {fid['fid']:.3f}", flush=True)
     results = {
-        "command": command_line("phema_autoguidance.py", argv),
-        "machine": machine(args.device),
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        **run_record("phema_autoguidance.py", argv, args),
         "fit_seconds": fit_seconds,
         "sampler": str(sampler),
         "real_data_floor": real_data_floor(evaluator, final),

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import ROOT, command_line, machine, markdown_table, report_header, write_results
+from _common import ROOT, markdown_table, report_header, run_record, write_results
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
@@ -366,9 +366,7 @@ def main(argv: list[str] | None = None) -> dict:
     peak = peak_gflops()
     builders = {"ours": our_unet} | ({} if args.ours_only else {"diffusers": diffusers_unet})
     results = {
-        "command": command_line("unet_throughput.py", argv),
-        "machine": machine(args.device),
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        **run_record("unet_throughput.py", argv, args),
         "memory_kind": (
             "CUDA max_memory_allocated (tensors)"
             if args.device.startswith("cuda")
