@@ -348,14 +348,14 @@ class ConsistencyModel(DiffusionModule):
         When fitting starts, copy ``init_ckpt``'s net into the student (a resumed run then
         restores its own weights over it)."""
         if self.init_ckpt is not None and stage == "fit":
-            self.copy_teacher_net(self.load_diffusion_model(self.init_ckpt, "init_ckpt").net)
+            self.copy_net_from(self.load_diffusion_model(self.init_ckpt, "init_ckpt").net)
         if self.teacher_ckpt is None or self.teacher is not None:
             return
         teacher = self.load_diffusion_model(self.teacher_ckpt, "teacher_ckpt")
         check_teacher_range(teacher.path, self.sigma_min, self.sigma_max)
         teacher.eval().requires_grad_(False)
         if self.init_from_teacher:
-            self.copy_teacher_net(teacher.net)
+            self.copy_net_from(teacher.net)
         self.__dict__["teacher"] = teacher
 
     def load_diffusion_model(self, ckpt: str, key: str) -> DiffusionModule:
@@ -376,13 +376,14 @@ class ConsistencyModel(DiffusionModule):
             )
         return model
 
-    def copy_teacher_net(self, teacher_net: nn.Module) -> None:
-        """Load the teacher's net weights into the student (and its target network)."""
-        mine, theirs = self.net.state_dict(), teacher_net.state_dict()
+    def copy_net_from(self, other: nn.Module) -> None:
+        """Load another net's weights (the teacher's, or ``init_ckpt``'s) into the student and
+        its target network."""
+        mine, theirs = self.net.state_dict(), other.state_dict()
         shapes = {k: tuple(v.shape) for k, v in mine.items()}
         if shapes != {k: tuple(v.shape) for k, v in theirs.items()}:
             raise ValueError(
-                f"init_from_teacher / init_ckpt: that net ({type(teacher_net).__name__}) differs "
+                f"init_from_teacher / init_ckpt: that net ({type(other).__name__}) differs "
                 f"from the student's ({type(self.net).__name__}) in its layers or their shapes: "
                 "give the student the same net config, or start it from its initialisation"
             )
