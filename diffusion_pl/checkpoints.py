@@ -252,6 +252,10 @@ def load_datamodule(ckpt_path: str | Path) -> DiffusionDataModule:
     hparams.pop("_instantiator", None)
     if "source" not in hparams:
         raise ValueError(f"{ckpt_path} does not record its data; it was not written by `fit`")
+    if "batch_size" in hparams:
+        # Written before `global_batch_size` existed, when the batch was per device. Reading a
+        # checkpoint only evaluates, so its loaders need a batch size, not the training one.
+        hparams["global_batch_size"] = hparams.pop("batch_size")
     return instantiate_module(DiffusionDataModule, hparams)
 
 

@@ -11,7 +11,7 @@ import torch
 from run_helpers import launch, toy_overrides
 from torch import Tensor
 
-from diffusion_pl.checkpoints import read_checkpoint
+from diffusion_pl.checkpoints import load_datamodule, read_checkpoint
 from diffusion_pl.cli import main
 from diffusion_pl.data import DiffusionDataModule, Toy2D
 from diffusion_pl.data.datamodule import split_global_batch
@@ -49,6 +49,15 @@ def test_split_global_batch_and_its_errors() -> None:
         dm.setup("fit")
     with pytest.raises(ValueError, match="max_device_batch must be > 0"):
         DiffusionDataModule(Toy2D(), max_device_batch=0)
+
+
+def test_a_checkpoint_from_before_the_global_batch_still_loads_its_data(tmp_path: Path) -> None:
+    """Checkpoints written when ``data.batch_size`` was per device keep evaluating."""
+    source = {"class_path": "diffusion_pl.data.Toy2D", "init_args": {"num_train": 64}}
+    hparams = {"source": source, "batch_size": 24}
+    torch.save({"datamodule_hyper_parameters": hparams}, tmp_path / "old.ckpt")
+    dm = load_datamodule(tmp_path / "old.ckpt")
+    assert dm.global_batch_size == 24 and isinstance(dm.source, Toy2D)
 
 
 def _global_batches(world: int, cap: int | None) -> list[Tensor]:
