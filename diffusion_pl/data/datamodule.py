@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from diffusion_pl.data.sources import Example, Source, Split, check_split
+from diffusion_pl.data.streaming import StreamingLoader, StreamingSplit
 from diffusion_pl.hparams import save_config
 
 __all__ = ["DiffusionDataModule"]
@@ -94,7 +95,10 @@ class DiffusionDataModule(L.LightningDataModule):
     ``torch.initial_seed()``, so ``lightning.seed_everything(s)`` fixes their order; under DDP
     each rank reads its own share of every epoch. A run resumed from a checkpoint taken
     mid-epoch continues with the batches the interrupted run would have drawn next.
-    Validation batches keep the split's order and keep the last, smaller batch.
+    Validation batches keep the split's order and keep the last, smaller batch. A streamed
+    train split (``HFImages(streaming: true)``) is served by a
+    :class:`~diffusion_pl.data.streaming.StreamingLoader` instead, which resumes exactly too
+    (on the same number of ranks and workers).
 
     Args:
         source: where the examples come from, e.g. ``Toy2D``, ``Digits`` or ``HFImages``.
@@ -104,6 +108,8 @@ class DiffusionDataModule(L.LightningDataModule):
             are mirror-symmetric images).
         drop_last: drop the last incomplete training batch.
         pin_memory: pin batches in page-locked memory for faster host-to-GPU copies.
+        prefetch_factor: batches each worker loads ahead (None: PyTorch's default, 2); needs
+            ``num_workers`` > 0.
     """
 
     def __init__(
@@ -114,6 +120,7 @@ class DiffusionDataModule(L.LightningDataModule):
         hflip: bool = False,
         drop_last: bool = True,
         pin_memory: bool = False,
+        prefetch_factor: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size <= 0:
@@ -121,6 +128,11 @@ class DiffusionDataModule(L.LightningDataModule):
         if num_workers < 0:
             raise ValueError(
                 f"num_workers must be >= 0 (0 loads in the main process), got {num_workers}"
+            )
+        if prefetch_factor is not None and (prefetch_factor <= 0 or num_workers == 0):
+            raise ValueError(
+                f"prefetch_factor={prefetch_factor} needs num_workers > 0 (got {num_workers}) "
+                "and a value > 0: it is the batches each worker process loads ahead"
             )
         if hflip and not source.mirror_symmetric:
             reason = (
@@ -135,6 +147,7 @@ class DiffusionDataModule(L.LightningDataModule):
         self.hflip = hflip
         self.drop_last = drop_last
         self.pin_memory = pin_memory
+        self.prefetch_factor = prefetch_factor
         self._datasets: dict[Split, Dataset[Example]] = {}
         save_config(self)
 
@@ -152,6 +165,20 @@ class DiffusionDataModule(L.LightningDataModule):
     def num_levels(self) -> int | None:
         """Quantisation levels of the raw data (256 for 8-bit images), None if continuous."""
         return self.source.num_levels
+
+    @property
+    def clip_samples(self) -> bool:
+        """Whether samples are clipped to [−1, 1]; linked to the model's ``clip_samples``."""
+        return self.source.clip_samples
+
+    def decode(self, x: Tensor) -> Tensor:
+        """A model's samples as data to look at (codes decoded to images; see ``Source``)."""
+        return self.source.decode(x)
+
+    def images(self, split: Split) -> Dataset[Example]:
+        """A split as images: the examples, or for codes the images they encode (FID)."""
+        images = self.source.images(split)
+        return self.dataset(split) if images is None else images
 
     def prepare_data(self) -> None:
         """Download or cache the data once per machine."""
@@ -185,6 +212,8 @@ class DiffusionDataModule(L.LightningDataModule):
             n: number of examples, at most the size of the split.
         """
         data = self.dataset(split)
+        if isinstance(data, StreamingSplit):
+            raise ValueError(f"the {split} split is streamed and has no first n examples: use val")
         if not 0 < n <= len(data):
             raise ValueError(f"n must be in [1, {len(data)}] for the {split} split, got {n}")
         return torch.stack([data[i][0] for i in range(n)])
@@ -192,13 +221,18 @@ class DiffusionDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader[Example]:
         """Shuffled training batches, randomly mirrored when ``hflip``."""
         data = self.dataset("train")
+        trainer = self.trainer
+        ranks, rank = (1, 0) if trainer is None else (trainer.world_size, trainer.global_rank)
+        if isinstance(data, StreamingSplit):
+            return StreamingLoader(
+                data, self.batch_size, rank, ranks, torch.initial_seed() % 2**63, self.hflip,
+                self.num_workers, self.pin_memory, self.prefetch_factor,
+            )  # fmt: skip
         if self.drop_last and len(data) < self.batch_size:
             raise ValueError(
                 f"the train split has {len(data)} examples, fewer than batch_size="
                 f"{self.batch_size}, so drop_last=True leaves no batch; lower batch_size"
             )
-        trainer = self.trainer
-        ranks, rank = (1, 0) if trainer is None else (trainer.world_size, trainer.global_rank)
         data = _RandomHFlip(data) if self.hflip else data
         return _ResumableLoader(
             data,
@@ -219,5 +253,6 @@ class DiffusionDataModule(L.LightningDataModule):
             "batch_size": self.batch_size,
             "num_workers": self.num_workers,
             "pin_memory": self.pin_memory,
+            "prefetch_factor": self.prefetch_factor,
             "persistent_workers": self.num_workers > 0,
         }

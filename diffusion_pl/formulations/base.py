@@ -46,8 +46,8 @@ class DiffusionModule(LightningModule):
     """Base class: trains ``E_t w(t) ‖F(x_t, t) − target‖²`` and samples with a sampler.
 
     Subclasses take ``net``, ``data_shape``, their own choices and ``sampler``, and pass every
-    other argument below (``optimizer``, ``lr_scheduler``, ``p_uncond``, ``guidance_scale``) on
-    to this class, where alone they are documented.
+    other argument below (``optimizer``, ``lr_scheduler``, ``p_uncond``, ``guidance_scale``,
+    ``clip_samples``) on to this class, where alone they are documented.
 
     Args:
         net: a :class:`~diffusion_pl.nets.protocol.DenoiserNet`, ``net(x, noise_labels [B],
@@ -69,6 +69,8 @@ class DiffusionModule(LightningModule):
             class-conditional net.
         guidance_scale: default classifier-free guidance scale w of :meth:`sample` when class
             labels are given: 1 conditional, 0 unconditional, > 1 sharper.
+        clip_samples: clip samples of images (``data_shape`` (C, H, W)) to [−1, 1]; False for
+            autoencoder codes, which are not confined to it (linked from the data).
     """
 
     denoiser_type: ClassVar[type[Denoiser]] = Denoiser
@@ -91,6 +93,7 @@ class DiffusionModule(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         p_uncond: float = 0.0,
         guidance_scale: float = 1.0,
+        clip_samples: bool = True,
     ) -> None:
         if not isinstance(net, DenoiserNet):
             raise ValueError(
@@ -117,6 +120,7 @@ class DiffusionModule(LightningModule):
         self.sampler = sampler
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.p_uncond, self.guidance_scale = p_uncond, guidance_scale
+        self.clip_samples = clip_samples
 
     @property
     def num_classes(self) -> int | None:
@@ -264,7 +268,8 @@ class DiffusionModule(LightningModule):
         classifier: NoisyClassifier | None = None,
         classifier_scale: float = 1.0,
     ) -> Tensor:
-        """Draw ``n`` samples in data space ``[n, *data_shape]`` (images clipped to [−1, 1]).
+        """Draw ``n`` samples in data space ``[n, *data_shape]`` (images clipped to [−1, 1]
+        unless ``clip_samples`` is off).
 
         Without class labels the samples are unconditional (a conditional net gets ∅).
 
@@ -298,4 +303,4 @@ class DiffusionModule(LightningModule):
             progress=progress,
         )
         self.train(was_training)
-        return x.clamp(-1, 1) if len(self.data_shape) == 3 else x
+        return x.clamp(-1, 1) if len(self.data_shape) == 3 and self.clip_samples else x
