@@ -646,7 +646,8 @@ def encode(
     ``fit``; sample grids, ``sample`` and FID decode through the same autoencoder.
 
     Args:
-        data_config: a YAML config whose ``data.source`` gives the images (e.g. a fit config).
+        data_config: given as ``--config``: a YAML config whose ``data.source`` gives the
+            images (e.g. a fit config).
         autoencoder: hub name (``stabilityai/sd-vae-ft-mse``) or local folder of an AutoencoderKL.
         output: the folder to write.
         subfolder: the autoencoder's folder inside a pipeline repository (e.g. ``vae``).
