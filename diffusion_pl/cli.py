@@ -1,10 +1,11 @@
 """The ``diffusion-pl`` command: Lightning's fit/validate/test, and sample, reflow, likelihood,
-fid, phema.
+fid, phema, encode.
 
 diffusion-pl fit --config configs/toy2d/rectified_flow.yaml [--trainer.max_steps 200 ...]
 diffusion-pl sample --ckpt_path RUN.ckpt --num_samples N --seed S --output FILE.npz
 diffusion-pl fid --ckpt_path RUN.ckpt --feature digits --num_samples 2000  (torchrun: any ranks)
 diffusion-pl phema --run RUN_DIR --sigma_rel 0.05 0.08 0.12 --output DIR [--sweep true]
+diffusion-pl encode --config CFG --autoencoder stabilityai/sd-vae-ft-mse --output DIR  (latents)
 
 Bad input ends the command with one ``error:`` line and exit code 2 (:mod:`diffusion_pl.errors`;
 ``DIFFUSION_PL_TRACEBACK=1`` shows the traceback).
@@ -51,6 +52,7 @@ from diffusion_pl.checkpoints import (
     read_checkpoint,
 )
 from diffusion_pl.data import DiffusionDataModule
+from diffusion_pl.data.latents import encode_dataset
 from diffusion_pl.errors import UsageError, bad_input, show_tracebacks
 from diffusion_pl.formulations import VDM, DiffusionModule, NoisyClassifier, RectifiedFlow
 from diffusion_pl.generate import choose_sampler, counting_calls, cycle_labels, generate
@@ -86,6 +88,7 @@ __all__ = [
     "COMMANDS",
     "DiffusionCLI",
     "check_labels",
+    "encode",
     "fid",
     "fid_sweep",
     "likelihood",
@@ -131,10 +134,12 @@ class DiffusionCLI(LightningCLI):
     """LightningCLI over every formulation and the noisy classifier (``model.class_path``) and
     the one DataModule.
 
-    The data's example shape is linked to the model's ``data_shape``, and, for VDM, the data's
-    quantization levels to ``num_levels`` (the levels of its discretized decoder; NCSN's noise
-    levels are not linked). The model's and data's YAML config, linked values included, become
-    their hparams, from which a checkpoint rebuilds them (:func:`~.checkpoints.load_module`).
+    The data's example shape is linked to the model's ``data_shape``, whether samples are
+    clipped to [−1, 1] (images, not autoencoder codes) to a formulation's ``clip_samples``, and,
+    for VDM, the data's quantization levels to ``num_levels`` (the levels of its discretized
+    decoder; NCSN's noise levels are not linked). The model's and data's YAML config, linked
+    values included, become their hparams, from which a checkpoint rebuilds them
+    (:func:`~.checkpoints.load_module`).
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -154,9 +159,16 @@ class DiffusionCLI(LightningCLI):
         return self.config[self.subcommand] if self.subcommand else self.config
 
     def before_instantiate_classes(self) -> None:
-        """Link VDM's ``num_levels`` from the data; a hand-set value that differs fails."""
+        """Link a formulation's ``clip_samples`` and VDM's ``num_levels`` from the data; a
+        hand-set ``num_levels`` that differs fails."""
         model = self._run_config().model
-        if not issubclass(import_object(model.class_path), VDM):
+        formulation = import_object(model.class_path)
+        if issubclass(formulation, DiffusionModule):
+            for parser in self._parsers:
+                parser.link_arguments(
+                    "data.clip_samples", "model.init_args.clip_samples", apply_on="instantiate"
+                )
+        if not issubclass(formulation, VDM):
             return
         given = model.init_args.get("num_levels")
 
@@ -179,6 +191,8 @@ class DiffusionCLI(LightningCLI):
         dumped = yaml.safe_load(dumped)
         config = dumped[self.subcommand] if self.subcommand else dumped
         linked = {"data_shape": tuple(self.datamodule.data_shape)}
+        if isinstance(self.model, DiffusionModule):
+            linked["clip_samples"] = self.datamodule.clip_samples
         if isinstance(self.model, VDM):
             linked["num_levels"] = self.datamodule.num_levels
         model = config["model"]
@@ -374,7 +388,9 @@ def sample(
 ) -> Path:
     """Draw samples from a checkpoint into an ``.npz`` (key ``samples``), plus a PNG beside it.
 
-    Samples are in data space: images in [−1, 1], channels first; 2-D toys as coordinates.
+    Samples are in data space: images in [−1, 1], channels first; 2-D toys as coordinates. A
+    model of autoencoder codes (``Latents`` data) has its samples decoded to images through the
+    autoencoder its data name; the codes are saved too, under the key ``latents``.
     Sample k depends only on the seed and k: the same seed gives identical samples whatever
     the batch size, and N = 200 extends N = 100. With ``--class_labels`` the labels
     are cycled over the samples (``[3]``: all threes; ``[0,1,...,9]``: every digit in turn)
@@ -457,9 +473,14 @@ def sample(
     nfe = sum(c[0] for c in calls) / batches
     guide_nfe = "" if guide is None else f" ({calls[1][0] / batches:g} of them the guide's)"
     labels = None if class_labels is None else cycle_labels(class_labels, 0, num_samples)
+    extra = {} if labels is None else {"labels": labels.numpy()}
+    if not module.clip_samples:  # codes: decode them to images
+        extra["latents"] = samples.numpy()
+        data = load_datamodule(ckpt_path)
+        samples = torch.cat([data.decode(z.to(device)).cpu() for z in samples.split(batch_size)])
     out, picture = output_paths(output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, samples=samples.numpy(), **({} if labels is None else {"labels": labels.numpy()}))
+    np.savez(out, samples=samples.numpy(), **extra)
     save_samples_figure(samples[:256], picture, title=str(chosen))
     print(f"{chosen}: {nfe:g} network evaluations per sample{guide_nfe}", flush=True)
     print(f"wrote {out} (samples: {tuple(samples.shape)}) and {picture}", flush=True)
@@ -818,8 +839,67 @@ def fid_sweep(
     return result
 
 
-COMMANDS = {"sample": sample, "reflow": reflow, "likelihood": likelihood, "fid": fid,
-            "phema": phema}  # fmt: skip
+def encode(
+    data_config: str,
+    autoencoder: str,
+    output: str,
+    subfolder: str | None = None,
+    batch_size: int = 64,
+    device: str = "cpu",
+    sample_posterior: bool = False,
+    seed: int = 0,
+) -> Path:
+    """Encode a config's image data once with a pretrained autoencoder, to train in its latents.
+
+    Reads the data source of the ``data`` section of ``--config`` (``--data_config``, the same
+    option: jsonargparse keeps ``--config`` for a command's own options, so ``encode`` renames
+    it), encodes its train and val splits with
+    a ``diffusers`` AutoencoderKL (``pip install 'diffusion-pl[latent]'``) and writes them to
+    OUTPUT, which ``data.source: diffusion_pl.data.Latents`` (``path: OUTPUT``) then serves to
+    ``fit``; sample grids, ``sample`` and FID decode through the same autoencoder.
+
+    Args:
+        data_config: given as ``--config``: a YAML config whose ``data.source`` gives the
+            images (e.g. a fit config).
+        autoencoder: hub name (``stabilityai/sd-vae-ft-mse``) or local folder of an AutoencoderKL.
+        output: the folder to write.
+        subfolder: the autoencoder's folder inside a pipeline repository (e.g. ``vae``).
+        batch_size: images per encoder call.
+        device: torch device, e.g. ``cpu`` or ``cuda``.
+        sample_posterior: store a draw from the encoder's posterior instead of its mean.
+        seed: seed of those draws.
+    """
+    check_positive(batch_size=batch_size)
+    check_device(device)
+    path = Path(data_config)
+    if not path.is_file():
+        raise UsageError(f"--config {data_config}: no such file")
+    source = ((yaml.safe_load(path.read_text()) or {}).get("data") or {}).get("source")
+    if not isinstance(source, dict) or "class_path" not in source:
+        raise UsageError(
+            f"--config {data_config} has no data.source with a class_path: give a config whose "
+            "data section names the images, e.g. configs/digits/rectified_flow_32.yaml"
+        )
+    folder = encode_dataset(
+        source, autoencoder, output, subfolder=subfolder, batch_size=batch_size, device=device,
+        sample_posterior=sample_posterior, seed=seed,
+    )  # fmt: skip
+    metadata = json.loads((folder / "latents.json").read_text())
+    print(f"wrote {folder}: {metadata['examples']} codes of shape "
+          f"{tuple(metadata['latent_shape'])} (images {tuple(metadata['image_shape'])}, "
+          f"scaling factor {metadata['scaling_factor']:g}); train on them with data.source "
+          f"diffusion_pl.data.Latents, path: {folder}", flush=True)  # fmt: skip
+    return folder
+
+
+COMMANDS = {
+    "sample": sample,
+    "reflow": reflow,
+    "likelihood": likelihood,
+    "fid": fid,
+    "phema": phema,
+    "encode": encode,
+}
 """Commands beside LightningCLI's fit/validate/test, each a typed function."""
 
 
@@ -843,6 +923,13 @@ def main(args: list[str] | None = None) -> None:
             auto_parser(COMMANDS[argv[0]], **_command_options(argv[0])).error(str(error))
         print(f"error: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+def _encode_option(arg: str) -> str:
+    """``encode``'s ``--config X`` (or ``--config=X``) as ``--data_config``; others unchanged."""
+    if arg == "--config" or arg.startswith("--config="):
+        return "--data_config" + arg.removeprefix("--config")
+    return arg
 
 
 def _command_options(name: str) -> dict[str, object]:
@@ -876,6 +963,8 @@ def _run(argv: list[str], args: list[str] | None) -> None:
         rest = argv[1:]
         for option in _SPACED_LISTS.get(argv[0], ()):
             rest = _gather_list(rest, option)
+        if argv[0] == "encode":  # its --config is the fit config to encode, not its own options
+            rest = [_encode_option(a) for a in rest]
         CLI(COMMANDS[argv[0]], args=rest, **_command_options(argv[0]))
         return
     if argv[:1] and not argv[0].startswith("-") and argv[0] not in DiffusionCLI.subcommands():

@@ -16,9 +16,11 @@ trained and that the resumed run can honour:
 * every ``trainer`` setting (``max_steps``, callbacks, precision, gradient clipping, devices…);
 * the model's ``sampler`` and ``guidance_scale`` (:data:`RESUMABLE_MODEL_KEYS`): they choose how
   the model samples, not what it learns;
-* the data's ``num_workers``, ``pin_memory`` and ``max_device_batch``
+* the data's ``num_workers``, ``pin_memory``, ``prefetch_factor`` and ``max_device_batch``
   (:data:`RESUMABLE_DATA_KEYS`): how batches are loaded, not which (the per-device batch and
-  accumulation follow from the global batch and the devices, which may change too).
+  accumulation follow from the global batch and the devices, which may change too). A streamed
+  dataset (``HFImages(streaming: true)``) is the exception: its loader refuses a resume with
+  another number of workers, or of ranks, since its shards would be dealt out anew.
 
 Any other difference is an error naming each key with both values: the net, path,
 parameterization, weighting, time sampling and p_uncond define what is trained; the optimizer
@@ -70,10 +72,11 @@ sysexits.h, "temporary failure, retry"; configs/slurm/train.sbatch requeues the 
 RESUMABLE_MODEL_KEYS = ("sampler", "guidance_scale")
 """Model init args a resume may change: they choose how the model samples, not what it learns."""
 
-RESUMABLE_DATA_KEYS = ("num_workers", "pin_memory", "max_device_batch")
+RESUMABLE_DATA_KEYS = ("num_workers", "pin_memory", "prefetch_factor", "max_device_batch")
 """Data init args a resume may change: how batches are loaded, not which."""
 
-_LINKED_MODEL_KEYS = ("data_shape", "num_levels")  # linked from the data, compared through it
+# Linked from the data, and so compared through it.
+_LINKED_MODEL_KEYS = ("data_shape", "num_levels", "clip_samples")
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,7 @@ def test_the_traceback_switch_and_bugs_keep_their_traceback(
 @pytest.mark.parametrize(
     ("typed", "match"),
     [("sampel", r"unknown command 'sampel': did you mean 'sample'\? the commands are fit, "
-                r"validate, test, sample, reflow, likelihood, fid, phema$"),
+                r"validate, test, sample, reflow, likelihood, fid, phema, encode$"),
      ("predict", r"unknown command 'predict': the commands are fit, validate, test, sample")],
 )  # fmt: skip
 def test_a_mistyped_command_lists_every_command(
@@ -97,9 +97,8 @@ def test_a_mistyped_command_lists_every_command(
 ) -> None:
     with cli_error(capsys, match) as stderr:
         main([typed, "--config", "x.yaml"])
-    assert stderr[0] == (
-        "usage: diffusion-pl {fit,validate,test,sample,reflow,likelihood,fid,phema} ..."
-    )
+    commands = "fit,validate,test,sample,reflow,likelihood,fid,phema,encode"
+    assert stderr[0] == f"usage: diffusion-pl {{{commands}}} ..."
 
 
 def test_predict_is_not_offered(capsys: pytest.CaptureFixture[str]) -> None:

@@ -295,14 +295,14 @@ def test_missing_column_or_split_names_the_key(
         HFImages(str(saved_dataset), from_disk=True, **kwargs).prepare()
 
 
-@pytest.mark.parametrize("offline", [False, True])
+@pytest.mark.parametrize(("offline", "streaming"), [(False, False), (True, False), (True, True)])
 def test_unreachable_hub_fails_fast_with_hint(
-    monkeypatch: pytest.MonkeyPatch, offline: bool
+    monkeypatch: pytest.MonkeyPatch, offline: bool, streaming: bool
 ) -> None:
     monkeypatch.setattr(hf.config, "HF_HUB_OFFLINE", offline)
     start = time.perf_counter()
     with pytest.raises(ConnectionError, match=r"some-user/does-not-exist.*local copy"):
-        HFImages("some-user/does-not-exist").prepare()
+        HFImages("some-user/does-not-exist", streaming=streaming).prepare()
     assert time.perf_counter() - start < 30
 
 
@@ -315,7 +315,15 @@ def test_missing_local_path(tmp_path: Path, kwargs: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"channels": 2}, "channels must be 1"), ({"image_size": 0}, "image_size must be > 0")],
+    [
+        ({"channels": 2}, "channels must be 1"),
+        ({"image_size": 0}, "image_size must be > 0"),
+        ({"streaming": True, "split_val": None}, "streaming: true needs a separate validation"),
+        ({"streaming": True, "from_disk": True}, "from_disk .* needs no streaming"),
+        ({"streaming": True, "shuffle_buffer": 0}, "shuffle_buffer must be > 0"),
+        ({"streaming": True, "num_train": 0}, "num_train must be > 0"),
+        ({"num_val": 10}, "num_val=10 applies to streaming"),
+    ],
 )
 def test_hf_images_validation(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -392,6 +400,7 @@ def test_hflip_refused_where_mirroring_is_wrong(source: Source, match: str) -> N
     [
         ({"global_batch_size": 0}, "global_batch_size must be > 0"),
         ({"num_workers": -1}, "num_workers must"),
+        ({"prefetch_factor": 4}, r"prefetch_factor=4 needs num_workers > 0 \(got 0\)"),
     ],
 )
 def test_datamodule_validation(kwargs: dict[str, Any], match: str) -> None:

@@ -31,7 +31,8 @@ class SampleGrid(Callback):
     """Draw ``num_samples`` samples every ``every_n_steps`` steps and at the end of fitting.
 
     Images become a PNG grid, 2-D points a scatter plot over validation data, both under
-    ``<log_dir>/samples/`` and, when a TensorBoard logger is on, in its Images tab. The seed is
+    ``<log_dir>/samples/`` and, when a TensorBoard logger is on, in its Images tab. Samples of
+    autoencoder codes are decoded to images first (the DataModule's ``decode``). The seed is
     the same every time, so pictures show training progress and not sampling noise. A
     class-conditional model draws the classes in turn (0, 1, …, K−1, 0, …), one per grid cell.
     Steps count optimizer steps: with gradient accumulation a step draws once, not once per
@@ -88,6 +89,8 @@ class SampleGrid(Callback):
                     pl_module, n, seed=self.seed, batch_size=n, class_labels=classes,
                     **self.guide.sampling(),
                 )  # fmt: skip
+                if hasattr(datamodule, "decode"):
+                    x = datamodule.decode(x.to(pl_module.device)).cpu()
             path = run_dir(trainer) / "samples" / f"{name}{suffix}.png"
             title = f"step {trainer.global_step}" + (f" ({weights} weights)" if suffix else "")
             self.last_path = save_samples_figure(x, path, reference, title=title)

@@ -2,6 +2,7 @@
 
 from diffusion_pl.data.datamodule import DiffusionDataModule
 from diffusion_pl.data.images import Digits, HFImages
+from diffusion_pl.data.latents import Latents
 from diffusion_pl.data.pairs import ReflowPairs
 from diffusion_pl.data.sources import Example, Source, Split
 from diffusion_pl.data.toy2d import GaussianMixture, Toy2D
@@ -14,6 +15,7 @@ __all__ = [
     "GaussianMixture",
     "GaussianMixtureSpec",
     "HFImages",
+    "Latents",
     "ReflowPairs",
     "Source",
     "Split",

@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from diffusion_pl.data.sources import Example, Source, Split, check_split
+from diffusion_pl.data.streaming import StreamingLoader, StreamingSplit
 from diffusion_pl.hparams import save_config
 
 __all__ = ["DiffusionDataModule", "split_global_batch"]
@@ -169,6 +170,11 @@ class DiffusionDataModule(L.LightningDataModule):
     drawn next, on any number of devices. Validation batches (b per device) keep the split's
     order and keep the last, smaller batch.
 
+    A streamed train split (``HFImages(streaming: true)``) is served by a
+    :class:`~diffusion_pl.data.streaming.StreamingLoader` instead: micro-batches of b from each
+    rank's shards through a shuffle buffer. It resumes exactly too, but only on the same number
+    of ranks and workers, and its order depends on W (shards are dealt out to ranks).
+
     Args:
         source: where the examples come from, e.g. ``Toy2D``, ``Digits`` or ``HFImages``.
         global_batch_size: G, examples per optimizer step over all devices and micro-batches.
@@ -178,6 +184,8 @@ class DiffusionDataModule(L.LightningDataModule):
         hflip: mirror training images left–right at random (only for sources whose examples
             are mirror-symmetric images).
         pin_memory: pin batches in page-locked memory for faster host-to-GPU copies.
+        prefetch_factor: batches each worker loads ahead (None: PyTorch's default, 2); needs
+            ``num_workers`` > 0.
     """
 
     def __init__(
@@ -188,6 +196,7 @@ class DiffusionDataModule(L.LightningDataModule):
         num_workers: int = 0,
         hflip: bool = False,
         pin_memory: bool = False,
+        prefetch_factor: int | None = None,
     ) -> None:
         super().__init__()
         if global_batch_size <= 0:
@@ -199,6 +208,11 @@ class DiffusionDataModule(L.LightningDataModule):
         if num_workers < 0:
             raise ValueError(
                 f"num_workers must be >= 0 (0 loads in the main process), got {num_workers}"
+            )
+        if prefetch_factor is not None and (prefetch_factor <= 0 or num_workers == 0):
+            raise ValueError(
+                f"prefetch_factor={prefetch_factor} needs num_workers > 0 (got {num_workers}) "
+                "and a value > 0: it is the batches each worker process loads ahead"
             )
         if hflip and not source.mirror_symmetric:
             reason = (
@@ -212,6 +226,7 @@ class DiffusionDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.hflip = hflip
         self.pin_memory = pin_memory
+        self.prefetch_factor = prefetch_factor
         self._datasets: dict[Split, Dataset[Example]] = {}
         save_config(self)
 
@@ -244,6 +259,20 @@ class DiffusionDataModule(L.LightningDataModule):
     def accumulate(self) -> int:
         """A, the micro-batches each device accumulates per optimizer step."""
         return split_global_batch(self.global_batch_size, self.world_size, self.max_device_batch)[1]
+
+    @property
+    def clip_samples(self) -> bool:
+        """Whether samples are clipped to [−1, 1]; linked to the model's ``clip_samples``."""
+        return self.source.clip_samples
+
+    def decode(self, x: Tensor) -> Tensor:
+        """A model's samples as data to look at (codes decoded to images; see ``Source``)."""
+        return self.source.decode(x)
+
+    def images(self, split: Split) -> Dataset[Example]:
+        """A split as images: the examples, or for codes the images they encode (FID)."""
+        images = self.source.images(split)
+        return self.dataset(split) if images is None else images
 
     def prepare_data(self) -> None:
         """Download or cache the data once per machine."""
@@ -291,6 +320,8 @@ class DiffusionDataModule(L.LightningDataModule):
             n: number of examples, at most the size of the split.
         """
         data = self.dataset(split)
+        if isinstance(data, StreamingSplit):
+            raise ValueError(f"the {split} split is streamed and has no first n examples: use val")
         if not 0 < n <= len(data):
             raise ValueError(f"n must be in [1, {len(data)}] for the {split} split, got {n}")
         return torch.stack([data[i][0] for i in range(n)])
@@ -298,12 +329,17 @@ class DiffusionDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader[Example]:
         """Shuffled training batches, randomly mirrored when ``hflip``."""
         data = self.dataset("train")
+        rank = 0 if self.trainer is None else self.trainer.global_rank
+        if isinstance(data, StreamingSplit):
+            return StreamingLoader(
+                data, self.device_batch, rank, self.world_size, torch.initial_seed() % 2**63,
+                self.hflip, self.num_workers, self.pin_memory, self.prefetch_factor,
+            )  # fmt: skip
         if len(data) < self.global_batch_size:
             raise ValueError(
                 f"the train split has {len(data)} examples, fewer than global_batch_size="
                 f"{self.global_batch_size}, so no whole global batch; lower global_batch_size"
             )
-        rank = 0 if self.trainer is None else self.trainer.global_rank
         data = _RandomHFlip(data) if self.hflip else data
         sampler = _GlobalBatchShuffle(
             data,
@@ -334,5 +370,6 @@ class DiffusionDataModule(L.LightningDataModule):
             "batch_size": self.device_batch,
             "num_workers": self.num_workers,
             "pin_memory": self.pin_memory,
+            "prefetch_factor": self.prefetch_factor,
             "persistent_workers": self.num_workers > 0,
         }

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import datasets as hf
 import numpy as np
@@ -16,6 +19,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
 from diffusion_pl.data.sources import Example, Source, Split, check_split
+from diffusion_pl.data.streaming import StreamingSplit, parquet_rows
 
 __all__ = ["Digits", "HFImages"]
 
@@ -121,28 +125,35 @@ def _image_to_tensor(image: PIL.Image.Image, size: int, mode: str) -> Tensor:
     return pixels.permute(2, 0, 1).float() / 127.5 - 1.0
 
 
-class _ImageDataset(Dataset[Example]):
-    """A Hugging Face split whose rows are decoded into ``(x, y)`` on access."""
+def _row_example(
+    row: dict[str, Any], image_column: str, label_column: str | None, size: int, mode: str
+) -> Example:
+    """One dataset row as an ``(x, y)`` example (see :func:`_image_to_tensor`).
 
-    def __init__(
-        self, data: hf.Dataset, image_column: str, label_column: str | None, size: int, mode: str
-    ) -> None:
-        self.data = data.select_columns([c for c in (image_column, label_column) if c is not None])
-        self.image_column = image_column
-        self.label_column = label_column
-        self.size = size
-        self.mode = mode
+    The image may be a PIL image, an undecoded ``{"bytes", "path"}`` cell of an ``Image``
+    column (decoded here), or an array of 8-bit pixels.
+    """
+    image = row[image_column]
+    if isinstance(image, dict):
+        image = hf.Image().decode_example(image)
+    elif not isinstance(image, PIL.Image.Image):
+        image = PIL.Image.fromarray(np.asarray(image, dtype=np.uint8))
+    label = -1 if label_column is None else row[label_column]
+    return _image_to_tensor(image, size, mode), torch.tensor(label, dtype=torch.int64)
+
+
+class _ImageDataset(Dataset[Example]):
+    """Rows (a Hugging Face split, or a list of raw rows) decoded into ``(x, y)`` on access."""
+
+    def __init__(self, data: hf.Dataset | list[dict[str, Any]], decode: partial[Example]) -> None:
+        self.data = data
+        self.decode = decode
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, index: int) -> Example:
-        row = self.data[index]
-        image = row[self.image_column]
-        if not isinstance(image, PIL.Image.Image):
-            image = PIL.Image.fromarray(np.asarray(image, dtype=np.uint8))
-        label = -1 if self.label_column is None else row[self.label_column]
-        return _image_to_tensor(image, self.size, self.mode), torch.tensor(label, dtype=torch.int64)
+        return self.decode(self.data[index])
 
 
 class HFImages(Source):
@@ -161,6 +172,14 @@ class HFImages(Source):
       ``HUB_TIMEOUT_S`` timeout, so an offline machine fails at once (``load_dataset`` alone
       retries for about 25 s) with a hint on pointing at a local copy. With ``HF_HUB_OFFLINE=1``
       the probe is skipped and the cached copy is used.
+
+    With ``streaming: true`` nothing is downloaded or loaded whole: the train split is read as a
+    stream of shards (``load_dataset(..., streaming=True)``; see
+    :mod:`diffusion_pl.data.streaming` for the order, the shuffle buffer and exact resumption),
+    for hub datasets and local ``parquet`` / ``imagefolder`` shards alike. Its size, which sets
+    the epoch's length, comes from ``num_train``, else the dataset's metadata (the hub's split
+    sizes, local parquet footers). The val split (``split_val`` must be set) is read once into
+    memory, its first ``num_val`` examples (all when None).
 
     Nothing is read in the constructor; the DataModule calls :meth:`prepare` and :meth:`load`.
     Images are converted to RGB or greyscale per ``channels``, centre-cropped to a square,
@@ -183,6 +202,10 @@ class HFImages(Source):
         from_disk: read a folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``.
         val_fraction: fraction of train held out when ``split_val`` is None.
         seed: seed of that hold-out.
+        streaming: stream the data instead of loading it (see above).
+        shuffle_buffer: streaming: rows each reader shuffles at a time (1: shard order only).
+        num_train: streaming: examples in the train split (None: from the metadata).
+        num_val: streaming: examples kept from the start of the val split (None: all).
     """
 
     def __init__(
@@ -200,6 +223,10 @@ class HFImages(Source):
         from_disk: bool = False,
         val_fraction: float = 0.01,
         seed: int = 0,
+        streaming: bool = False,
+        shuffle_buffer: int = 1000,
+        num_train: int | None = None,
+        num_val: int | None = None,
     ) -> None:
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (greyscale) or 3 (RGB), got {channels}")
@@ -210,6 +237,7 @@ class HFImages(Source):
         if from_disk and builder is not None:
             raise ValueError(f"from_disk reads a saved dataset, which needs no builder={builder!r}")
         _check_fraction(val_fraction)
+        _check_streaming(streaming, from_disk, split_val, shuffle_buffer, num_train, num_val)
         self.path = path
         self.split_train = split_train
         self.split_val = split_val
@@ -223,7 +251,12 @@ class HFImages(Source):
         self.from_disk = from_disk
         self.val_fraction = val_fraction
         self.seed = seed
+        self.streaming = streaming
+        self.shuffle_buffer = shuffle_buffer
+        self.num_train = num_train
+        self.num_val = num_val
         self._splits: dict[Split, hf.Dataset] | None = None
+        self._streams: dict[Split, Dataset[Example] | StreamingSplit] | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -246,15 +279,71 @@ class HFImages(Source):
         return True
 
     def prepare(self) -> None:
-        """Download (or read) the dataset and check its splits and columns."""
-        self._load_splits()
+        """Download (or read) the dataset and check its splits and columns; when streaming,
+        open the streams and read the val split."""
+        if self.streaming:
+            self._open_streams()
+        else:
+            self._load_splits()
 
-    def load(self, split: Split) -> _ImageDataset:
-        """Return one split, decoded into ``(x, y)`` examples on access."""
+    def load(self, split: Split) -> _ImageDataset | StreamingSplit:
+        """Return one split, decoded into ``(x, y)`` examples on access (the streamed train
+        split: a :class:`~diffusion_pl.data.streaming.StreamingSplit`)."""
         check_split(split)
-        mode = "RGB" if self.channels == 3 else "L"
+        if self.streaming:
+            return self._open_streams()[split]
         data = self._load_splits()[split]
-        return _ImageDataset(data, self.image_column, self.label_column, self.image_size, mode)
+        columns = [c for c in (self.image_column, self.label_column) if c is not None]
+        return _ImageDataset(data.select_columns(columns), self._decoder())
+
+    def _decoder(self) -> partial[Example]:
+        """Row → ``(x, y)`` for this source's columns, size and channels (it pickles)."""
+        return partial(
+            _row_example, image_column=self.image_column, label_column=self.label_column,
+            size=self.image_size, mode="RGB" if self.channels == 3 else "L",
+        )  # fmt: skip
+
+    def _open_streams(self) -> dict[Split, _ImageDataset | StreamingSplit]:
+        """Open the train stream and read the val split's first ``num_val`` rows, once."""
+        if self._streams is None:
+            loaded = self._open()
+            self._pick_splits(loaded)
+            train, val = (
+                self._raw_images(loaded[name]) for name in (self.split_train, self.split_val)
+            )
+            rows = list(itertools.islice(val, self.num_val))
+            decode = self._decoder()
+            self._streams = {
+                "train": StreamingSplit(train, decode, self._count_train(), self.shuffle_buffer),
+                "val": _ImageDataset(rows, decode),
+            }
+        return self._streams
+
+    def _raw_images(self, data: hf.IterableDataset) -> hf.IterableDataset:
+        """The configured columns, the image column left undecoded (raw bytes)."""
+        data = data.select_columns([c for c in (self.image_column, self.label_column) if c])
+        if data.features is not None and isinstance(data.features[self.image_column], hf.Image):
+            data = data.cast_column(self.image_column, hf.Image(decode=False))
+        return data
+
+    def _count_train(self) -> int:
+        """Examples in the streamed train split: ``num_train``, else the dataset's metadata."""
+        if self.num_train is not None:
+            return self.num_train
+        path, kwargs = self._load_args()
+        builder = hf.load_dataset_builder(path, **kwargs)
+        splits = builder.info.splits or {}
+        if self.split_train in splits and splits[self.split_train].num_examples:
+            return splits[self.split_train].num_examples
+        files = (builder.config.data_files or {}).get(self.split_train)
+        count = parquet_rows([str(f) for f in files or []])
+        if count is None:
+            raise ValueError(
+                f"the size of the streamed split {self.split_train!r} of {self.path!r} is not in "
+                "its metadata (hub split sizes or local parquet footers): set "
+                "data.source.init_args.num_train to its number of examples"
+            )
+        return count
 
     def _load_splits(self) -> dict[Split, hf.Dataset]:
         """Open the dataset once and keep its checked train and val splits."""
@@ -278,11 +367,19 @@ class HFImages(Source):
             )
         if self.from_disk:
             return hf.load_from_disk(str(local))
-        if self.builder is not None:
-            return hf.load_dataset(self.builder, data_dir=str(local), data_files=self.data_files)
-        return hf.load_dataset(str(local), data_files=self.data_files)
+        path, kwargs = self._load_args()
+        return hf.load_dataset(path, **kwargs, streaming=self.streaming)
 
-    def _open_hub(self) -> hf.DatasetDict:
+    def _load_args(self) -> tuple[str, dict[str, Any]]:
+        """``load_dataset``'s path and keyword arguments for a local folder or a hub name."""
+        if self.builder is not None:
+            local = Path(self.path).expanduser()
+            return self.builder, {"data_dir": str(local), "data_files": self.data_files}
+        if Path(self.path).expanduser().exists():
+            return str(Path(self.path).expanduser()), {"data_files": self.data_files}
+        return self.path, {"data_files": self.data_files}
+
+    def _open_hub(self) -> hf.DatasetDict | hf.IterableDatasetDict:
         """Load a hub dataset, failing fast with a hint when the hub cannot be reached."""
         if not hf.config.HF_HUB_OFFLINE:
             try:
@@ -290,7 +387,7 @@ class HFImages(Source):
             except Exception as err:  # any failure means the hub copy is out of reach
                 raise ConnectionError(self._unreachable(err)) from err
         try:
-            return hf.load_dataset(self.path, data_files=self.data_files)
+            return hf.load_dataset(self.path, data_files=self.data_files, streaming=self.streaming)
         except ConnectionError as err:  # offline mode and not in the cache
             raise ConnectionError(self._unreachable(err)) from err
 
@@ -301,19 +398,21 @@ class HFImages(Source):
             f"({type(err).__name__}: {err}). {_LOCAL_COPY_HINT}"
         )
 
-    def _pick_splits(self, loaded: hf.DatasetDict) -> dict[Split, hf.Dataset]:
+    def _pick_splits(
+        self, loaded: hf.DatasetDict | hf.IterableDatasetDict
+    ) -> dict[Split, hf.Dataset]:
         """Check that the configured splits and columns exist; hold out val if asked."""
         _require("split", "split_train", self.split_train, list(loaded), self.path)
         if self.split_val is not None:
             hint = "or to null to hold out val_fraction of train"
             _require("split", "split_val", self.split_val, list(loaded), self.path, hint)
         train = loaded[self.split_train]
-        _require("column", "image_column", self.image_column, train.column_names, self.path)
-        if self.label_column is not None:
+        columns = train.column_names or []  # a stream may not know its columns before reading
+        if columns:
+            _require("column", "image_column", self.image_column, columns, self.path)
+        if self.label_column is not None and columns:
             hint = "or to null for unlabelled data"
-            _require(
-                "column", "label_column", self.label_column, train.column_names, self.path, hint
-            )
+            _require("column", "label_column", self.label_column, columns, self.path, hint)
         if self.split_val is not None:
             return {"train": train, "val": loaded[self.split_val]}
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed))
@@ -322,6 +421,36 @@ class HFImages(Source):
             "train": train.select(order[num_val:].tolist()),
             "val": train.select(order[:num_val].tolist()),
         }
+
+
+def _check_streaming(
+    streaming: bool,
+    from_disk: bool,
+    split_val: str | None,
+    shuffle_buffer: int,
+    num_train: int | None,
+    num_val: int | None,
+) -> None:
+    """Refuse streaming settings that cannot work, naming the key and the fix."""
+    if shuffle_buffer <= 0:
+        raise ValueError(f"shuffle_buffer must be > 0 (1: no shuffling), got {shuffle_buffer}")
+    for key, value in (("num_train", num_train), ("num_val", num_val)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{key} must be > 0 or null, got {value}")
+        if value is not None and not streaming:
+            raise ValueError(f"{key}={value} applies to streaming: set streaming: true or drop it")
+    if not streaming:
+        return
+    if from_disk:
+        raise ValueError(
+            "from_disk reads a saved dataset, which is memory-mapped and needs no streaming: "
+            "set streaming: false, or point path at the dataset's parquet or image files"
+        )
+    if split_val is None:
+        raise ValueError(
+            "streaming: true needs a separate validation split (a stream cannot hold out "
+            "val_fraction of train): set split_val to one of the dataset's splits"
+        )
 
 
 def _require(

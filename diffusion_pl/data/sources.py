@@ -64,6 +64,22 @@ class Source(ABC):
         """The exact data distribution when it is an isotropic Gaussian mixture, else None."""
         return None
 
+    @property
+    def clip_samples(self) -> bool:
+        """Whether a model's samples of this data are clipped to [−1, 1] (images); False for
+        autoencoder codes (:class:`~diffusion_pl.data.latents.Latents`)."""
+        return True
+
+    def decode(self, x: Tensor) -> Tensor:
+        """A model's samples ``[B, *shape]`` as data to look at: themselves, except for codes,
+        which are decoded to images."""
+        return x
+
+    def images(self, split: Split) -> Dataset[Example] | None:
+        """The images a split's examples stand for, when they are not the examples themselves
+        (codes: the images they encode); None otherwise."""
+        return None
+
     def prepare(self) -> None:
         """Download or cache the data once per machine; called from ``prepare_data``."""
         return None
@@ -76,5 +92,6 @@ class Source(ABC):
             split: ``"train"`` or ``"val"``.
 
         Returns:
-            A map-style dataset of ``(x, y)`` examples as described in the module docstring.
+            A map-style dataset of ``(x, y)`` examples as described in the module docstring,
+            or, for a streamed train split, a :class:`~diffusion_pl.data.streaming.StreamingSplit`.
         """

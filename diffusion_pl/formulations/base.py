@@ -49,8 +49,8 @@ class DiffusionModule(LightningModule):
     """Base class: trains ``E_t w(t) ‖F(x_t, t) − target‖²`` and samples with a sampler.
 
     Subclasses take ``net``, ``data_shape``, their own choices and ``sampler``, and pass every
-    other argument below (``optimizer``, ``lr_scheduler``, ``p_uncond``, ``guidance_scale``) on
-    to this class, where alone they are documented.
+    other argument below (``optimizer``, ``lr_scheduler``, ``p_uncond``, ``guidance_scale``,
+    ``clip_samples``) on to this class, where alone they are documented.
 
     Args:
         net: a :class:`~diffusion_pl.nets.protocol.DenoiserNet`, ``net(x, noise_labels [B],
@@ -74,6 +74,8 @@ class DiffusionModule(LightningModule):
             labels are given: 1 conditional, 0 unconditional, > 1 sharper. (Autoguidance's w
             is given with its guide, to :meth:`sample` or to the FID and sample-grid
             callbacks, never read from here.)
+        clip_samples: clip samples of images (``data_shape`` (C, H, W)) to [−1, 1]; False for
+            autoencoder codes, which are not confined to it (linked from the data).
     """
 
     denoiser_type: ClassVar[type[Denoiser]] = Denoiser
@@ -96,6 +98,7 @@ class DiffusionModule(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         p_uncond: float = 0.0,
         guidance_scale: float = 1.0,
+        clip_samples: bool = True,
     ) -> None:
         if not isinstance(net, DenoiserNet):
             raise ValueError(
@@ -125,6 +128,7 @@ class DiffusionModule(LightningModule):
         self.training_noise: ExampleNoise | None = None
         """Source of the next training batch's draws, set by the ``StepSeed`` callback before
         each batch (None: torch's global generator)."""
+        self.clip_samples = clip_samples
 
     @property
     def num_classes(self) -> int | None:
@@ -319,7 +323,8 @@ class DiffusionModule(LightningModule):
         classifier_scale: float = 1.0,
         guide: DiffusionModule | None = None,
     ) -> Tensor:
-        """Draw ``n`` samples in data space ``[n, *data_shape]`` (images clipped to [−1, 1]).
+        """Draw ``n`` samples in data space ``[n, *data_shape]`` (images clipped to [−1, 1]
+        unless ``clip_samples`` is off).
 
         Without class labels the samples are unconditional (a conditional net gets ∅).
         With a ``guide``, ``guidance_scale`` is autoguidance's w, not classifier-free guidance's.
@@ -361,4 +366,4 @@ class DiffusionModule(LightningModule):
         )
         for module, training in modes:
             module.train(training)
-        return x.clamp(-1, 1) if len(self.data_shape) == 3 else x
+        return x.clamp(-1, 1) if len(self.data_shape) == 3 and self.clip_samples else x

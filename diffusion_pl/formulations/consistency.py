@@ -256,8 +256,8 @@ class ConsistencyModel(DiffusionModule):
             0 uses θ itself without gradient (iCT).
         sampler: default sampler (:class:`ConsistencySampler`, 1 step); a consistency
             sampler's ``sigma_min`` must equal this model's.
-        **kwargs: ``optimizer``, ``lr_scheduler``, ``p_uncond``, ``guidance_scale``
-            (:class:`DiffusionModule`).
+        **kwargs: ``optimizer``, ``lr_scheduler``, ``p_uncond``, ``guidance_scale``,
+            ``clip_samples`` (:class:`DiffusionModule`).
 
     Reference: Song et al. (2023), "Consistency Models", Algorithms 2–3, App. C; Song &
     Dhariwal (2023), "Improved Techniques for Training Consistency Models", Sec. 3.

@@ -40,8 +40,8 @@ class EDM(DiffusionModule):
             both the preconditioning and the weighting.
         time_sampling: the training noise levels: ``LogNormal(p_mean=-1.2, p_std=1.2)``.
         sampler: default sampler: EDM's Heun sampler, 35 NFE.
-        **kwargs: ``optimizer``, ``lr_scheduler``, ``p_uncond``, ``guidance_scale``
-            (:class:`DiffusionModule`).
+        **kwargs: ``optimizer``, ``lr_scheduler``, ``p_uncond``, ``guidance_scale``,
+            ``clip_samples`` (:class:`DiffusionModule`).
 
     Reference: Karras et al. (2022), "Elucidating the Design Space of Diffusion-Based
     Generative Models", Table 1, Algorithm 1 and Sec. 5.

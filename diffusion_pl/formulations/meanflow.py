@@ -105,8 +105,8 @@ class MeanFlow(DiffusionModule):
         adaptive_p: p ≥ 0, the power of the adaptive weight.
         adaptive_c: c > 0, its offset.
         sampler: default sampler (one mean-flow jump).
-        **kwargs: ``optimizer``, ``lr_scheduler``, ``p_uncond``, ``guidance_scale``
-            (:class:`DiffusionModule`).
+        **kwargs: ``optimizer``, ``lr_scheduler``, ``p_uncond``, ``guidance_scale``,
+            ``clip_samples`` (:class:`DiffusionModule`).
 
     Reference: Geng et al. (2025), "Mean Flows for One-step Generative Modeling", Sec. 4,
     Table 1 (ablations) and the appendix's configurations.

@@ -34,8 +34,8 @@ class NCSN(DiffusionModule):
             between training points).
         num_levels: L, the number of noise levels (NCSN: 10); the one place they are set.
         sampler: default sampler: annealed Langevin over the path's L levels.
-        **kwargs: ``optimizer``, ``lr_scheduler``, ``p_uncond``, ``guidance_scale``
-            (:class:`DiffusionModule`).
+        **kwargs: ``optimizer``, ``lr_scheduler``, ``p_uncond``, ``guidance_scale``,
+            ``clip_samples`` (:class:`DiffusionModule`).
 
     Reference: Song & Ermon (2019), "Generative Modeling by Estimating Gradients of the Data
     Distribution", Eq. 5-6 and Algorithm 1; Song & Ermon (2020), "Improved Techniques".

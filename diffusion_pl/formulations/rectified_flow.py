@@ -28,8 +28,8 @@ class RectifiedFlow(DiffusionModule):
         time_sampling: t ~ U(0, 1), or ``LogitNormal`` (Esser et al., 2024), which puts more
             training on intermediate times.
         sampler: default sampler (Euler, 100 steps).
-        **kwargs: ``optimizer``, ``lr_scheduler``, ``p_uncond``, ``guidance_scale``
-            (:class:`DiffusionModule`).
+        **kwargs: ``optimizer``, ``lr_scheduler``, ``p_uncond``, ``guidance_scale``,
+            ``clip_samples`` (:class:`DiffusionModule`).
 
     Reference: Liu, Gong & Liu (2023), "Flow Straight and Fast", Eq. 1; Lipman et al. (2023),
     "Flow Matching for Generative Modeling"; logit-normal t: Esser et al. (2024), Sec. 3.1.

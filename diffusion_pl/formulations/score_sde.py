@@ -31,8 +31,8 @@ class ScoreSDE(DiffusionModule):
         weighting: ``Constant`` (λ = σ²) or ``Likelihood`` (λ = g²).
         time_sampling: t ~ U(t_ε, 1) with Song et al.'s t_ε = 1e-5.
         sampler: default sampler: predictor–corrector.
-        **kwargs: ``optimizer``, ``lr_scheduler``, ``p_uncond``, ``guidance_scale``
-            (:class:`DiffusionModule`).
+        **kwargs: ``optimizer``, ``lr_scheduler``, ``p_uncond``, ``guidance_scale``,
+            ``clip_samples`` (:class:`DiffusionModule`).
 
     Reference: Song et al. (2021), "Score-Based Generative Modeling through SDEs", Eq. 7 and
     Algorithms 2-3; likelihood weighting: Song et al. (2021), "Maximum Likelihood Training of

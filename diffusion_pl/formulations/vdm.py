@@ -60,8 +60,8 @@ class VDM(DiffusionModule):
             (256 for 8-bit images, 17 for digits; linked from the data module); None for
             continuous data, whose bound uses the Gaussian decoder's density.
         sampler: default sampler (DDPM ancestral; ``DDIMSampler`` for fewer steps).
-        **kwargs: ``optimizer``, ``lr_scheduler``, ``p_uncond``, ``guidance_scale``
-            (:class:`DiffusionModule`).
+        **kwargs: ``optimizer``, ``lr_scheduler``, ``p_uncond``, ``guidance_scale``,
+            ``clip_samples`` (:class:`DiffusionModule`).
 
     Reference: Kingma et al. (2021), "Variational Diffusion Models"; Ho et al. (2020),
     "Denoising Diffusion Probabilistic Models"; Hang et al. (2023), "Efficient Diffusion

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from diffusion_pl.data import DiffusionDataModule
 from diffusion_pl.data.sources import Source, Split
+from diffusion_pl.data.streaming import StreamingSplit
 from diffusion_pl.generate import every_class, generate
 from diffusion_pl.metrics.features import extractor_id, resolve_extractor
 from diffusion_pl.samplers import Sampler
@@ -152,7 +153,9 @@ class FIDEvaluator(nn.Module):
     Sample k is drawn by :func:`~diffusion_pl.generate.generate` from (seed, k) alone, in chunks
     of ``batch_size``; rank r draws chunks r, r + world_size, …, so the sample set — and the
     FID — does not depend on the number of processes. A class-conditional model draws class
-    k mod K for sample k. Reference statistics are cached on disk.
+    k mod K for sample k. Reference statistics are cached on disk. A model of autoencoder codes
+    (``Latents`` data) is scored on its samples decoded to images, against the statistics of
+    the original images the codes encode (``datamodule.images``), not of their reconstructions.
 
     Args:
         feature: ``"digits"`` (offline, 8×8 digits), ``"inception"`` (torch-fidelity's
@@ -238,7 +241,12 @@ class FIDEvaluator(nn.Module):
     def _compute_real(self, datamodule: DiffusionDataModule) -> None:
         """Features of the whole split, each rank taking every ``world``-th batch."""
         rank, world = _rank_and_world()
-        data = datamodule.dataset(self.split)
+        data = datamodule.images(self.split)
+        if isinstance(data, StreamingSplit):
+            raise ValueError(
+                f"the {self.split} split is streamed, and FID's reference reads a whole split: "
+                "use split: val"
+            )
         starts = range(rank * self.batch_size, len(data), world * self.batch_size)
         index = [i for s in starts for i in range(s, min(s + self.batch_size, len(data)))]
         loader = DataLoader(Subset(data, index), batch_size=self.batch_size)
@@ -320,6 +328,7 @@ class FIDEvaluator(nn.Module):
             x = generate(module, n, seed=self.seed, batch_size=n, start=start, sampler=sampler,
                          class_labels=every_class(module), guidance_scale=guidance_scale,
                          guide=guide)  # fmt: skip
+            x = datamodule.decode(x.to(module.device))
             self._update(self._features(x), real=False)
             bar.update(n)
         bar.close()
