@@ -253,9 +253,11 @@ def load_datamodule(ckpt_path: str | Path) -> DiffusionDataModule:
     if "source" not in hparams:
         raise ValueError(f"{ckpt_path} does not record its data; it was not written by `fit`")
     if "batch_size" in hparams:
-        # Written before `global_batch_size` existed, when the batch was per device. Reading a
-        # checkpoint only evaluates, so its loaders need a batch size, not the training one.
+        # Written before `global_batch_size` existed, when the batch was per device and the
+        # last incomplete batch was optional. Reading a checkpoint only evaluates, so its
+        # loaders need a batch size, not the training one.
         hparams["global_batch_size"] = hparams.pop("batch_size")
+        hparams.pop("drop_last", None)
     return instantiate_module(DiffusionDataModule, hparams)
 
 

@@ -54,7 +54,7 @@ def test_split_global_batch_and_its_errors() -> None:
 def test_a_checkpoint_from_before_the_global_batch_still_loads_its_data(tmp_path: Path) -> None:
     """Checkpoints written when ``data.batch_size`` was per device keep evaluating."""
     source = {"class_path": "diffusion_pl.data.Toy2D", "init_args": {"num_train": 64}}
-    hparams = {"source": source, "batch_size": 24}
+    hparams = {"source": source, "batch_size": 24, "drop_last": True}
     torch.save({"datamodule_hyper_parameters": hparams}, tmp_path / "old.ckpt")
     dm = load_datamodule(tmp_path / "old.ckpt")
     assert dm.global_batch_size == 24 and isinstance(dm.source, Toy2D)
