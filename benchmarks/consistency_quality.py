@@ -169,7 +169,9 @@ def report(results: dict) -> str:
         two = next((r["fid"] for r in info["fid"] if r["steps"] == 2), None)
         if two is None or not best_teacher:
             continue
-        if run in TEACHERS and TEACHERS[run] in best_teacher:
+        if run in TEACHERS:
+            if TEACHERS[run] not in best_teacher:
+                continue  # its teacher is not scored yet
             ref, factor = best_teacher[TEACHERS[run]], 1.5
         else:
             ref, factor = min(best_teacher.values()), 2.0
@@ -234,6 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["runs"][run] = {"fit_seconds": fit_seconds, "sigma_min": sigma_min,
                                 "checkpoint": str(ckpt), "fid": rows}  # fmt: skip
         print(json.dumps({run: results["runs"][run]}), flush=True)
+        write_results(args.out, results, report(results))  # a failure below keeps this run
         teacher = TEACHERS.get(run)
         if teacher is not None and teacher not in results["teachers"]:
             results["teachers"][teacher] = teacher_fids(
