@@ -153,3 +153,44 @@ def test_phema_autoguidance(
     (alone, guided) = results["autoguidance"]
     assert alone["fid"] == pytest.approx(results["fixed_ema_fid"], abs=1e-3)
     assert guided["fid"] != pytest.approx(alone["fid"], abs=1e-3)
+
+
+def test_scale_throughput_streams_and_runs_two_processes(load: Callable, tmp_path: Path) -> None:
+    """3 steps of each digits case: in memory, parquet in memory, streamed on 1 and 2 processes,
+    every one with a positive rate; the report sets each against the in-memory run."""
+    out = tmp_path / "scale.json"
+    results = load("scale_throughput").main([
+        "--cases", "stream", "--digits_steps", "3", "--digits_batch", "16",
+        "--workdir", str(tmp_path / "runs"), "--out", str(out),
+    ])  # fmt: skip
+    assert json.loads(out.read_text()) == results
+    cases = {r["case"]: r for r in results["rows"]}
+    assert list(cases) == ["digits_1proc", "parquet_in_memory_1proc", "parquet_streamed_1proc",
+                           "parquet_streamed_2proc"]  # fmt: skip
+    assert all(r["images_per_sec"] > 0 and r["steps"] == 3 for r in cases.values())
+    assert cases["parquet_streamed_2proc"]["threads_per_process"] == 1
+    report = out.with_suffix(".md").read_text()
+    assert "| parquet_streamed_2proc | digits | 2 | 1 | 16 | 3 |" in report
+
+
+def test_consistency_quality_scores_midpoints_and_rescores(
+    load: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 2-step iCT run scored at 1 and 2 steps and through a chosen midpoint, then scored again
+    from its checkpoint with other midpoints and no fit."""
+    monkeypatch.setenv("DIFFUSION_PL_CACHE", str(tmp_path / "cache"))
+    script, out = load("consistency_quality"), tmp_path / "cm.json"
+    tiny = ["--runs", "ct", "--ct_steps", "2", "--base_channels", "8", "--batch_size", "16",
+            "--num_samples", "20", "--sample_batch", "10", "--workdir", str(tmp_path / "runs"),
+            "--out", str(out)]  # fmt: skip
+    first = script.main([*tiny, "--midpoints", "1.0"])
+    rows = first["runs"]["ct"]["fid"]
+    assert [(r["steps"], r["nfe"], r["levels"]) for r in rows] == [
+        (1, 1, []), (2, 2, [2.5152]), (2, 2, [1.0])
+    ]  # fmt: skip
+    again = script.main([*tiny, "--rescore", "--midpoints", "0.5", "2.5152"])
+    rescored = again["runs"]["ct"]["fid"]
+    assert again["runs"]["ct"]["checkpoint"] == first["runs"]["ct"]["checkpoint"]
+    assert [r["levels"] for r in rescored] == [[], [2.5152], [0.5], [2.5152]]
+    assert rescored[1]["fid"] == rows[1]["fid"] == rescored[3]["fid"]  # the same samples
+    assert "best σ̃ (searched on this FID)" not in out.with_suffix(".md").read_text()  # no teacher
