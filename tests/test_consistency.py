@@ -171,6 +171,36 @@ def test_distillation_loss_of_the_true_function_vanishes_at_the_solvers_order() 
     assert -4.5 < math.log2(euler[1] / euler[0]) < -3.3 and euler[1] > 100 * heun[-1]
 
 
+def test_the_student_and_its_target_draw_the_same_dropout_masks() -> None:
+    """At equal levels with the student as its own target the loss is exactly 0 with dropout
+    on, though two calls of the same net draw different masks; and after the loss the global
+    generator stands where one call leaves it (the student's draws replay the target's)."""
+    net = UNet(in_channels=1, image_size=8, base_channels=8, channel_mult=(1, 2),
+               num_res_blocks=1, attn_resolutions=(4,), dropout=0.5).train()  # fmt: skip
+    torch.manual_seed(0)
+    with torch.no_grad():  # the UNet's zero-initialised output layers would hide the dropout
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    f = scaled_denoiser(Denoiser(net, VE, ConsistencyPreconditioning(0.5)), VE)
+
+    def consistency(x: Tensor, sigma: Tensor) -> Tensor:
+        return f(x, sigma).x0
+
+    torch.manual_seed(0)
+    x0, z, sigma = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8), torch.full((4,), 1.5)
+    with torch.no_grad():
+        assert not torch.equal(consistency(x0 + 1.5 * z, sigma), consistency(x0 + 1.5 * z, sigma))
+    torch.manual_seed(1)
+    loss = consistency_loss(consistency, consistency, x0, z, sigma, sigma,
+                            distance=lambda a, b: (a - b).pow(2).flatten(1).sum(1))  # fmt: skip
+    after_loss = torch.rand(1)
+    assert torch.equal(loss, torch.zeros(4)) and loss.requires_grad
+    torch.manual_seed(1)
+    with torch.no_grad():
+        consistency(x0 + 1.5 * z, sigma)
+    assert torch.equal(torch.rand(1), after_loss)
+
+
 def test_ict_curriculum_levels_and_pseudo_huber_constants() -> None:
     """N(k) = min(10 · 2^⌊k/K'⌋, 1280) + 1 with K' = ⌊K/8⌋ (iCT: 400k iterations, K' = 50k);
     the log-normal interval masses; c = 0.00054 √d (0.03 on CIFAR-10)."""

@@ -43,6 +43,7 @@ __all__ = [
     "lognormal_level_probs",
     "ode_step",
     "pseudo_huber",
+    "rewind_point",
 ]
 
 ConsistencyFn = Callable[[Tensor, Tensor], Tensor]
@@ -158,6 +159,23 @@ def ode_step(
     return x + 0.5 * h * (d + teacher(x_euler, sigma_to).eps.to(x.dtype))
 
 
+def rewind_point(device: torch.device) -> Callable[[], None]:
+    """Snapshot torch's global generator of ``device``; calling the result rewinds it there.
+
+    Dropout draws its masks from that generator, so a net called after a rewind draws the
+    masks of the call made after the snapshot: the student and its target see the same
+    dropout (Song et al.'s reference code saves and restores the RNG state around the two
+    calls; Geng et al.'s ECT calls it the shared dropout mask). Independent masks would add
+    dropout noise to f_θ − f_θ⁻ that no weights can remove, and which λ = 1/(σ_{n+1} − σ_n)
+    magnifies as the levels close in.
+    """
+    if device.type == "cuda":
+        cuda_state = torch.cuda.get_rng_state(device)
+        return lambda: torch.cuda.set_rng_state(cuda_state, device)
+    state = torch.get_rng_state()
+    return lambda: torch.set_rng_state(state)
+
+
 def consistency_loss(
     student: ConsistencyFn,
     target: ConsistencyFn,
@@ -183,6 +201,8 @@ def consistency_loss(
         solver: the teacher's ODE step.
         distance: d(a, b) per example.
 
+    The student and the target draw the same dropout masks (:func:`rewind_point`).
+
     Reference: Song et al. (2023), Eq. 7 (CD) and Eq. 10 (CT).
     """
     x_hi = x0 + append_dims(sigma_hi, x0.ndim).to(x0.dtype) * z
@@ -190,8 +210,10 @@ def consistency_loss(
         if teacher is None:
             x_lo = x0 + append_dims(sigma_lo, x0.ndim).to(x0.dtype) * z
         else:
-            x_lo = ode_step(teacher, x_hi, sigma_hi, sigma_lo, solver)
+            x_lo = ode_step(teacher, x_hi, sigma_hi, sigma_lo, solver)  # frozen: no dropout
+        rewind = rewind_point(x0.device)
         aim = target(x_lo, sigma_lo)
+    rewind()
     return distance(student(x_hi, sigma_hi), aim)
 
 
