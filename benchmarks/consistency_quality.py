@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 from pathlib import Path
 
 import torch
@@ -54,11 +53,12 @@ import yaml
 from _common import ROOT, markdown_table, report_header, run_record, write_results
 from digits_quality import (
     SWEEPS,
+    add_budget_arguments,
     benchmark_config,
-    counting_calls,
     fid_sweep,
     newest_checkpoint,
     real_data_floor,
+    scored,
     timed_fit,
 )
 
@@ -129,18 +129,8 @@ def student_fids(
     samplers = [ConsistencySampler(steps=steps, sigma_min=sigma_min) for steps in args.steps]
     samplers += [ConsistencySampler(steps=2, sigmas=[sigma], sigma_min=sigma_min)
                  for sigma in args.midpoints]  # fmt: skip
-    rows = []
-    for sampler in samplers:
-        with counting_calls(module.net) as calls:
-            start = time.perf_counter()
-            fid = evaluator.evaluate(module, datamodule, sampler)["fid"]
-            seconds = time.perf_counter() - start
-        chunks = len(list(evaluator.chunks()))
-        levels = [round(sigma, 4) for sigma in sampler.levels()]
-        rows.append({"steps": sampler.steps, "nfe": calls[0] // chunks, "levels": levels,
-                     "settings": repr(sampler), "fid": round(fid, 3),
-                     "seconds": round(seconds, 1)})  # fmt: skip
-    return rows
+    return [{"steps": sampler.steps, "levels": [round(sigma, 4) for sigma in sampler.levels()],
+             **scored(module, datamodule, evaluator, sampler)} for sampler in samplers]  # fmt: skip
 
 
 def best(rows: list[dict], nfe: int) -> float | None:
@@ -207,12 +197,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS))
     parser.add_argument("--max_steps", type=int, default=2000, help="distillation steps")
     parser.add_argument("--ct_steps", type=int, default=2000, help="consistency training steps")
-    parser.add_argument("--base_channels", type=int, default=16, help="CT's UNet width")
-    parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--ema_halflife", type=int, default=10_000, help="in training samples")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num_samples", type=int, default=2000, help="generated images per FID")
-    parser.add_argument("--sample_batch", type=int, default=500, help="images per sampling batch")
+    add_budget_arguments(parser)  # --base_channels: CT's width (CD takes its teacher's net)
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2], help="sampling steps")
     parser.add_argument("--teacher_nfe", type=int, nargs="+", default=[10, 100])
     parser.add_argument(

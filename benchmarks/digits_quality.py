@@ -209,7 +209,6 @@ def fid_sweep(
     few_nfes: list[int],
 ) -> Iterator[dict]:
     """FID of each sampler of ``sweeps`` at each NFE; NFEs that give the same sampler run once."""
-    chunks = len(list(evaluator.chunks()))  # one module.sample call per chunk
     for sweep in sweeps:
         seen = set()
         for nfe in few_nfes if sweep.few_step else nfes:
@@ -217,12 +216,23 @@ def fid_sweep(
             if repr(sampler) in seen:
                 continue
             seen.add(repr(sampler))
-            with counting_calls(module.net) as calls:
-                start = time.perf_counter()
-                scores = evaluator.evaluate(module, datamodule, sampler)
-                seconds = time.perf_counter() - start
-            yield {"sampler": sweep.title, "settings": repr(sampler), "nfe": calls[0] // chunks,
-                   "fid": round(scores["fid"], 3), "seconds": round(seconds, 1)}  # fmt: skip
+            yield {"sampler": sweep.title, **scored(module, datamodule, evaluator, sampler)}
+
+
+def scored(
+    module: DiffusionModule,
+    datamodule: DiffusionDataModule,
+    evaluator: FIDEvaluator,
+    sampler: Sampler,
+) -> dict:
+    """The FID of ``sampler``'s samples, its counted NFE per sample and the seconds it took."""
+    chunks = len(list(evaluator.chunks()))  # one module.sample call per chunk
+    with counting_calls(module.net) as calls:
+        start = time.perf_counter()
+        fid = evaluator.evaluate(module, datamodule, sampler)["fid"]
+        seconds = time.perf_counter() - start
+    return {"settings": repr(sampler), "nfe": calls[0] // chunks, "fid": round(fid, 3),
+            "seconds": round(seconds, 1)}  # fmt: skip
 
 
 @torch.no_grad()
@@ -341,16 +351,22 @@ def few_step_rows(rows: list[dict]) -> list[list]:
     return table
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--formulations", nargs="+", choices=list(SWEEPS), default=list(SWEEPS))
-    parser.add_argument("--max_steps", type=int, default=2000)
+def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
+    """The shared digits budget that :func:`benchmark_config` and the FID evaluators read:
+    the UNet's width, batch, EMA, seed, and the samples per FID (every digits benchmark)."""
     parser.add_argument("--base_channels", type=int, default=16, help="UNet width (0.25M)")
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--ema_halflife", type=int, default=10_000, help="in training samples")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num_samples", type=int, default=2000, help="generated images per FID")
     parser.add_argument("--sample_batch", type=int, default=500, help="images per sampling batch")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--formulations", nargs="+", choices=list(SWEEPS), default=list(SWEEPS))
+    parser.add_argument("--max_steps", type=int, default=2000)
+    add_budget_arguments(parser)
     parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20, 50, 100])
     parser.add_argument("--few_nfe", type=int, nargs="+", default=[5, 10, 20],
                         help="NFEs of the few-step solvers")  # fmt: skip

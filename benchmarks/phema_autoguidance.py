@@ -32,7 +32,13 @@ from pathlib import Path
 
 import yaml
 from _common import ROOT, markdown_table, report_header, run_record, write_results
-from digits_quality import benchmark_config, newest_checkpoint, real_data_floor, timed_fit
+from digits_quality import (
+    add_budget_arguments,
+    benchmark_config,
+    newest_checkpoint,
+    real_data_floor,
+    timed_fit,
+)
 from matplotlib.figure import Figure
 
 from diffusion_pl.checkpoints import load_datamodule, load_guide, load_module
@@ -121,12 +127,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scales", type=float, nargs="+", default=[1, 1.25, 1.5, 2, 2.5, 3])
     parser.add_argument("--sampler", default="heun")
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--base_channels", type=int, default=16, help="UNet width")
-    parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--ema_halflife", type=int, default=10_000, help="in training samples")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num_samples", type=int, default=2000, help="generated images per FID")
-    parser.add_argument("--sample_batch", type=int, default=500, help="images per sampling batch")
+    add_budget_arguments(parser)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs/benchmarks/phema_autoguidance")
     parser.add_argument("--out", type=Path,
