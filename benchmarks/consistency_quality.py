@@ -11,10 +11,12 @@ rectified flow on the linear path, EDM on the VE path, the same UNet): by defaul
 Each run fits a config of configs/digits/ with digits_quality's budget (batch, EMA, seed, no
 validation; see its ``benchmark_config``):
 
-* ``cd_vdm``, ``cd_rf``: consistency_distill.yaml from that teacher, the student with the
-  teacher's net (trained from scratch, as the config), ``--max_steps`` steps. The VDM teacher's
-  DDPM path reaches σ/α = 0.01 only, so its student's σ_min is 0.01 (the rectified flow's,
-  0.002): ``sigma_min`` is the larger of 0.002 and the teacher's lowest σ/α.
+* ``cd_vdm``, ``cd_rf``: consistency_distill.yaml from that teacher, the student started from
+  the teacher's net on the teacher's path and parameterization (``init_from_teacher``; so it
+  starts as the teacher's denoiser, as Song et al.'s from their EDM teacher), ``--max_steps``
+  steps. The VDM teacher's DDPM path reaches σ/α = 0.01 only, so its student's σ_min is 0.01
+  (the rectified flow's, 0.002): ``sigma_min`` is the larger of 0.002 and the teacher's lowest
+  σ/α.
 * ``ct``: consistency_train.yaml (iCT) from scratch with digits_quality's UNet, ``--ct_steps``.
 * ``cd_edm``: Song et al.'s own recipe: distillation from the EDM teacher with the student
   started from the teacher's weights (``init_from_teacher``: the same preconditioning, so the
@@ -85,6 +87,16 @@ def lowest_level(ckpt: Path) -> float:
     return float(torch.exp(-0.5 * path.log_snr(t_min)))
 
 
+def teacher_reading(ckpt: Path) -> dict:
+    """The teacher's ``path`` and ``parameterization`` as config, for a student started from its
+    net: its recorded config, or the class of a formulation that fixes them (rectified flow)."""
+    hparams = read_checkpoint(ckpt, mmap=True)["hyper_parameters"]
+    module = load_module(ckpt)
+    return {key: hparams.get(key, f"{type(obj).__module__}.{type(obj).__name__}")
+            for key, obj in (("path", module.path),
+                             ("parameterization", module.parameterization))}  # fmt: skip
+
+
 def run_config(run: str, root: Path, args: argparse.Namespace) -> tuple[Path, float]:
     """Write the run's config under ``root`` (digits_quality's budget); return it and σ_min."""
     name = CONFIGS.get(run, "consistency_distill")
@@ -97,8 +109,10 @@ def run_config(run: str, root: Path, args: argparse.Namespace) -> tuple[Path, fl
     if run in TEACHERS:
         teacher = getattr(args, FLAGS[run])
         model["init_ckpt" if run == "ect" else "teacher_ckpt"] = str(teacher)
-        model["init_from_teacher"] = run == "cd_edm"
+        model["init_from_teacher"] = run != "ect"
         model["net"] = read_checkpoint(teacher, mmap=True)["hyper_parameters"]["net"]
+        if run in ("cd_vdm", "cd_rf"):
+            model |= teacher_reading(teacher)
         sigma_min = max(sigma_min, math.ceil(lowest_level(teacher) * 1e6) / 1e6)
     model["sigma_min"] = sigma_min
     model["sampler"] = {"class_path": "diffusion_pl.samplers.ConsistencySampler",

@@ -257,24 +257,35 @@ class EDMPreconditioning(Parameterization):
         return -c.alpha * self.sigma_data / self._norm(c)
 
 
-class ConsistencyPreconditioning(EDMPreconditioning):
-    """The consistency function f(x̃, σ̃) = c_skip x̃ + c_out F(c_in x̃, c_noise), any path.
+class ConsistencyPreconditioning(Parameterization):
+    """The consistency function f(x̃, σ̃) of Song et al. over any denoiser D, any path.
 
-    Song et al.'s parameterization on EDM's scaled variable x̃ = x/α at σ̃ = σ/α:
+    On EDM's scaled variable x̃ = x/α at σ̃ = σ/α, Song et al.'s parameterization is
 
-        c_skip = σ_d² / ((σ̃ − σ_min)² + σ_d²),   c_out = σ_d (σ̃ − σ_min) / √(σ̃² + σ_d²),
+        f = c_skip x̃ + c_out F,   c_skip = σ_d² / ((σ̃ − σ_min)² + σ_d²),
+                                   c_out = σ_d (σ̃ − σ_min) / √(σ̃² + σ_d²),
 
-    with EDM's c_in = 1/√(σ̃² + σ_d²) and c_noise = ¼ ln σ̃ (:class:`EDMPreconditioning`). At
-    σ̃ = σ_min, c_skip = 1 and c_out = 0, so f(x̃, σ_min) = x̃ whatever the weights: the
-    boundary condition holds by construction. Written on x itself, with
-    m² = (σ − σ_min α)² + σ_d² α² and n = √(σ² + σ_d² α²):
+    with F the net of EDM's preconditioning (c_in = 1/√(σ̃² + σ_d²), c_noise = ¼ ln σ̃). Any
+    parameterization's denoiser D = x̂_0 implies such an F, the one EDM's preconditioning
+    reads as D: F = (D − c_skip^E x̃)/c_out^E with c_skip^E = σ_d²/(σ̃² + σ_d²) and
+    c_out^E = σ̃ σ_d/√(σ̃² + σ_d²). Substituting, c_out/c_out^E = (σ̃ − σ_min)/σ̃ = r and
 
-        x̂_0 = (σ_d² α / m²) · x + σ_d (σ − σ_min α) F / n,    ε̂ = (x − α x̂_0) / σ,
+        f = r D + (c_skip − r c_skip^E) x̃.
 
-    finite at α = 0 (σ̃ = ∞, x̂_0 = σ_d F); on the VE path (α = 1) the first factor is exactly
-    1 at σ = σ_min, so f(x, σ_min) = x holds bit for bit. The reading is the denoiser x̂_0
-    every sampler consumes: a consistency model is sampled by any sampler, and multistep
-    consistency sampling (:class:`~diffusion_pl.samplers.ConsistencySampler`) reads x̂_0 only.
+    That is how f is read here, with D the ``base`` parameterization's x̂_0 (EDM's by default,
+    which gives Song et al.'s formula exactly; ε-, v- or velocity prediction give the same
+    consistency function over the net a diffusion model of that parameterization trained, so a
+    student copied from such a teacher starts as its denoiser: f → D as σ̃ grows). The net
+    sees the base's input scale and noise label. Written on x itself, with gap = σ − σ_min α,
+    m² = gap² + σ_d² α² and n² = σ² + σ_d² α²:
+
+        x̂_0 = (gap/σ) D + (σ_d² α / m² − σ_d² α gap / (σ n²)) x,    ε̂ = (x − α x̂_0) / σ,
+
+    finite at α = 0 (σ̃ = ∞: x̂_0 = D). At σ̃ = σ_min, gap = 0 and f = x̃ whatever the weights:
+    the boundary condition holds by construction, on the VE path (α = 1) bit for bit. The
+    reading is the denoiser x̂_0 every sampler consumes: a consistency model is sampled by any
+    sampler, and multistep consistency sampling
+    (:class:`~diffusion_pl.samplers.ConsistencySampler`) reads x̂_0 only.
 
     It has no regression target: it is trained by the consistency losses of
     :class:`~diffusion_pl.formulations.ConsistencyModel`.
@@ -282,17 +293,39 @@ class ConsistencyPreconditioning(EDMPreconditioning):
     Args:
         sigma_data: σ_d, the data's standard deviation (0.5 for images in [−1, 1]).
         sigma_min: σ_min, where f is the identity (0.002 in both papers); also the lowest σ̃
-            the noise label distinguishes.
-        sigma_max: highest σ̃ the noise label distinguishes (80).
+            the default base's noise label distinguishes.
+        sigma_max: highest σ̃ the default base's noise label distinguishes (80).
+        base: the parameterization of D; None: :class:`EDMPreconditioning` (σ_d, σ_min, σ_max).
 
     Reference: Song et al. (2023), "Consistency Models", Eq. 5–6 and App. C; Song & Dhariwal
-    (2023), "Improved Techniques for Training Consistency Models", Sec. 3 (σ_min = 0.002).
+    (2023), "Improved Techniques for Training Consistency Models", Sec. 3 (σ_min = 0.002);
+    Karras et al. (2022), Table 1 (c_skip^E, c_out^E).
     """
 
+    def __init__(
+        self,
+        sigma_data: float = 0.5,
+        sigma_min: float = 0.002,
+        sigma_max: float = 80.0,
+        base: Parameterization | None = None,
+    ) -> None:
+        edm = EDMPreconditioning(sigma_data, sigma_min, sigma_max)  # (checks the three)
+        self.sigma_data, self.sigma_min, self.sigma_max = sigma_data, sigma_min, sigma_max
+        self.base = edm if base is None else base
+
+    def noise_label(self, t: Tensor, c: PathCoefficients) -> Tensor:
+        return self.base.noise_label(t, c)
+
+    def input_scale(self, c: PathCoefficients) -> Tensor | float:
+        return self.base.input_scale(c)
+
     def predict(self, out: Tensor, x: Tensor, c: PathCoefficients) -> Prediction:
-        sd, gap = self.sigma_data, c.sigma - self.sigma_min * c.alpha
-        sd2_alpha = sd**2 * c.alpha
-        x0 = sd2_alpha / (gap**2 + sd2_alpha * c.alpha) * x + sd * gap * out / self._norm(c)
+        d = self.base.predict(out, x, c).x0
+        gap, sd2_alpha = c.sigma - self.sigma_min * c.alpha, self.sigma_data**2 * c.alpha
+        keep = sd2_alpha / (gap**2 + sd2_alpha * c.alpha) - sd2_alpha * gap / (
+            c.sigma * (c.sigma**2 + sd2_alpha * c.alpha)
+        )
+        x0 = gap / c.sigma * d + keep * x
         return Prediction(x0=x0, eps=(x - c.alpha * x0) / c.sigma)
 
     def target(self, x0: Tensor, eps: Tensor, c: PathCoefficients) -> Tensor:

@@ -28,7 +28,12 @@ from diffusion_pl.formulations.consistency import (
     scaled_denoiser,
 )
 from diffusion_pl.nets import MLP, UNet
-from diffusion_pl.parameterization import ConsistencyPreconditioning, Denoiser, Prediction
+from diffusion_pl.parameterization import (
+    ConsistencyPreconditioning,
+    Denoiser,
+    Prediction,
+    VelocityPrediction,
+)
 from diffusion_pl.paths import LinearPath, NoisePath, VEPath, VPLinearPath
 from diffusion_pl.randomness import sample_generators
 from diffusion_pl.samplers import SAMPLERS, ConsistencySampler
@@ -83,6 +88,26 @@ def test_one_step_of_the_true_consistency_function_reproduces_the_mixture() -> N
                                     generator=torch.Generator().manual_seed(0),
                                     dtype=torch.float64)  # fmt: skip
     check_mixture(mixture_oracle(VE), x)
+
+
+def test_on_the_linear_path_the_sampler_starts_at_sigma_max() -> None:
+    """Where σ̃(t_max) = ∞ (the linear path) the first evaluation is at σ̃ = σ_max = 80,
+    t = 80/81, on the prior draw rescaled to std 80/81; one step of f* there is the mixture."""
+    path, calls = LinearPath(), []
+    oracle = TrueConsistencyDenoiser(path)
+
+    def spy(x: Tensor, t: Tensor) -> Prediction:
+        calls.append((float(t), float(x.std())))
+        return oracle(x, t)
+
+    x = ConsistencySampler(steps=1)(spy, path, (4000, 2), dtype=torch.float64,
+                                    generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert calls[0] == pytest.approx((80 / 81, 80 / 81), rel=0.03)
+    check_mixture(mixture_oracle(path), x)
+    mid = ((80 ** (1 / 7) + 0.002 ** (1 / 7)) / 2) ** 7
+    ts = ConsistencySampler(steps=2).time_grid(path, None)
+    assert ts.tolist() == pytest.approx([80 / 81, mid / (1 + mid)], rel=1e-12)
+    assert ConsistencySampler(steps=2).time_grid(VE, None)[0] == VE.t_max
 
 
 def test_multistep_sampler_renoises_at_its_levels_with_per_sample_noise() -> None:
@@ -224,6 +249,9 @@ def test_ict_curriculum_levels_and_pseudo_huber_constants() -> None:
 def test_bad_settings_and_a_teacher_out_of_range_fail_early() -> None:
     with pytest.raises(ValueError, match=r"sigma_min=0\.002 differs from the model's"):
         ConsistencyModel(MLP(dim=2, hidden=8, depth=1), (2,), sigma_min=0.01)
+    with pytest.raises(ValueError, match=r"sigma_max=40.0 differs from the model's sigma_max"):
+        ConsistencyModel(MLP(dim=2, hidden=8, depth=1), (2,),
+                         sampler=ConsistencySampler(sigma_max=40.0))  # fmt: skip
     with pytest.raises(ValueError, match="init_from_teacher needs a teacher_ckpt"):
         ConsistencyModel(MLP(dim=2, hidden=8, depth=1), (2,), init_from_teacher=True)
     with pytest.raises(ValueError, match="3 steps need 2 intermediate sigmas"):
@@ -285,8 +313,12 @@ def test_a_teacher_of_other_data_fails_naming_both_shapes(teacher: Path) -> None
 
 def test_distillation_reads_the_teacher_on_its_own_path(teacher: Path) -> None:
     """The loss's teacher step equals a Heun step on the teacher's own velocity ODE mapped to
-    σ̃: dx̃/dσ̃ = ε̂ at x = α x̃ on the linear path (checked against the teacher's Denoiser)."""
-    model = ConsistencyModel(MLP(dim=2, hidden=256, depth=4), (2,), sigma_data=2.87,
+    σ̃: dx̃/dσ̃ = ε̂ at x = α x̃ on the linear path (checked against the teacher's Denoiser).
+    A student on the teacher's path and parameterization, copied from it, is Song et al.'s
+    f = c_skip x̃ + c_out F over the EDM net F = (D − c_skip^E x̃)/c_out^E whose denoiser is
+    the teacher's D; a student that would read the copied net otherwise is refused."""
+    model = ConsistencyModel(MLP(dim=2, hidden=256, depth=4), (2,), path=LinearPath(),
+                             parameterization=VelocityPrediction(), sigma_data=2.87,
                              teacher_ckpt=str(teacher), num_scales=18,
                              init_from_teacher=True)  # fmt: skip
     model.setup("fit")
@@ -296,9 +328,21 @@ def test_distillation_reads_the_teacher_on_its_own_path(teacher: Path) -> None:
     x = torch.randn(5, 2)
     sigma = torch.tensor([0.5, 1.0, 2.0, 10.0, 70.0])
     t = sigma / (1 + sigma)  # the linear path's time of σ̃ = t/(1 − t)
-    want = Denoiser(rf.net, rf.path, rf.parameterization)(x * (1 - t)[:, None], t).eps
+    want = Denoiser(rf.net, rf.path, rf.parameterization)(x * (1 - t)[:, None], t)
     got = model.teacher_denoiser(None, x.device)(x, sigma).eps
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, want.eps, rtol=1e-5, atol=1e-5)
+    s, sd, d = sigma[:, None].double(), 2.87, want.x0.double()
+    f_edm = (d - sd**2 / (s**2 + sd**2) * x) / (s * sd / torch.sqrt(s**2 + sd**2))
+    c_skip = sd**2 / ((s - SIGMA_MIN) ** 2 + sd**2)
+    c_out = sd * (s - SIGMA_MIN) / torch.sqrt(s**2 + sd**2)
+    got = model.consistency_fn(model.net.eval(), None)(x, sigma)
+    torch.testing.assert_close(got.double(), c_skip * x + c_out * f_edm, rtol=1e-5, atol=1e-5)
+    other = ConsistencyModel(MLP(dim=2, hidden=256, depth=4), (2,), sigma_data=2.87,
+                             teacher_ckpt=str(teacher), num_scales=18,
+                             init_from_teacher=True)  # fmt: skip
+    with pytest.raises(ValueError, match="path VEPath and parameterization EDMPreconditioning "
+                       "must be the model's, LinearPath and VelocityPrediction"):  # fmt: skip
+        other.setup("fit")
 
 
 def test_ect_mapping_stages_and_levels(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -331,7 +375,8 @@ def test_ect_starts_from_init_ckpt_without_a_teacher(teacher: Path, tmp_path: Pa
     """``init_ckpt`` copies a checkpoint's net into the student when fitting starts (and only
     then), loads no teacher, and refuses being given with ``init_from_teacher``; the shipped
     toy ECT config tunes from a toy EDM run through the CLI."""
-    model = ConsistencyModel(MLP(dim=2, hidden=256, depth=4), (2,), init_ckpt=str(teacher),
+    model = ConsistencyModel(MLP(dim=2, hidden=256, depth=4), (2,), path=LinearPath(),
+                             parameterization=VelocityPrediction(), init_ckpt=str(teacher),
                              level_sampling="ect")  # fmt: skip
     model.setup("validate")
     rf = load_module(teacher)

@@ -26,7 +26,12 @@ from torch import Tensor, nn
 from diffusion_pl.formulations.base import DiffusionModule
 from diffusion_pl.formulations.optim import optimizer_config
 from diffusion_pl.hparams import save_config
-from diffusion_pl.parameterization import ConsistencyPreconditioning, Denoiser, Prediction
+from diffusion_pl.parameterization import (
+    ConsistencyPreconditioning,
+    Denoiser,
+    Parameterization,
+    Prediction,
+)
 from diffusion_pl.paths import NoisePath, VEPath
 from diffusion_pl.randomness import Generators, rand, randn
 from diffusion_pl.samplers import ConsistencySampler, DenoiserFn, Sampler, karras_sigmas
@@ -248,6 +253,11 @@ class ConsistencyModel(DiffusionModule):
         net: the network F (sees c_in x̃ and c_noise = ¼ ln σ̃).
         data_shape: one example's shape (linked from the data module).
         path: the student's noise path (default EDM's ``VEPath(0.002, 80)``).
+        parameterization: what the net predicts inside the consistency function
+            (:class:`ConsistencyPreconditioning`'s ``base``); None: EDM's F (Song et al.). A
+            student started from a diffusion model (``init_from_teacher``, ``init_ckpt``) takes
+            that model's path and parameterization, e.g. ``LinearPath`` and
+            ``VelocityPrediction`` for a rectified flow, so it starts as its denoiser.
         sigma_data: σ_d of the preconditioning (0.5 for images in [−1, 1]).
         sigma_min: σ_min, where f_θ is the identity, and the lowest level.
         sigma_max: the highest level.
@@ -255,13 +265,15 @@ class ConsistencyModel(DiffusionModule):
         teacher_ckpt: checkpoint of the teacher (distillation); None: consistency training.
         solver: the teacher's ODE step between adjacent levels, ``heun`` or ``euler``.
         init_from_teacher: start the student's net from the teacher's net weights (Song et al.
-            do; needs the same net), instead of from the initialisation.
+            do; needs the same net, path and parameterization), instead of from the
+            initialisation.
         num_scales: a fixed number of levels N (CD: 18); None: iCT's curriculum.
         curriculum_s0: s0 of the curriculum (10).
         curriculum_s1: s1 of the curriculum (1280).
         curriculum_steps: K of the curriculum; None: the trainer's ``max_steps``.
         init_ckpt: a checkpoint (any ``fit`` run, its stored weights) whose net starts the
-            student's, with no distillation (ECT tunes an EDM model); it needs the same net.
+            student's, with no distillation (ECT tunes a diffusion model); it needs the same
+            net, path and parameterization.
         level_sampling: ``lognormal`` (iCT) or ``uniform`` (CD) over the N − 1 intervals, or
             ``ect``: continuous log-normal t and r from ECT's mapping (no levels).
         p_mean: P_mean of the log-normal (−1.1).
@@ -277,7 +289,7 @@ class ConsistencyModel(DiffusionModule):
         target_ema: μ of the target network θ⁻ ← μ θ⁻ + (1 − μ) θ after each optimizer step;
             0 uses θ itself without gradient (iCT).
         sampler: default sampler (:class:`ConsistencySampler`, 1 step); a consistency
-            sampler's ``sigma_min`` must equal this model's.
+            sampler's ``sigma_min`` and ``sigma_max`` must equal this model's.
         **kwargs: ``optimizer``, ``lr_scheduler``, ``p_uncond``, ``guidance_scale``,
             ``clip_samples`` (:class:`DiffusionModule`).
 
@@ -290,6 +302,7 @@ class ConsistencyModel(DiffusionModule):
         net: nn.Module,
         data_shape: tuple[int, ...],
         path: NoisePath = lazy_instance(VEPath, sigma_min=0.002, sigma_max=80.0),
+        parameterization: Parameterization | None = None,
         sigma_data: float = 0.5,
         sigma_min: float = 0.002,
         sigma_max: float = 80.0,
@@ -341,13 +354,14 @@ class ConsistencyModel(DiffusionModule):
             raise ValueError(f"ect_q must be > 1 (t - r shrinks by it each stage), got {ect_q}")
         if ect_stage_steps is not None and ect_stage_steps < 1:
             raise ValueError(f"ect_stage_steps must be >= 1 or null, got {ect_stage_steps}")
-        sampler_min = sampler.arguments().get("sigma_min", sigma_min)  # (a lazy default too)
-        if isinstance(sampler, ConsistencySampler) and sampler_min != sigma_min:
-            raise ValueError(
-                f"the consistency sampler's sigma_min={sampler_min} differs from the "
-                f"model's sigma_min={sigma_min}: set the sampler's sigma_min: {sigma_min}"
-            )
-        precond = ConsistencyPreconditioning(sigma_data, sigma_min, sigma_max)
+        for key, mine in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
+            theirs = sampler.arguments().get(key, mine)  # (a lazy default too)
+            if isinstance(sampler, ConsistencySampler) and theirs != mine:
+                raise ValueError(
+                    f"the consistency sampler's {key}={theirs} differs from the model's "
+                    f"{key}={mine}: set the sampler's {key}: {mine}"
+                )
+        precond = ConsistencyPreconditioning(sigma_data, sigma_min, sigma_max, parameterization)
         super().__init__(net, data_shape, path, precond, None, None, sampler, **kwargs)
         self.sigma_min, self.sigma_max, self.rho = sigma_min, sigma_max, rho
         self.teacher_ckpt, self.solver = teacher_ckpt, solver
@@ -370,14 +384,14 @@ class ConsistencyModel(DiffusionModule):
         When fitting starts, copy ``init_ckpt``'s net into the student (a resumed run then
         restores its own weights over it)."""
         if self.init_ckpt is not None and stage == "fit":
-            self.copy_net_from(self.load_diffusion_model(self.init_ckpt, "init_ckpt").net)
+            self.start_from(self.load_diffusion_model(self.init_ckpt, "init_ckpt"), "init_ckpt")
         if self.teacher_ckpt is None or self.teacher is not None:
             return
         teacher = self.load_diffusion_model(self.teacher_ckpt, "teacher_ckpt")
         check_teacher_range(teacher.path, self.sigma_min, self.sigma_max)
         teacher.eval().requires_grad_(False)
         if self.init_from_teacher:
-            self.copy_net_from(teacher.net)
+            self.start_from(teacher, "init_from_teacher")
         self.__dict__["teacher"] = teacher
 
     def load_diffusion_model(self, ckpt: str, key: str) -> DiffusionModule:
@@ -397,6 +411,12 @@ class ConsistencyModel(DiffusionModule):
                 f"model's data have shape {self.data_shape}: use a model of the same data"
             )
         return model
+
+    def start_from(self, model: DiffusionModule, key: str) -> None:
+        """Start the student (and its target network) from ``model``'s net, after checking
+        that the student reads that net as ``model`` does (:func:`check_same_reading`)."""
+        self.copy_net_from(model.net)
+        check_same_reading(self, model, key)
 
     def copy_net_from(self, other: nn.Module) -> None:
         """Load another net's weights (the teacher's, or ``init_ckpt``'s) into the student and
@@ -555,6 +575,52 @@ class ConsistencyModel(DiffusionModule):
 def copy_frozen(net: nn.Module) -> nn.Module:
     """A copy of ``net`` without gradients (the EMA target network θ⁻)."""
     return copy.deepcopy(net).requires_grad_(False)
+
+
+@torch.no_grad()
+def check_same_reading(student: ConsistencyModel, model: DiffusionModule, key: str) -> None:
+    """Fail unless ``student``'s path and base parameterization read ``model``'s net as
+    ``model`` does: x̂_0 at five levels σ̃ from σ_min to σ_max, on the same random x̃ (for a
+    consistency model, the D under its consistency function).
+
+    A student copied from a net it reads differently (a velocity net read as EDM's F) starts
+    from noise-like outputs, not from the model's denoiser (benchmarks/RESULTS.md).
+    """
+    levels = torch.logspace(
+        math.log10(student.sigma_min), math.log10(student.sigma_max), 5, dtype=torch.float64
+    )
+    net = model.net
+    weight = next(net.parameters())
+    scale = torch.sqrt(levels**2 + student.parameterization.sigma_data**2)
+    x = randn((5, *student.data_shape), torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = (x * append_dims(scale, x.ndim)).to(weight)
+    levels = levels.to(weight.device)
+    labels = None if model.num_classes is None else torch.zeros(5, dtype=torch.long)
+    was_training = net.training
+    net.eval()
+    try:
+        base = Denoiser(net, student.path, student.parameterization.base, labels)
+        mine = scaled_denoiser(base, student.path)(x, levels).x0
+        reading = model.parameterization  # a consistency model's own: the D under its f
+        reading = reading.base if isinstance(reading, ConsistencyPreconditioning) else reading
+        theirs = scaled_denoiser(Denoiser(net, model.path, reading, labels), model.path)
+        theirs = theirs(x, levels).x0
+    finally:
+        net.train(was_training)
+    worst = float((mine - theirs).abs().max())
+    if not worst <= 1e-4 * (1 + float(theirs.abs().max())):
+        raise ValueError(
+            f"{key}: the student reads that {name(model)}'s net differently (x̂_0 differs by "
+            f"up to {worst:.3g}): the student's path {name(student.path)} and parameterization "
+            f"{name(student.parameterization.base)} must be the model's, {name(model.path)} and "
+            f"{name(reading)} (set the model's path: and parameterization: to them; for an EDM "
+            "model: the defaults, its sigma_data), or start the student from its initialisation"
+        )
+
+
+def name(obj: object) -> str:
+    """The class name of ``obj``, a jsonargparse lazy default's too."""
+    return type(obj).__name__.removeprefix("LazyInstance_")
 
 
 def check_teacher_range(path: NoisePath, sigma_min: float, sigma_max: float) -> None:

@@ -38,12 +38,14 @@ def sample_consistency(
     x̃ = x̂ + √(σ̃_i² − σ_min²) z and x̂ = f(α_i x̃, t_i); returns the last x̂.
 
     σ̃_i = σ_i/α_i is the scaled noise level of t_i (EDM's σ), and α_i x̃ the point on the
-    path at t_i: on the VE path (α = 1) this is Algorithm 1 as printed.
+    path at t_i: on the VE path (α = 1) this is Algorithm 1 as printed. When t_0 lies below
+    the path's t_max, the prior draw x is rescaled to N(0, σ_{t_0}² I), the same
+    approximation (α_{t_0} x_0 dropped, 1/σ̃_0 of the noise) as the prior's at t_max.
 
     Args:
         denoiser: ``(x, t) -> Prediction``; its ``x0`` is the consistency function.
         path: the noise path.
-        x: noise at ``ts[0]``, ``[B, ...]``.
+        x: the prior draw N(0, σ_{t_max}² I), ``[B, ...]``.
         ts: the evaluation times ``[K]``, decreasing: ``ts[0]`` where ``x`` lies, then one
             per extra step (K network evaluations).
         sigma_min: σ_min of the consistency function (where it is the identity).
@@ -55,6 +57,8 @@ def sample_consistency(
     with torch.no_grad():
         grid = ts.to("cpu", torch.float64)
         alpha, sigma = path.alpha(grid), path.sigma(grid)
+    if float(grid[0]) != path.t_max:
+        x = x * (float(sigma[0]) / path.prior_std())
     x0 = denoiser(x, ts[0]).x0.to(x.dtype)
     for i in progress_bar(range(1, len(ts)), len(ts) - 1, progress, "consistency"):
         a_i, s_i = float(alpha[i]), float(sigma[i] / alpha[i])
@@ -68,8 +72,10 @@ class ConsistencySampler(Sampler):
     """Multistep consistency sampling: ``steps`` network evaluations, no final denoising.
 
     The first evaluation is at the path's ``t_max`` on its prior sample (σ̃ = 80 on EDM's
-    ``VEPath(0.002, 80)``); each further step re-noises to the next intermediate level σ̃_i
-    and maps back. By default the intermediate levels are the inner points of Karras et al.'s
+    ``VEPath(0.002, 80)``), or at the time of σ̃ = ``sigma_max`` where the path reaches
+    higher (a consistency model on the linear path, where σ̃(t_max) = ∞, is trained up to
+    σ_max only); each further step re-noises to the next intermediate level σ̃_i and maps
+    back. By default the intermediate levels are the inner points of Karras et al.'s
     ρ-spaced levels from ``sigma_max`` to ``sigma_min`` over ``steps`` intervals (steps = 2:
     σ̃ = 2.52 for ρ = 7); ``sigmas`` lists them instead, and a K-step call uses its first K − 1
     (iCT's two-step ``[0.821]`` on CIFAR-10 serves 1 and 2 steps).
@@ -79,7 +85,8 @@ class ConsistencySampler(Sampler):
         sigmas: intermediate levels σ̃, decreasing, each in (sigma_min, σ̃(t_max)), at least
             K − 1 of them (the first K − 1 are used); None: ρ-spaced as above.
         sigma_min: σ_min of the consistency function (the re-noising std is √(σ̃_i² − σ_min²)).
-        sigma_max: top of the ρ-spaced default levels.
+        sigma_max: the first evaluation's level where the path reaches higher, and the top of
+            the ρ-spaced default levels.
         rho: ρ of the default levels.
 
     Reference: Song et al. (2023), "Consistency Models", Algorithm 1 and Sec. 6 (levels by
@@ -145,9 +152,12 @@ class ConsistencySampler(Sampler):
             )
 
     def time_grid(self, path: NoisePath, device: torch.device | str | None) -> Tensor:
-        """``[t_max, t(σ̃_1), …, t(σ̃_{K−1})]``, float64."""
-        levels = torch.tensor(self.levels(), dtype=torch.float64)
+        """``[t_0, t(σ̃_1), …, t(σ̃_{K−1})]``, float64: t_0 = t_max, or t(σ_max) where the
+        path's σ̃(t_max) exceeds ``sigma_max``."""
+        levels = torch.tensor([self.sigma_max, *self.levels()], dtype=torch.float64)
         with torch.no_grad():
-            inner = path.time_of_log_snr(-2.0 * torch.log(levels)).to(torch.float64)
-        top = torch.tensor([path.t_max], dtype=torch.float64)
-        return torch.cat([top, inner]).to(device)
+            times = path.time_of_log_snr(-2.0 * torch.log(levels)).to(torch.float64)
+            top = float(torch.exp(-0.5 * path.log_snr(path.as_time(path.t_max))))
+        if top <= self.sigma_max * (1 + 1e-9):
+            times[0] = path.t_max
+        return times.to(device)
