@@ -144,7 +144,8 @@ class ConsistencySampler(Sampler):
     def check(self, path: NoisePath) -> None:
         """The intermediate levels must lie below the path's σ̃ at t_max."""
         t_max = path.as_time(path.t_max)  # apart: a lazy path must initialise first
-        top = float(torch.exp(-0.5 * path.log_snr(t_max)))
+        with torch.no_grad():
+            top = float(torch.exp(-0.5 * path.log_snr(t_max)))
         if any(s >= top for s in self.levels()):
             raise ValueError(
                 f"ConsistencySampler levels {self.levels()} reach the path's top sigma/alpha "
