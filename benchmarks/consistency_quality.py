@@ -1,7 +1,7 @@
 """One- and two-step FID of consistency distillation and training on the digits, and teachers'.
 
     python benchmarks/consistency_quality.py [--vdm_teacher VDM.ckpt] [--rf_teacher RF.ckpt]
-        [--edm_teacher EDM.ckpt] [--runs cd_vdm cd_rf ct cd_edm ect] [--max_steps 2000]
+        [--edm_teacher EDM.ckpt] [--runs cd_vdm cd_rf ct cd_edm ect ect_rf] [--max_steps 2000]
         [--ct_steps 2000] [--num_samples 2000] [--midpoints 0.5 1 ...] [--rescore]
         [--out benchmarks/results/consistency_quality.json]
 
@@ -23,6 +23,7 @@ validation; see its ``benchmark_config``):
   start is the teacher's denoiser), ``--max_steps``.
 * ``ect``: consistency_tune.yaml (ECT) started from the EDM checkpoint (``init_ckpt``), no
   teacher ODE, ``--ct_steps``.
+* ``ect_rf``: the same from the rectified-flow checkpoint, on its path and parameterization.
 
 Runs already in ``--out`` and not named by ``--runs`` are kept (so runs may be added later);
 ``--rescore`` fits nothing and scores the named runs again from the checkpoints ``--out``
@@ -34,8 +35,8 @@ digits feature network, as digits_quality) at 1 and 2 steps of multistep consist
 levels, the search Song et al. and iCT do for their 2-step numbers), the training time, and
 each teacher's FID at 10 and 100 NFE (the best of its samplers in digits_quality's sweep at
 that NFE). Targets of issue 14: CD at 2 steps within 1.5x its teacher's best FID, CT at 2
-steps within 2x the best teacher's; the report gives both the ρ-spaced midpoint's FID and the
-best searched one's (chosen on the same FID, so optimistic).
+steps (iCT, and ECT: no teacher ODE) within 2x the best teacher's; the report gives both the
+ρ-spaced midpoint's FID and the best searched one's (chosen on the same FID, so optimistic).
 
 About 50–70 minutes on 2 CPU cores with the defaults: each CD step costs about 2.5 teacher-sized
 network passes (two teacher evaluations of Heun, the student with gradients, the target), CT
@@ -68,15 +69,16 @@ from diffusion_pl.checkpoints import load_datamodule, load_module, read_checkpoi
 from diffusion_pl.metrics import FIDEvaluator
 from diffusion_pl.samplers import ConsistencySampler
 
-RUNS = ("cd_vdm", "cd_rf", "ct", "cd_edm", "ect")
+RUNS = ("cd_vdm", "cd_rf", "ct", "cd_edm", "ect", "ect_rf")
 DIGITS_RUNS = ROOT / "runs/benchmarks/digits_quality"
 """digits_quality's default workdir, where the teachers are found by default."""
-TEACHERS = {"cd_vdm": "vdm", "cd_rf": "rectified_flow", "cd_edm": "edm", "ect": "edm"}
-"""Each run's teacher (for ``ect`` the model it starts from), by its digits_quality name."""
+TEACHERS = {"cd_vdm": "vdm", "cd_rf": "rectified_flow", "cd_edm": "edm", "ect": "edm",
+            "ect_rf": "rectified_flow"}  # fmt: skip
+"""Each run's teacher (for ECT the model it starts from), by its digits_quality name."""
 FLAGS = {"cd_vdm": "vdm_teacher", "cd_rf": "rf_teacher", "cd_edm": "edm_teacher",
-         "ect": "edm_teacher"}  # fmt: skip
+         "ect": "edm_teacher", "ect_rf": "rf_teacher"}  # fmt: skip
 """Each run's argument naming that checkpoint."""
-CONFIGS = {"ct": "consistency_train", "ect": "consistency_tune"}
+CONFIGS = {"ct": "consistency_train", "ect": "consistency_tune", "ect_rf": "consistency_tune"}
 """Each run's config of configs/digits/ (the others: consistency_distill)."""
 
 
@@ -108,10 +110,11 @@ def run_config(run: str, root: Path, args: argparse.Namespace) -> tuple[Path, fl
     sigma_min = 0.002
     if run in TEACHERS:
         teacher = getattr(args, FLAGS[run])
-        model["init_ckpt" if run == "ect" else "teacher_ckpt"] = str(teacher)
-        model["init_from_teacher"] = run != "ect"
+        tuned = CONFIGS.get(run) == "consistency_tune"
+        model["init_ckpt" if tuned else "teacher_ckpt"] = str(teacher)
+        model["init_from_teacher"] = not tuned
         model["net"] = read_checkpoint(teacher, mmap=True)["hyper_parameters"]["net"]
-        if run in ("cd_vdm", "cd_rf"):
+        if TEACHERS[run] != "edm":  # the student reads the net as its teacher does
             model |= teacher_reading(teacher)
         sigma_min = max(sigma_min, math.ceil(lowest_level(teacher) * 1e6) / 1e6)
     model["sigma_min"] = sigma_min
@@ -169,7 +172,7 @@ def report(results: dict) -> str:
     best_teacher = {n: min(r["fid"] for r in rows) for n, rows in teachers.items() if rows}
     rows = []
     for run, info in results["runs"].items():
-        teacher = TEACHERS.get(run, "—") + (" (its start)" if run == "ect" else "")
+        teacher = TEACHERS.get(run, "—") + (" (its start)" if run in CONFIGS else "")
         for r in info["fid"]:
             levels = ", ".join(f"{x:g}" for x in r.get("levels", [])) or "—"
             rows.append([run, teacher, r["steps"], levels, r["fid"], info["fit_seconds"],
@@ -188,11 +191,11 @@ def report(results: dict) -> str:
         if not twos or not best_teacher:
             continue
         two, searched = twos[0], min(twos)  # the ρ-spaced level; the best of --midpoints too
-        if run in TEACHERS:
+        if run not in CONFIGS:  # distillation: 1.5x its teacher
             if TEACHERS[run] not in best_teacher:
                 continue  # its teacher is not scored yet
             ref, factor = best_teacher[TEACHERS[run]], 1.5
-        else:
+        else:  # consistency training (iCT, and ECT with no teacher ODE): 2x the best teacher
             ref, factor = min(best_teacher.values()), 2.0
         targets.append([run, two, "met" if two <= factor * ref else "missed", searched,
                         "met" if searched <= factor * ref else "missed",
