@@ -345,6 +345,24 @@ def test_distillation_reads_the_teacher_on_its_own_path(teacher: Path) -> None:
         other.setup("fit")
 
 
+def test_the_reading_check_passes_a_conditional_model_of_the_same_reading() -> None:
+    """A class-conditional rectified flow read on its own path and parameterization passes the
+    check (labels reach both readings); under EDM's reading it fails naming both."""
+    from diffusion_pl.formulations import RectifiedFlow
+    from diffusion_pl.formulations.consistency import check_same_reading
+
+    torch.manual_seed(0)
+    flow = RectifiedFlow(MLP(dim=2, hidden=32, depth=2, num_classes=3), (2,))
+    net = MLP(dim=2, hidden=32, depth=2, num_classes=3)
+    student = ConsistencyModel(net, (2,), path=LinearPath(), parameterization=VelocityPrediction())
+    student.copy_net_from(flow.net)
+    check_same_reading(student, flow, "init_ckpt")
+    edm_reader = ConsistencyModel(MLP(dim=2, hidden=32, depth=2, num_classes=3), (2,))
+    edm_reader.copy_net_from(flow.net)
+    with pytest.raises(ValueError, match="init_ckpt: the student reads that RectifiedFlow's net"):
+        check_same_reading(edm_reader, flow, "init_ckpt")
+
+
 def test_ect_mapping_stages_and_levels(monkeypatch: pytest.MonkeyPatch) -> None:
     """ECT's r = t (1 − 2^−(s+1) (1 + 8 sigmoid(−t))) clamped at 0, by hand; the stage advances
     every ``ect_stage_steps``; drawn pairs keep σ_min ≤ r < t ≤ σ_max with r the mapping of t."""

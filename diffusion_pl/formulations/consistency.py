@@ -595,7 +595,11 @@ def check_same_reading(student: ConsistencyModel, model: DiffusionModule, key: s
     x = randn((5, *student.data_shape), torch.Generator().manual_seed(0), dtype=torch.float64)
     x = (x * append_dims(scale, x.ndim)).to(weight)
     levels = levels.to(weight.device)
-    labels = None if model.num_classes is None else torch.zeros(5, dtype=torch.long)
+    labels = (
+        None
+        if model.num_classes is None
+        else torch.zeros(5, dtype=torch.long, device=levels.device)
+    )
     was_training = net.training
     net.eval()
     try:
