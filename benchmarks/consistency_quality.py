@@ -66,6 +66,7 @@ from digits_quality import (
 )
 
 from diffusion_pl.checkpoints import load_datamodule, load_module, read_checkpoint
+from diffusion_pl.formulations import DiffusionModule
 from diffusion_pl.metrics import FIDEvaluator
 from diffusion_pl.samplers import ConsistencySampler
 
@@ -82,21 +83,20 @@ CONFIGS = {"ct": "consistency_train", "ect": "consistency_tune", "ect_rf": "cons
 """Each run's config of configs/digits/ (the others: consistency_distill)."""
 
 
-def lowest_level(ckpt: Path) -> float:
+def lowest_level(teacher: DiffusionModule) -> float:
     """The smallest σ/α the teacher's path reaches, at its t_min."""
-    path = load_module(ckpt).path
+    path = teacher.path
     t_min = path.as_time(path.t_min)
     return float(torch.exp(-0.5 * path.log_snr(t_min)))
 
 
-def teacher_reading(ckpt: Path) -> dict:
+def teacher_reading(teacher: DiffusionModule, hparams: dict) -> dict:
     """The teacher's ``path`` and ``parameterization`` as config, for a student started from its
-    net: its recorded config, or the class of a formulation that fixes them (rectified flow)."""
-    hparams = read_checkpoint(ckpt, mmap=True)["hyper_parameters"]
-    module = load_module(ckpt)
+    net: its recorded config (``hparams``), or the class of a formulation that fixes them
+    (rectified flow)."""
     return {key: hparams.get(key, f"{type(obj).__module__}.{type(obj).__name__}")
-            for key, obj in (("path", module.path),
-                             ("parameterization", module.parameterization))}  # fmt: skip
+            for key, obj in (("path", teacher.path),
+                             ("parameterization", teacher.parameterization))}  # fmt: skip
 
 
 def run_config(run: str, root: Path, args: argparse.Namespace) -> tuple[Path, float]:
@@ -109,13 +109,14 @@ def run_config(run: str, root: Path, args: argparse.Namespace) -> tuple[Path, fl
     model = config["model"]["init_args"]
     sigma_min = 0.002
     if run in TEACHERS:
-        teacher = getattr(args, FLAGS[run])
+        ckpt = getattr(args, FLAGS[run])
+        teacher, hparams = load_module(ckpt), read_checkpoint(ckpt, mmap=True)["hyper_parameters"]
         tuned = CONFIGS.get(run) == "consistency_tune"
-        model["init_ckpt" if tuned else "teacher_ckpt"] = str(teacher)
+        model["init_ckpt" if tuned else "teacher_ckpt"] = str(ckpt)
         model["init_from_teacher"] = not tuned
-        model["net"] = read_checkpoint(teacher, mmap=True)["hyper_parameters"]["net"]
+        model["net"] = hparams["net"]
         if TEACHERS[run] != "edm":  # the student reads the net as its teacher does
-            model |= teacher_reading(teacher)
+            model |= teacher_reading(teacher, hparams)
         sigma_min = max(sigma_min, math.ceil(lowest_level(teacher) * 1e6) / 1e6)
     model["sigma_min"] = sigma_min
     model["sampler"] = {"class_path": "diffusion_pl.samplers.ConsistencySampler",

@@ -16,8 +16,9 @@ from torch import Tensor
 
 from diffusion_pl.checkpoints import load_module, read_checkpoint
 from diffusion_pl.cli import main
-from diffusion_pl.formulations import ConsistencyModel
+from diffusion_pl.formulations import ConsistencyModel, RectifiedFlow
 from diffusion_pl.formulations.consistency import (
+    check_same_reading,
     check_teacher_range,
     consistency_loss,
     ect_lower_level,
@@ -348,9 +349,6 @@ def test_distillation_reads_the_teacher_on_its_own_path(teacher: Path) -> None:
 def test_the_reading_check_passes_a_conditional_model_of_the_same_reading() -> None:
     """A class-conditional rectified flow read on its own path and parameterization passes the
     check (labels reach both readings); under EDM's reading it fails naming both."""
-    from diffusion_pl.formulations import RectifiedFlow
-    from diffusion_pl.formulations.consistency import check_same_reading
-
     torch.manual_seed(0)
     flow = RectifiedFlow(MLP(dim=2, hidden=32, depth=2, num_classes=3), (2,))
     net = MLP(dim=2, hidden=32, depth=2, num_classes=3)

@@ -141,11 +141,16 @@ class ConsistencySampler(Sampler):
         ramp = karras_sigmas(self.sigma_min, self.sigma_max, self.steps, self.rho)
         return ramp[1:-1].tolist()
 
-    def check(self, path: NoisePath) -> None:
-        """The intermediate levels must lie below the path's σ̃ at t_max."""
+    @staticmethod
+    def top_level(path: NoisePath) -> float:
+        """The path's σ̃ = σ/α at t_max (∞ where α = 0)."""
         t_max = path.as_time(path.t_max)  # apart: a lazy path must initialise first
         with torch.no_grad():
-            top = float(torch.exp(-0.5 * path.log_snr(t_max)))
+            return float(torch.exp(-0.5 * path.log_snr(t_max)))
+
+    def check(self, path: NoisePath) -> None:
+        """The intermediate levels must lie below the path's σ̃ at t_max."""
+        top = self.top_level(path)
         if any(s >= top for s in self.levels()):
             raise ValueError(
                 f"ConsistencySampler levels {self.levels()} reach the path's top sigma/alpha "
@@ -158,7 +163,6 @@ class ConsistencySampler(Sampler):
         levels = torch.tensor([self.sigma_max, *self.levels()], dtype=torch.float64)
         with torch.no_grad():
             times = path.time_of_log_snr(-2.0 * torch.log(levels)).to(torch.float64)
-            top = float(torch.exp(-0.5 * path.log_snr(path.as_time(path.t_max))))
-        if top <= self.sigma_max * (1 + 1e-9):
+        if self.top_level(path) <= self.sigma_max * (1 + 1e-9):
             times[0] = path.t_max
         return times.to(device)
