@@ -19,7 +19,7 @@ import re
 import socket
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from jsonargparse.typing import import_object
@@ -31,12 +31,14 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from diffusion_pl.data import DiffusionDataModule
 from diffusion_pl.formulations import DiffusionModule
 from diffusion_pl.guidance import check_guide
+from diffusion_pl.objectives import Teacher
 
 if TYPE_CHECKING:  # not at run time: the callbacks package (PostHocEMA) imports this module
     from diffusion_pl.callbacks.ema import Weights
 
 __all__ = [
     "AtomicCheckpointIO",
+    "Checkpoint",
     "check_checkpoint_fits",
     "find_last_checkpoint",
     "load_datamodule",
@@ -215,6 +217,28 @@ def load_module(
     key = "current_model_state" if weights == "raw" else "state_dict"
     module.load_state_dict(checkpoint.get(key, checkpoint["state_dict"]))
     return module.to(map_location)
+
+
+class Checkpoint(Teacher):
+    """A model that ``diffusion-pl fit`` wrote, read from its checkpoint (:func:`load_module`).
+
+    In YAML: ``{class_path: diffusion_pl.checkpoints.Checkpoint, init_args: {path: RUN.ckpt}}``.
+
+    Args:
+        path: the checkpoint file.
+        weights: ``ema`` (the checkpoint's ``state_dict``: the moving average when the run kept
+            one) or ``raw`` (the optimizer's weights).
+    """
+
+    def __init__(self, path: str, weights: Literal["ema", "raw"] = "ema") -> None:
+        self.path, self.weights = path, weights
+
+    def load(self, map_location: str | torch.device = "cpu") -> LightningModule:
+        module = load_module(self.path, map_location=map_location, weights=self.weights)
+        return module.eval().requires_grad_(False)
+
+    def __str__(self) -> str:
+        return self.path
 
 
 def load_guide(
