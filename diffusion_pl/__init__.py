@@ -1,1 +1,1 @@
-"""VDM, NCSN, score SDE and rectified flow on one shared core, trained with Lightning."""
+"""VDM, NCSN, score-SDE, rectified flow, EDM, consistency models, MeanFlow on one Lightning core."""
