@@ -11,8 +11,9 @@ import pytest
 from jsonargparse import ArgumentParser, lazy_instance
 
 import diffusion_pl.samplers as samplers
-from diffusion_pl.samplers import SAMPLERS, HeunSampler, Sampler, sampler_table
+from diffusion_pl.samplers import SAMPLERS, HeunSampler, Sampler
 from diffusion_pl.samplers.signature import args_section, solver_settings
+from diffusion_pl.samplers.table import sampler_table
 
 README = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").exists())
 README = README / "README.md"

@@ -1,5 +1,5 @@
 """Samplers: pure functions over (denoiser, path, x_T) plus thin YAML-facing configs derived
-from them; :data:`SAMPLERS` (in :mod:`~diffusion_pl.samplers.registry`) names them."""
+from them; :data:`SAMPLERS` names them (the CLI, the tests and the README's table read it)."""
 
 from diffusion_pl.parameterization import DenoiserFn
 from diffusion_pl.samplers.ancestral import DDIMSampler, DDPMSampler, sample_ddim, sample_ddpm
@@ -39,7 +39,6 @@ from diffusion_pl.samplers.ode import (
     sample_euler,
     sample_heun,
 )
-from diffusion_pl.samplers.registry import SAMPLERS, sampler_table
 from diffusion_pl.samplers.rk45 import RK45Sampler, sample_rk45, solve_ode_rk45
 from diffusion_pl.samplers.sde import (
     EulerMaruyamaSampler,
@@ -48,6 +47,29 @@ from diffusion_pl.samplers.sde import (
     sample_pc,
 )
 from diffusion_pl.samplers.unipc import UniPCSampler, sample_unipc
+
+SAMPLERS: dict[str, type[Sampler]] = {
+    cls.name: cls
+    for cls in (
+        EulerSampler,
+        HeunSampler,
+        RK45Sampler,
+        EulerMaruyamaSampler,
+        PCSampler,
+        DDPMSampler,
+        DDIMSampler,
+        AnnealedLangevinSampler,
+        DPMSolverSampler,
+        DPMSolver3MSampler,
+        UniPCSampler,
+        IPNDMSampler,
+        EDMSampler,
+        MeanFlowSampler,
+        ConsistencySampler,
+    )
+}
+"""Short names for ``diffusion-pl sample --sampler NAME`` (each class's :attr:`Sampler.name`)
+-> config class; YAML uses ``class_path`` instead."""
 
 __all__ = [
     "GRIDS",
@@ -96,7 +118,6 @@ __all__ = [
     "sample_pc",
     "sample_rk45",
     "sample_unipc",
-    "sampler_table",
     "score_at",
     "solve_ode_rk45",
     "uniform_time_grid",
