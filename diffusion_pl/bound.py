@@ -16,9 +16,9 @@ import torch
 from torch import Tensor
 
 from diffusion_pl.learned_schedule import d_gamma
+from diffusion_pl.parameterization import DenoiserFn
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.randomness import Generators, randn
-from diffusion_pl.samplers import DenoiserFn
 from diffusion_pl.time_sampling import DiscreteUniform, Uniform
 
 __all__ = [

@@ -18,9 +18,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from diffusion_pl.parameterization import DenoiserFn
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.randomness import Generators, randn
-from diffusion_pl.samplers.base import DenoiserFn
 from diffusion_pl.samplers.ode import ode_drift
 from diffusion_pl.samplers.rk45 import solve_ode_rk45
 

@@ -12,6 +12,7 @@ section 5):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,7 @@ __all__ = [
     "AverageVelocityPrediction",
     "ConsistencyPreconditioning",
     "Denoiser",
+    "DenoiserFn",
     "EDMPreconditioning",
     "EpsilonPrediction",
     "Parameterization",
@@ -52,6 +54,10 @@ class Prediction:
     def velocity(self, c: PathCoefficients) -> Tensor:
         """Probability-flow ODE drift dx/dt = α'_t x̂_0 + σ'_t ε̂ (= f x − ½ g² s)."""
         return c.d_alpha * self.x0 + c.d_sigma * self.eps
+
+
+DenoiserFn = Callable[[Tensor, Tensor | float], Prediction]
+"""``denoiser(x [B, ...], t) -> Prediction(x0, eps)``: a trained net or an exact oracle."""
 
 
 class Parameterization:

@@ -7,15 +7,7 @@ import torch
 from jsonargparse import ArgumentParser
 
 from diffusion_pl.paths import DDPMPath, LinearPath, VEPath, VPLinearPath
-from diffusion_pl.samplers import (
-    DDIMSampler,
-    DDPMSampler,
-    EulerMaruyamaSampler,
-    EulerSampler,
-    HeunSampler,
-    PCSampler,
-    Sampler,
-)
+from diffusion_pl.samplers import SAMPLERS, DDIMSampler, DDPMSampler, Sampler
 from diffusion_pl.samplers.ancestral import TrainedStepsGrid
 from diffusion_pl.samplers.grids import (
     EDMGrid,
@@ -23,13 +15,18 @@ from diffusion_pl.samplers.grids import (
     LinspaceGrid,
     LogSNRGrid,
     TrailingGrid,
+    UniformGrid,
     uniform_time_grid,
 )
 
-FIXED_STEP = [EulerSampler, HeunSampler, EulerMaruyamaSampler, PCSampler, DDPMSampler, DDIMSampler]
+FIXED_STEP = [cls for cls in SAMPLERS.values() if cls.layout.grid]
+"""Every sampler with a ``grid`` setting (read from the table: a new one is checked too)."""
+UNIFORM_BY_DEFAULT = [
+    cls for cls in FIXED_STEP if isinstance(cls.default_grid, (UniformGrid, TrainedStepsGrid))
+]
 
 
-@pytest.mark.parametrize("cls", FIXED_STEP, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", UNIFORM_BY_DEFAULT, ids=lambda c: c.__name__)
 @pytest.mark.parametrize("path", [VPLinearPath(), VEPath(), LinearPath()], ids=type)
 def test_default_grid_is_uniform_on_continuous_paths(cls, path) -> None:
     torch.testing.assert_close(

@@ -98,6 +98,30 @@ def denoiser_for(name: str, path: NoisePath) -> GaussianMixtureOracle | _Velocit
     return _VelocityAsAverage(oracle, path) if name == "meanflow" else oracle
 
 
+def test_every_sampler_in_the_table_has_a_test_case() -> None:
+    """Adding a sampler = its module + its small settings in SETTINGS (every test here and
+    in test_sampler_grids/test_sampler_registry reads SAMPLERS)."""
+    assert sorted(SETTINGS) == sorted(SAMPLERS), "give each sampler its settings in SETTINGS"
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_the_generator_decides_the_noise_of_exactly_the_stochastic_samplers(name: str) -> None:
+    """From one x at ts[0]: one seed gives one answer; another seed another answer for a
+    sampler whose table entry says it draws noise (with these settings), the same otherwise."""
+    path = VPLinearPath()
+    sampler = SAMPLERS[name](**SETTINGS[name])
+    x = path.prior_sample((16, 2), generator=torch.Generator().manual_seed(0))
+    ts = sampler.time_grid(path, None)
+    a, b, c = (sampler.solver(denoiser_for(name, path), path, x, ts, **sampler.settings(),
+                              generator=torch.Generator().manual_seed(seed))
+               for seed in (3, 3, 4))  # fmt: skip
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    if type(sampler).randomness == "deterministic":
+        torch.testing.assert_close(a, c, rtol=0, atol=0)
+    else:
+        assert not torch.allclose(a, c)
+
+
 @pytest.mark.parametrize("name", sorted(SINGLE_GENERATOR))
 def test_one_generator_gives_the_numbers_of_before(name: str) -> None:
     path = VPLinearPath()

@@ -1,8 +1,15 @@
-"""Samplers: pure functions over (denoiser, path, x_T) plus thin YAML-facing configs."""
+"""Samplers: pure functions over (denoiser, path, x_T) plus thin YAML-facing configs derived
+from them; :data:`SAMPLERS` names them (the CLI, the tests and the README's table read it)."""
 
+from diffusion_pl.parameterization import DenoiserFn
 from diffusion_pl.samplers.ancestral import DDIMSampler, DDPMSampler, sample_ddim, sample_ddpm
-from diffusion_pl.samplers.base import DenoiserFn, Sampler
-from diffusion_pl.samplers.consistency import ConsistencySampler, sample_consistency
+from diffusion_pl.samplers.base import Sampler
+from diffusion_pl.samplers.consistency import (
+    ConsistencySampler,
+    consistency_levels,
+    sample_consistency,
+)
+from diffusion_pl.samplers.dpm_solver import DPMSolver3MSampler, DPMSolverSampler, sample_dpmpp
 from diffusion_pl.samplers.edm import EDMSampler, sample_edm
 from diffusion_pl.samplers.grids import (
     GRIDS,
@@ -16,6 +23,7 @@ from diffusion_pl.samplers.grids import (
     karras_sigmas,
     uniform_time_grid,
 )
+from diffusion_pl.samplers.ipndm import IPNDMSampler, sample_ipndm
 from diffusion_pl.samplers.langevin import (
     AnnealedLangevinSampler,
     langevin_corrector,
@@ -24,15 +32,6 @@ from diffusion_pl.samplers.langevin import (
     score_at,
 )
 from diffusion_pl.samplers.meanflow import AverageVelocityFn, MeanFlowSampler, sample_meanflow
-from diffusion_pl.samplers.multistep import (
-    DPMSolver3MSampler,
-    DPMSolverSampler,
-    IPNDMSampler,
-    UniPCSampler,
-    sample_dpmpp,
-    sample_ipndm,
-    sample_unipc,
-)
 from diffusion_pl.samplers.ode import (
     EulerSampler,
     HeunSampler,
@@ -47,25 +46,30 @@ from diffusion_pl.samplers.sde import (
     sample_euler_maruyama,
     sample_pc,
 )
+from diffusion_pl.samplers.unipc import UniPCSampler, sample_unipc
 
 SAMPLERS: dict[str, type[Sampler]] = {
-    "euler": EulerSampler,
-    "heun": HeunSampler,
-    "rk45": RK45Sampler,
-    "euler_maruyama": EulerMaruyamaSampler,
-    "pc": PCSampler,
-    "ddpm": DDPMSampler,
-    "ddim": DDIMSampler,
-    "annealed_langevin": AnnealedLangevinSampler,
-    "dpmpp_2m": DPMSolverSampler,
-    "dpmpp_3m": DPMSolver3MSampler,
-    "unipc": UniPCSampler,
-    "ipndm": IPNDMSampler,
-    "edm_sde": EDMSampler,
-    "meanflow": MeanFlowSampler,
-    "consistency": ConsistencySampler,
+    cls.name: cls
+    for cls in (
+        EulerSampler,
+        HeunSampler,
+        RK45Sampler,
+        EulerMaruyamaSampler,
+        PCSampler,
+        DDPMSampler,
+        DDIMSampler,
+        AnnealedLangevinSampler,
+        DPMSolverSampler,
+        DPMSolver3MSampler,
+        UniPCSampler,
+        IPNDMSampler,
+        EDMSampler,
+        MeanFlowSampler,
+        ConsistencySampler,
+    )
 }
-"""Short names for ``diffusion-pl sample --sampler NAME``; YAML uses ``class_path`` instead."""
+"""Short names for ``diffusion-pl sample --sampler NAME`` (each class's :attr:`Sampler.name`)
+-> config class; YAML uses ``class_path`` instead."""
 
 __all__ = [
     "GRIDS",
@@ -95,6 +99,7 @@ __all__ = [
     "TrailingGrid",
     "UniPCSampler",
     "UniformGrid",
+    "consistency_levels",
     "karras_sigmas",
     "langevin_corrector",
     "langevin_dynamics",

@@ -72,6 +72,18 @@ def _predict(
     return Prediction(x0=x0, eps=eps)
 
 
+def _check_variance(variance: str) -> None:
+    """Refuse a DDPM variance other than "posterior" and "beta"."""
+    if variance not in ("posterior", "beta"):
+        raise ValueError(f"unknown variance {variance!r}; use 'posterior' or 'beta'")
+
+
+def _check_eta(eta: float) -> None:
+    """Refuse a DDIM η outside [0, 1]."""
+    if not 0 <= eta <= 1:
+        raise ValueError(f"eta must be in [0, 1], got {eta}")
+
+
 def _new_noise_fraction(path: NoisePath, t: Tensor, s: Tensor) -> Tensor:
     """r = σ²_{t|s} / σ_t² = 1 − exp(λ_t − λ_s), the share of x_t's noise added after s."""
     return -torch.expm1(path.log_snr(t) - path.log_snr(s))
@@ -110,8 +122,7 @@ def sample_ddpm(
     Reference: Ho et al. (2020), "Denoising Diffusion Probabilistic Models", Algorithm 2 and
     Eq. 7; Kingma et al. (2021), "Variational Diffusion Models", Eq. 28–30.
     """
-    if variance not in ("posterior", "beta"):
-        raise ValueError(f"unknown variance {variance!r}; use 'posterior' or 'beta'")
+    _check_variance(variance)
     steps = len(ts) - 1
     for i in progress_bar(range(steps), steps, progress, "ddpm"):
         t, s = ts[i], ts[i + 1]
@@ -160,8 +171,7 @@ def sample_ddim(
 
     Reference: Song, Meng & Ermon (2021), "Denoising Diffusion Implicit Models", Eq. 12 and 16.
     """
-    if not 0 <= eta <= 1:
-        raise ValueError(f"eta must be in [0, 1], got {eta}")
+    _check_eta(eta)
     steps = len(ts) - 1
     for i in progress_bar(range(steps), steps, progress, f"ddim (eta={eta:g})"):
         t, s = ts[i], ts[i + 1]
@@ -177,81 +187,47 @@ def sample_ddim(
     return x
 
 
-class DDPMSampler(Sampler):
-    """DDPM ancestral sampler (``steps`` network evaluations, plus the final denoising step).
+class DDPMSampler(Sampler, steps=1000):
+    """DDPM ancestral sampling through the posterior q(x_s | x_t, x̂_0).
 
     The default grid is uniform in t on continuous paths and, on ``DDPMPath(T)``, Nichol &
     Dhariwal's respacing: ``steps + 1`` evenly spaced real numbers from T down to 1, each
-    rounded to a trained step (Lin et al.'s "linspace"). ``steps`` = T − 1 is Ho et al.'s
-    Algorithm 2 over every step (the final denoising step is its last, t = 1 → 0); fewer
-    steps stay on trained steps (``steps`` must be at most T − 1 there).
-
-    Args:
-        steps: number of ancestral steps.
-        variance: "posterior" (β̃) or "beta" (β).
-        clip_x0: clamp x̂_0 to [−c, c], or None.
-        grid: the time grid; None: ``TrainedStepsGrid(LinspaceGrid())``.
-        denoise_final: return x̂_0 at ``path.t_min``.
+    rounded to a trained step (Lin et al.'s "linspace"; ``TrainedStepsGrid(LinspaceGrid())``).
+    ``steps`` = T − 1 is Ho et al.'s Algorithm 2 over every step (the final denoising step is
+    its last, t = 1 → 0); fewer steps stay on trained steps (``steps`` must be at most T − 1
+    there).
 
     Reference: Ho et al. (2020), Algorithm 2; Nichol & Dhariwal (2021), "Improved Denoising
     Diffusion Probabilistic Models", Sec. 4; Lin et al. (2024), Table 2.
     """
 
+    name = "ddpm"
     solver = staticmethod(sample_ddpm)
     default_grid = TrainedStepsGrid(LinspaceGrid())
+    randomness = "stochastic"
 
-    def __init__(
-        self,
-        steps: int = 1000,
-        variance: Literal["posterior", "beta"] = "posterior",
-        clip_x0: float | None = None,
-        grid: Grid | None = None,
-        denoise_final: bool = True,
-    ) -> None:
-        if variance not in ("posterior", "beta"):
-            raise ValueError(f"unknown variance {variance!r}; use 'posterior' or 'beta'")
-        super().__init__(
-            steps=steps,
-            variance=variance,
-            clip_x0=clip_x0,
-            grid=grid,
-            denoise_final=denoise_final,
-        )
+    def validate(self) -> None:
+        _check_variance(self.variance)
 
 
-class DDIMSampler(Sampler):
-    """DDIM(η) sampler (``steps`` network evaluations, plus the final denoising step).
+class DDIMSampler(Sampler, steps=50):
+    """DDIM(η): deterministic at η = 0, DDPM with the posterior variance at η = 1.
 
     The default grid is uniform in t on continuous paths and, on ``DDPMPath(T)``, DDIM's own
     sub-sequence of trained steps: the "linear" τ_i = ⌊c i⌋ of Song et al.'s App. D.2, which
-    their code takes as every k-th step, k = ⌊T / S⌋ for S timesteps (Lin et al.'s "leading";
-    its top point is moved to T, where the prior is drawn). ``steps + 1`` timesteps here (the
-    last is the final denoising step at t = 1/T), at most T of them.
-
-    Args:
-        steps: number of steps (paper: 10–100; 50 a common default).
-        eta: 0 deterministic, 1 DDPM-like.
-        clip_x0: clamp x̂_0 to [−c, c], or None.
-        grid: the time grid; None: ``TrainedStepsGrid(LeadingGrid())``.
-        denoise_final: return x̂_0 at ``path.t_min``.
+    their code takes as every k-th step, k = ⌊T / S⌋ for S timesteps (Lin et al.'s "leading",
+    ``TrainedStepsGrid(LeadingGrid())``; its top point is moved to T, where the prior is
+    drawn). ``steps + 1`` timesteps here (the last is the final denoising step at t = 1/T), at
+    most T of them; the paper takes 10–100.
 
     Reference: Song, Meng & Ermon (2021), "Denoising Diffusion Implicit Models", App. D.2;
     Lin et al. (2024), "Common Diffusion Noise Schedules and Sample Steps are Flawed", Table 2.
     """
 
+    name = "ddim"
     solver = staticmethod(sample_ddim)
     default_grid = TrainedStepsGrid(LeadingGrid())
+    randomness = "stochastic if eta > 0"
 
-    def __init__(
-        self,
-        steps: int = 50,
-        eta: float = 0.0,
-        clip_x0: float | None = None,
-        grid: Grid | None = None,
-        denoise_final: bool = True,
-    ) -> None:
-        if not 0 <= eta <= 1:
-            raise ValueError(f"eta must be in [0, 1], got {eta}")
-        super().__init__(
-            steps=steps, eta=eta, clip_x0=clip_x0, grid=grid, denoise_final=denoise_final
-        )
+    def validate(self) -> None:
+        _check_eta(self.eta)

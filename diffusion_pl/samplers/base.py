@@ -1,9 +1,10 @@
-"""What every sampler shares: the denoiser type, time grids, and the thin config base class.
+"""What every sampler shares: progress bars and the thin config base class.
 
 Samplers are functions ``sample_x(denoiser, path, x, ts, *, generator, progress) -> Tensor``
 that integrate from ``ts[0]`` down to ``ts[-1]``. The ``Sampler`` classes are thin YAML-facing
-configs (``class_path``/``init_args``): the base draws the prior, builds the grid, calls the
-subclass's function with the subclass's settings and applies the final denoising step.
+configs (``class_path``/``init_args``) whose constructor is derived from their function: the
+base draws the prior, builds the grid, calls the function with the config's settings and applies
+the final denoising step.
 """
 
 from __future__ import annotations
@@ -15,15 +16,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from diffusion_pl.parameterization import Prediction
+from diffusion_pl.parameterization import DenoiserFn
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.randomness import Generators
 from diffusion_pl.samplers.grids import Grid, UniformGrid
+from diffusion_pl.samplers.signature import Layout, derived_init, solver_settings
 
 __all__ = ["DenoiserFn", "Sampler", "progress_bar"]
-
-DenoiserFn = Callable[[Tensor, Tensor | float], Prediction]
-"""``denoiser(x [B, ...], t) -> Prediction(x0, eps)``: a trained net or an exact oracle."""
 
 
 def progress_bar(items: Iterable, total: int, enabled: bool, desc: str) -> Iterator:
@@ -41,31 +40,59 @@ def _show(value: object) -> str:
 class Sampler:
     """Thin config for a sampling function: its settings, steps, and the final denoising step.
 
-    A subclass names its function in :attr:`solver` and passes its constructor arguments to
-    ``__init__``, which keeps them as attributes, in order (:meth:`arguments`). Calling the
-    sampler checks the path, draws x ~ prior, builds the grid (:meth:`time_grid`), runs
-    ``solver(denoiser, path, x, ts, generator=…, progress=…, **settings)`` with every
-    constructor argument other than ``steps`` and ``denoise_final`` as a keyword setting, and,
-    if σ(t_min) > 0 and ``denoise_final``, returns the denoised x̂_0(x_{t_min}) (one more
-    network evaluation; Song et al., 2021, App. G).
-
-    Args:
-        denoise_final: return x̂_0 at the last time instead of x_{t_min}.
-        **settings: the subclass's own arguments: ``steps`` (>= 1) for a sampler on a fixed
-            grid, and the keyword settings of :attr:`solver`.
+    A subclass declares its :attr:`name`, its function in :attr:`solver` and, as class
+    keywords, the layout of its constructor: ``steps=`` (the default number of steps; leave it
+    out for a sampler that chooses its own), ``grid=False`` (no ``grid`` setting),
+    ``denoise_final=False`` (no final denoising step), and new defaults of the solver's
+    settings (``order=3``). The constructor is then derived from the solver's signature
+    (:func:`~diffusion_pl.samplers.signature.derived_init`): ``steps``, the solver's keyword
+    settings with their types and defaults, ``grid`` and ``denoise_final``; its Args are the
+    solver's. Calling the sampler checks the path, draws x ~ prior, builds the grid
+    (:meth:`time_grid`), runs ``solver(denoiser, path, x, ts, generator=…, progress=…,
+    **settings)`` and, if σ(t_min) > 0 and ``denoise_final``, returns the denoised
+    x̂_0(x_{t_min}) (one more network evaluation; Song et al., 2021, App. G).
     """
+
+    name: ClassVar[str]
+    """The short name of ``diffusion-pl sample --sampler NAME`` (YAML uses ``class_path``)."""
 
     solver: ClassVar[Callable[..., Tensor]]
     """``solver(denoiser, path, x, ts, *, generator, progress, **settings) -> x at ts[-1]``."""
 
+    schedule: ClassVar[Callable[..., Any] | None] = None
+    """A function whose keyword settings choose the times (they join the constructor's)."""
+
     default_grid: ClassVar[Grid] = UniformGrid()
     """The time grid of the sampler's paper, used when its ``grid`` setting is None or absent."""
 
-    def __init__(self, *, denoise_final: bool = True, **settings: Any) -> None:
-        steps = settings.get("steps")
+    randomness: ClassVar[str] = "deterministic"
+    """Whether a call draws noise beyond the prior (for the README's table)."""
+
+    nfe_per_step: ClassVar[str] = "1"
+    """Network evaluations per step (for the README's table)."""
+
+    layout: ClassVar[Layout]
+    """The constructor's fixed arguments and the solver's defaults it changes."""
+
+    def __init_subclass__(cls, **declared: Any) -> None:
+        """Derive ``__init__`` where a class declares a solver or a layout (``declared``); a
+        subclass that declares neither (a jsonargparse lazy instance) keeps its parent's."""
+        super().__init_subclass__()
+        if "solver" in vars(cls) or declared:
+            parent = getattr(cls, "layout", None)
+            cls.layout = Layout.declare(parent, **declared)
+            cls.__init__ = derived_init(cls, cls.layout)
+
+    def _setup(self, arguments: dict[str, Any]) -> None:
+        """Keep the constructor's ``arguments`` as attributes, in order, and check them."""
+        steps = arguments.get("steps")
         if steps is not None and steps < 1:
             raise ValueError(f"{type(self).__name__}: steps must be >= 1, got {steps}")
-        vars(self).update(settings, denoise_final=denoise_final)
+        vars(self).update(arguments)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError, naming the bad setting, for settings the solver would refuse."""
 
     def with_steps(self, steps: int) -> Sampler:
         """A copy of this sampler with ``steps`` steps (every other setting kept)."""
@@ -102,9 +129,9 @@ class Sampler:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
     def settings(self) -> dict[str, Any]:
-        """The keyword settings of :attr:`solver`: the arguments but steps and denoise_final."""
-        fixed = ("steps", "grid", "denoise_final")
-        return {k: v for k, v in self.arguments().items() if k not in fixed}
+        """The keyword settings of :attr:`solver` (the arguments it takes)."""
+        taken = solver_settings(self.solver)
+        return {k: v for k, v in self.arguments().items() if k in taken}
 
     @torch.no_grad()
     def __call__(

@@ -20,7 +20,7 @@ from diffusion_pl.randomness import Generators, randn
 from diffusion_pl.samplers.base import DenoiserFn, Sampler, progress_bar
 from diffusion_pl.samplers.grids import karras_sigmas
 
-__all__ = ["ConsistencySampler", "sample_consistency"]
+__all__ = ["ConsistencySampler", "consistency_levels", "sample_consistency"]
 
 
 @torch.no_grad()
@@ -68,17 +68,19 @@ def sample_consistency(
     return x0
 
 
-class ConsistencySampler(Sampler):
-    """Multistep consistency sampling: ``steps`` network evaluations, no final denoising.
+def consistency_levels(
+    steps: int,
+    *,
+    sigmas: Sequence[float] | None = None,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+) -> list[float]:
+    """The intermediate levels σ̃_1 > … > σ̃_{K−1} of a ``steps`` = K step consistency sampler.
 
-    The first evaluation is at the path's ``t_max`` on its prior sample (σ̃ = 80 on EDM's
-    ``VEPath(0.002, 80)``), or at the time of σ̃ = ``sigma_max`` where the path reaches
-    higher (a consistency model on the linear path, where σ̃(t_max) = ∞, is trained up to
-    σ_max only); each further step re-noises to the next intermediate level σ̃_i and maps
-    back. By default the intermediate levels are the inner points of Karras et al.'s
-    ρ-spaced levels from ``sigma_max`` to ``sigma_min`` over ``steps`` intervals (steps = 2:
-    σ̃ = 2.52 for ρ = 7); ``sigmas`` lists them instead, and a K-step call uses its first K − 1
-    (iCT's two-step ``[0.821]`` on CIFAR-10 serves 1 and 2 steps).
+    By default the inner points of Karras et al.'s ρ-spaced levels from ``sigma_max`` to
+    ``sigma_min`` over K intervals (K = 2: σ̃ = 2.52 for ρ = 7); else the first K − 1 of
+    ``sigmas`` (iCT's two-step ``[0.821]`` on CIFAR-10 serves 1 and 2 steps).
 
     Args:
         steps: number of network evaluations K (1, 2, 4, ...).
@@ -89,57 +91,68 @@ class ConsistencySampler(Sampler):
             the ρ-spaced default levels.
         rho: ρ of the default levels.
 
-    Reference: Song et al. (2023), "Consistency Models", Algorithm 1 and Sec. 6 (levels by
-    search); Song & Dhariwal (2023), Sec. 6 (two-step midpoint 0.821 on CIFAR-10).
+    Reference: Song et al. (2023), "Consistency Models", Sec. 6 (levels by search); Karras et
+    al. (2022), Eq. 5 (ρ-spaced levels); Song & Dhariwal (2023), Sec. 6 (two-step midpoint
+    0.821 on CIFAR-10).
+    """
+    if not 0 < sigma_min < sigma_max < math.inf or rho <= 0:
+        raise ValueError(
+            f"need 0 < sigma_min < sigma_max < inf and rho > 0, got {sigma_min}, {sigma_max}, {rho}"
+        )
+    if sigmas is None:
+        return karras_sigmas(sigma_min, sigma_max, steps, rho)[1:-1].tolist()
+    if len(sigmas) < steps - 1:
+        raise ValueError(
+            f"ConsistencySampler: {steps} steps need {steps - 1} intermediate sigmas, "
+            f"got {list(sigmas)}; give more, use fewer steps, or drop sigmas (rho-spaced levels)"
+        )
+    if any(not a > b for a, b in itertools.pairwise(sigmas)) or (
+        sigmas and sigmas[-1] <= sigma_min
+    ):
+        raise ValueError(
+            f"sigmas must decrease and stay above sigma_min={sigma_min}, got {list(sigmas)}"
+        )
+    return list(sigmas[: steps - 1])
+
+
+class ConsistencySampler(Sampler, steps=1, grid=False, denoise_final=False):
+    """Multistep consistency sampling (Song et al., 2023); no final denoising step.
+
+    The first evaluation is at the path's ``t_max`` on its prior sample (σ̃ = 80 on EDM's
+    ``VEPath(0.002, 80)``), or at the time of σ̃ = ``sigma_max`` where the path reaches
+    higher (a consistency model on the linear path, where σ̃(t_max) = ∞, is trained up to
+    σ_max only); each further step re-noises to the next intermediate level σ̃_i
+    (:func:`consistency_levels`) and maps back.
+
+    Args:
+        steps: number of network evaluations K (1, 2, 4, ...).
+
+    Reference: Song et al. (2023), "Consistency Models", Algorithm 1.
     """
 
+    name = "consistency"
     solver = staticmethod(sample_consistency)
+    schedule = staticmethod(consistency_levels)
+    randomness = "stochastic if steps > 1"
 
-    def __init__(
-        self,
-        steps: int = 1,
-        sigmas: Sequence[float] | None = None,
-        sigma_min: float = 0.002,
-        sigma_max: float = 80.0,
-        rho: float = 7.0,
-    ) -> None:
-        if not 0 < sigma_min < sigma_max < math.inf or rho <= 0:
-            raise ValueError(
-                f"need 0 < sigma_min < sigma_max < inf and rho > 0, got {sigma_min}, "
-                f"{sigma_max}, {rho}"
-            )
-        if sigmas is not None:
-            sigmas = [float(s) for s in sigmas]
-            if len(sigmas) < steps - 1:
-                raise ValueError(
-                    f"ConsistencySampler: {steps} steps need {steps - 1} intermediate sigmas, "
-                    f"got {sigmas}; give more, use fewer steps, or drop sigmas (rho-spaced levels)"
-                )
-            if any(not a > b for a, b in itertools.pairwise(sigmas)) or (
-                sigmas and sigmas[-1] <= sigma_min
-            ):
-                raise ValueError(
-                    f"sigmas must decrease and stay above sigma_min={sigma_min}, got {sigmas}"
-                )
-        super().__init__(
-            steps=steps, sigmas=sigmas, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho
-        )
-        del self.denoise_final  # not a setting: the last evaluation already returns x̂_0
+    def validate(self) -> None:
+        if self.sigmas is not None:
+            self.sigmas = [float(s) for s in self.sigmas]
+        self.levels()
 
     def denoises_at_end(self, path: NoisePath) -> bool:
         """Never: the consistency function's output is the sample."""
         return False
 
-    def settings(self) -> dict:
-        """The solver's only setting: ``sigma_min``."""
-        return {"sigma_min": self.sigma_min}
-
     def levels(self) -> list[float]:
-        """The intermediate levels σ̃_1 > … > σ̃_{K−1}."""
-        if self.sigmas is not None:
-            return list(self.sigmas[: self.steps - 1])
-        ramp = karras_sigmas(self.sigma_min, self.sigma_max, self.steps, self.rho)
-        return ramp[1:-1].tolist()
+        """The intermediate levels σ̃_1 > … > σ̃_{K−1} (:func:`consistency_levels`)."""
+        return consistency_levels(
+            self.steps,
+            sigmas=self.sigmas,
+            sigma_min=self.sigma_min,
+            sigma_max=self.sigma_max,
+            rho=self.rho,
+        )
 
     @staticmethod
     def top_level(path: NoisePath) -> float:

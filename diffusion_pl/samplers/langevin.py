@@ -118,6 +118,14 @@ def langevin_corrector(
     return x
 
 
+def _check_langevin(steps_per_level: int, step_lr: float) -> None:
+    """Refuse fewer than one step per level or a step size ε <= 0."""
+    if steps_per_level < 1:
+        raise ValueError(f"steps_per_level must be >= 1, got {steps_per_level}")
+    if step_lr <= 0:
+        raise ValueError(f"step_lr must be > 0, got {step_lr}")
+
+
 @torch.no_grad()
 def sample_annealed_langevin(
     denoiser: DenoiserFn,
@@ -154,6 +162,7 @@ def sample_annealed_langevin(
     Reference: Song & Ermon (2019), "Generative Modeling by Estimating Gradients of the Data
     Distribution", Algorithm 1; Song & Ermon (2020), "Improved Techniques", Sec. 4 (denoising).
     """
+    _check_langevin(steps_per_level, step_lr)
     sigmas = path.sigma(ts.to(torch.float64))
     if not float(sigmas[-1]) > 0:
         raise ValueError("annealed Langevin needs σ > 0 at the last level")
@@ -165,40 +174,26 @@ def sample_annealed_langevin(
     return x
 
 
-class AnnealedLangevinSampler(Sampler):
-    """Annealed Langevin dynamics (NCSN) over L levels evenly spaced in t.
+class AnnealedLangevinSampler(Sampler, steps=None, grid=False):
+    """Annealed Langevin dynamics (NCSN) over L noise levels evenly spaced in t.
 
-    L · ``steps_per_level`` network evaluations (plus one for ``denoise_final``). Defaults are
-    the paper's: T = 100, ε = 2e-5, and L the path's own levels (NCSN: 10).
+    L · ``steps_per_level`` network evaluations (plus one for ``denoise_final``, NCSNv2's final
+    denoising step). Defaults are the paper's: T = 100, ε = 2e-5, and L the path's own levels
+    (NCSN: 10).
 
     Args:
         steps: number of levels L; None takes a discrete path's own levels (``num_steps``, the
             levels its net was trained at) and is required on a continuous path. On a discrete
             path any other L is refused: the net would be sampled at levels it never saw.
-        steps_per_level: Langevin steps T per level.
-        step_lr: ε, the step size at the smallest level.
-        denoise_final: NCSNv2's final denoising step at ``path.t_min``.
     """
 
+    name = "annealed_langevin"
     solver = staticmethod(sample_annealed_langevin)
+    randomness = "stochastic"
+    nfe_per_step = "steps_per_level (a step is a level)"
 
-    def __init__(
-        self,
-        steps: int | None = None,
-        steps_per_level: int = 100,
-        step_lr: float = 2e-5,
-        denoise_final: bool = True,
-    ) -> None:
-        if steps_per_level < 1:
-            raise ValueError(f"steps_per_level must be >= 1, got {steps_per_level}")
-        if step_lr <= 0:
-            raise ValueError(f"step_lr must be > 0, got {step_lr}")
-        super().__init__(
-            steps=steps,
-            steps_per_level=steps_per_level,
-            step_lr=step_lr,
-            denoise_final=denoise_final,
-        )
+    def validate(self) -> None:
+        _check_langevin(self.steps_per_level, self.step_lr)
 
     @torch.no_grad()
     def check(self, path: NoisePath) -> None:

@@ -17,7 +17,6 @@ from diffusion_pl.parameterization import Prediction
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.randomness import Generators
 from diffusion_pl.samplers.base import DenoiserFn, Sampler, progress_bar
-from diffusion_pl.samplers.grids import Grid
 
 __all__ = ["AverageVelocityFn", "MeanFlowSampler", "sample_meanflow"]
 
@@ -73,22 +72,15 @@ def sample_meanflow(
     return x
 
 
-class MeanFlowSampler(Sampler):
-    """Mean-flow sampler: ``steps`` jumps with the average velocity (1 by default, 1 NFE).
+class MeanFlowSampler(Sampler, steps=1):
+    """Mean-flow jumps with a learned average velocity (MeanFlow models only).
+
+    ``steps`` jumps on the evenly spaced t of the paper's few-step results (1 by default).
 
     Runs on MeanFlow models only (their denoiser gives u(z, r, t)); on any other model it fails
-    before its first network call, naming the samplers that apply.
-
-    Args:
-        steps: number of jumps K (network evaluations).
-        grid: the time grid; None: :class:`~diffusion_pl.samplers.grids.UniformGrid`, the
-            evenly spaced t of the paper's few-step results.
-        denoise_final: return x̂_0 at ``path.t_min`` (no call on the linear path, σ(0) = 0).
+    before its first network call, naming the samplers that apply. ``denoise_final`` makes no
+    call on the linear path, where σ(0) = 0.
     """
 
+    name = "meanflow"
     solver = staticmethod(sample_meanflow)
-
-    def __init__(
-        self, steps: int = 1, grid: Grid | None = None, denoise_final: bool = True
-    ) -> None:
-        super().__init__(steps=steps, grid=grid, denoise_final=denoise_final)

@@ -166,6 +166,12 @@ def solve_ode_rk45(
     )
 
 
+def _check_tolerances(rtol: float, atol: float) -> None:
+    """Refuse tolerances that are not > 0."""
+    if not (rtol > 0 and atol > 0):
+        raise ValueError(f"RK45: rtol and atol must be > 0, got {rtol}, {atol}")
+
+
 @torch.no_grad()
 def sample_rk45(
     denoiser: DenoiserFn,
@@ -196,6 +202,7 @@ def sample_rk45(
     Reference: Song et al. (2021), "Score-Based Generative Modeling through SDEs", Sec. 4.3
     and App. D.3 (RK45 on the probability-flow ODE, rtol = atol = 1e-5).
     """
+    _check_tolerances(rtol, atol)
     x, _ = solve_ode_rk45(
         lambda y, t: ode_drift(denoiser, path, y, t),
         x,
@@ -208,25 +215,20 @@ def sample_rk45(
     return x
 
 
-class RK45Sampler(Sampler):
-    """Adaptive RK45 PF-ODE sampler from ``t_max`` to ``t_min``; the solver picks the steps.
+class RK45Sampler(Sampler, grid=False):
+    """Adaptive RK45 on the probability-flow ODE, t_max → t_min; the solver picks the steps.
 
     There is no ``steps`` argument (``with_steps`` refuses). The NFE of a call is not stored
     here (attributes are exactly the constructor arguments): read the ``nfe`` counter of the
     ``Denoiser``.
-
-    Args:
-        rtol: relative tolerance of the solver.
-        atol: absolute tolerance of the solver.
-        denoise_final: return x̂_0 at ``t_min`` instead of x_{t_min}.
     """
 
+    name = "rk45"
     solver = staticmethod(sample_rk45)
+    nfe_per_step = "adaptive"
 
-    def __init__(self, rtol: float = 1e-5, atol: float = 1e-5, denoise_final: bool = True) -> None:
-        if not (rtol > 0 and atol > 0):
-            raise ValueError(f"RK45Sampler: rtol and atol must be > 0, got {rtol}, {atol}")
-        super().__init__(rtol=rtol, atol=atol, denoise_final=denoise_final)
+    def validate(self) -> None:
+        _check_tolerances(self.rtol, self.atol)
 
     def time_grid(self, path: NoisePath, device: torch.device | str | None) -> Tensor:
         """The end points ``[t_max, t_min]``; the solver chooses the times between."""

@@ -18,7 +18,6 @@ from torch import Tensor
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.randomness import Generators, randn
 from diffusion_pl.samplers.base import DenoiserFn, Sampler, progress_bar
-from diffusion_pl.samplers.grids import Grid
 from diffusion_pl.samplers.langevin import langevin_corrector, score_at
 
 __all__ = [
@@ -62,14 +61,19 @@ def reverse_diffusion_step(
     return mean, torch.sqrt(g2.clamp_min(0)).to(x.dtype)
 
 
-def _check_predictor(predictor: StepFn) -> None:
-    """Refuse a predictor that is not a function (a name, say), naming the two there are."""
+def _check_pc(predictor: StepFn, corrector_steps: int, snr: float) -> None:
+    """Refuse a predictor that is not a function (a name, say), naming the two there are, and
+    a negative ``corrector_steps`` or a ``snr`` <= 0."""
     if not callable(predictor):
         raise ValueError(
             f"predictor must be a step function (path, x, score, t, s) -> (mean, std), got "
             f"{predictor!r}; use diffusion_pl.samplers.sde.reverse_diffusion_step or "
             "diffusion_pl.samplers.sde.euler_maruyama_step"
         )
+    if corrector_steps < 0:
+        raise ValueError(f"corrector_steps must be >= 0, got {corrector_steps}")
+    if snr <= 0:
+        raise ValueError(f"snr must be > 0, got {snr}")
 
 
 def _reverse_sde(
@@ -182,7 +186,7 @@ def sample_pc(
     Reference: Song et al. (2021), "Score-Based Generative Modeling through SDEs",
     Algorithms 1–5 and Eq. 46–47.
     """
-    _check_predictor(predictor)
+    _check_pc(predictor, corrector_steps, snr)
     return _reverse_sde(
         denoiser,
         path,
@@ -211,67 +215,34 @@ def _check_reverse_sde(sampler: Sampler, path: NoisePath) -> None:
         )
 
 
-class EulerMaruyamaSampler(Sampler):
-    """Euler–Maruyama on the reverse SDE, by default on a uniform time grid (``steps`` NFE).
+class EulerMaruyamaSampler(Sampler, steps=1000):
+    """Euler–Maruyama on the reverse SDE.
 
-    Args:
-        steps: number of steps N (paper: 1000).
-        grid: the time grid; None: :class:`~diffusion_pl.samplers.grids.UniformGrid`, the
-            paper's N equal steps in t.
-        denoise_final: return x̂_0 at ``path.t_min``.
+    By default on the paper's N equal steps in t (N = 1000).
     """
 
+    name = "euler_maruyama"
     solver = staticmethod(sample_euler_maruyama)
-
-    def __init__(
-        self, steps: int = 1000, grid: Grid | None = None, denoise_final: bool = True
-    ) -> None:
-        super().__init__(steps=steps, grid=grid, denoise_final=denoise_final)
+    randomness = "stochastic"
 
     def check(self, path: NoisePath) -> None:
         _check_reverse_sde(self, path)
 
 
-class PCSampler(Sampler):
-    """Predictor–corrector sampler, by default on a uniform time grid
-    (``steps · (1 + corrector_steps)`` NFE).
+class PCSampler(Sampler, steps=1000):
+    """Predictor–corrector on the reverse SDE: Langevin corrector, then a predictor step.
 
-    Args:
-        steps: number of predictor steps N (paper: 1000).
-        predictor: the predictor step, :func:`reverse_diffusion_step` or
-            :func:`euler_maruyama_step`; in YAML its import path, e.g.
-            ``predictor: diffusion_pl.samplers.sde.euler_maruyama_step``.
-        corrector_steps: Langevin steps per time M (paper: 1).
-        snr: corrector signal-to-noise ratio r (paper: 0.16 on VE / CIFAR-10, 0.01 on VP).
-        grid: the time grid; None: :class:`~diffusion_pl.samplers.grids.UniformGrid`, the
-            paper's N equal steps in t.
-        denoise_final: return x̂_0 at ``path.t_min``.
+    By default on the paper's N equal steps in t (N = 1000). In YAML the predictor is an
+    import path, e.g. ``predictor: diffusion_pl.samplers.sde.euler_maruyama_step``.
     """
 
+    name = "pc"
     solver = staticmethod(sample_pc)
+    randomness = "stochastic"
+    nfe_per_step = "1 + corrector_steps"
 
-    def __init__(
-        self,
-        steps: int = 1000,
-        predictor: StepFn = reverse_diffusion_step,
-        corrector_steps: int = 1,
-        snr: float = 0.16,
-        grid: Grid | None = None,
-        denoise_final: bool = True,
-    ) -> None:
-        _check_predictor(predictor)
-        if corrector_steps < 0:
-            raise ValueError(f"corrector_steps must be >= 0, got {corrector_steps}")
-        if snr <= 0:
-            raise ValueError(f"snr must be > 0, got {snr}")
-        super().__init__(
-            steps=steps,
-            predictor=predictor,
-            corrector_steps=corrector_steps,
-            snr=snr,
-            grid=grid,
-            denoise_final=denoise_final,
-        )
+    def validate(self) -> None:
+        _check_pc(self.predictor, self.corrector_steps, self.snr)
 
     def check(self, path: NoisePath) -> None:
         _check_reverse_sde(self, path)

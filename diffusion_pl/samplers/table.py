@@ -1,0 +1,32 @@
+"""The README's sampler table, generated from :data:`~diffusion_pl.samplers.SAMPLERS`.
+
+``python -m diffusion_pl.samplers`` prints the README's sampler table (the rows between
+``<!-- samplers:begin -->`` and ``<!-- samplers:end -->``).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from diffusion_pl.samplers import SAMPLERS, Sampler
+
+__all__ = ["sampler_table"]
+
+
+def _summary(cls: type[Sampler]) -> str:
+    """The summary line of ``cls``'s docstring, in markdown (``code`` → `code`, | escaped)."""
+    line = inspect.cleandoc(cls.__doc__ or "").splitlines()[0]
+    return line.replace("``", "`").replace("|", "\\|")
+
+
+def sampler_table() -> str:
+    """The README's sampler table in markdown: name | config class | what it is (the class
+    docstring's summary line) | deterministic or stochastic | network evaluations per step."""
+    rows = [
+        "| name | config class | what it is | noise | NFE per step |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, cls in SAMPLERS.items():
+        cells = (f"`{name}`", f"`{cls.__name__}`", _summary(cls), cls.randomness, cls.nfe_per_step)
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
