@@ -139,6 +139,13 @@ class LevelSampling(ABC):
         _check_positive("total_steps", total_steps)
         self.total_steps = total_steps
 
+    def length(self, fallback: int | None) -> int | None:
+        """K: ``total_steps``, else ``fallback`` (the trainer's ``max_steps``).
+
+        A method, not an attribute read, so a jsonargparse lazy default builds itself first.
+        """
+        return fallback if self.total_steps is None else self.total_steps
+
     @abstractmethod
     def __call__(
         self, n: int, generator: Generators, device: torch.device, span: Span, progress: Progress

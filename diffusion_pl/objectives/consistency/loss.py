@@ -148,8 +148,7 @@ class ConsistencyObjective(Objective):
 
     def progress(self, step: int) -> Progress:
         """Step k and K: the level sampling's ``total_steps``, else the trainer's."""
-        total = self.levels.total_steps
-        return Progress(step, self.max_steps if total is None else total)
+        return Progress(step, self.levels.length(self.max_steps))
 
     def metrics(self, step: int) -> dict[str, float]:
         return self.levels.metrics(self.progress(step))
