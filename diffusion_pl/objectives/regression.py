@@ -62,7 +62,6 @@ class DenoisingRegression(Objective):
         eps: Tensor | None = None,
     ) -> Tensor:
         path, param = model.path, model.parameterization
-
         d = self.draw(model, x0, labels, generator, eps, partial(self.times, path))
         c = path.coefficients(d.times, x0.ndim)
         x_t = c.alpha * x0 + c.sigma * d.eps
