@@ -21,7 +21,7 @@ validation; see its ``benchmark_config``):
 * ``cd_edm``: Song et al.'s own recipe: distillation from the EDM teacher with the student
   started from the teacher's weights (``init_from_teacher``: the same preconditioning, so the
   start is the teacher's denoiser), ``--max_steps``.
-* ``ect``: consistency_tune.yaml (ECT) started from the EDM checkpoint (``init_ckpt``), no
+* ``ect``: consistency_tune.yaml (ECT) started from the EDM checkpoint (``init``), no
   teacher ODE, ``--ct_steps``.
 * ``ect_rf``: the same from the rectified-flow checkpoint, on its path and parameterization.
 
@@ -112,7 +112,10 @@ def run_config(run: str, root: Path, args: argparse.Namespace) -> tuple[Path, fl
         ckpt = getattr(args, FLAGS[run])
         teacher, hparams = load_module(ckpt), read_checkpoint(ckpt, mmap=True)["hyper_parameters"]
         tuned = CONFIGS.get(run) == "consistency_tune"
-        model["init_ckpt" if tuned else "teacher_ckpt"] = str(ckpt)
+        model["init" if tuned else "teacher"] = {
+            "class_path": "diffusion_pl.checkpoints.Checkpoint",
+            "init_args": {"path": str(ckpt)},
+        }
         model["init_from_teacher"] = not tuned
         model["net"] = hparams["net"]
         if TEACHERS[run] != "edm":  # the student reads the net as its teacher does

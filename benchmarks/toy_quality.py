@@ -80,7 +80,7 @@ def main() -> None:
         teachers = list((args.workdir / "rectified_flow" / args.dataset).rglob("last.ckpt"))
         if config.stem == "consistency_distill" and teachers:
             teacher = max(teachers, key=lambda p: p.stat().st_mtime)
-            extra = ["--model.init_args.teacher_ckpt", str(teacher), *extra]
+            extra = ["--model.init_args.teacher.init_args.path", str(teacher), *extra]
         result = run(config, args.dataset, args.num_samples, args.workdir, extra)
         print(json.dumps(result), flush=True)
         results.append(result)

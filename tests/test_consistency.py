@@ -14,12 +14,17 @@ from cli_runs import fit_config
 from mixture_checks import MIXTURE, check_mixture, mixture_oracle
 from torch import Tensor
 
-from diffusion_pl.checkpoints import load_module, read_checkpoint
+from diffusion_pl.checkpoints import Checkpoint, load_module, read_checkpoint
 from diffusion_pl.cli import main
 from diffusion_pl.formulations import ConsistencyModel, RectifiedFlow
-from diffusion_pl.formulations.consistency import (
-    check_same_reading,
-    check_teacher_range,
+from diffusion_pl.formulations.consistency_checks import check_same_reading, check_teacher_range
+from diffusion_pl.nets import MLP, UNet
+from diffusion_pl.objectives.consistency import (
+    ECTLevels,
+    EulerStep,
+    HeunStep,
+    LognormalIntervals,
+    Progress,
     consistency_loss,
     ect_lower_level,
     ict_num_scales,
@@ -28,7 +33,6 @@ from diffusion_pl.formulations.consistency import (
     pseudo_huber,
     scaled_denoiser,
 )
-from diffusion_pl.nets import MLP, UNet
 from diffusion_pl.parameterization import (
     ConsistencyPreconditioning,
     Denoiser,
@@ -183,17 +187,20 @@ def test_distillation_loss_of_the_true_function_vanishes_at_the_solvers_order() 
     x0 = MIXTURE.sample(32, g)[0].repeat(5, 1)
     z = torch.randn(32, 2, generator=g, dtype=torch.float64).repeat(5, 1)
 
-    def loss(n: int, solver: str) -> float:
+    def loss(n: int, solver: HeunStep | EulerStep) -> float:
         sigmas = karras_levels(SIGMA_MIN, SIGMA_MAX, n)
         idx = (torch.tensor([1, 3, 5, 7, 9]) * ((n - 1) // 10)).repeat_interleave(32)
-        return float(consistency_loss(f, f, x0, z, sigmas[idx], sigmas[idx + 1], teacher=teacher,
-                                      solver=solver, distance=lambda a, b: (a - b).pow(2).sum(1)
-                                      ).mean())  # fmt: skip
 
-    heun = [loss(n, "heun") for n in (21, 41, 81)]
+        def l2(a: Tensor, b: Tensor) -> Tensor:
+            return (a - b).pow(2).sum(1)
+
+        return float(consistency_loss(f, f, x0, z, sigmas[idx], sigmas[idx + 1], teacher=teacher,
+                                      teacher_step=solver, distance=l2).mean())  # fmt: skip
+
+    heun = [loss(n, HeunStep()) for n in (21, 41, 81)]
     slope = np.polyfit(np.log([20, 40, 80]), np.log(heun), 1)[0]
     assert -7.0 < slope < -5.5 and heun[-1] < 1e-8
-    euler = [loss(n, "euler") for n in (41, 81)]
+    euler = [loss(n, EulerStep()) for n in (41, 81)]
     assert -4.5 < math.log2(euler[1] / euler[0]) < -3.3 and euler[1] > 100 * heun[-1]
 
 
@@ -241,7 +248,8 @@ def test_ict_curriculum_levels_and_pseudo_huber_constants() -> None:
     unet = UNet(in_channels=3, image_size=32, base_channels=8, channel_mult=[1],
                 num_res_blocks=1, attn_resolutions=[])  # fmt: skip
     cifar = ConsistencyModel(unet, (3, 32, 32))
-    assert cifar.huber_c == pytest.approx(0.00054 * math.sqrt(3072)) and cifar.huber_c > 0.0299
+    huber_c = cifar.objective.distance.constant(cifar.data_shape)
+    assert huber_c == pytest.approx(0.00054 * math.sqrt(3072)) and huber_c > 0.0299
     a = torch.zeros(2, 3)
     b = torch.tensor([[0.0, 0.0, 0.0], [3.0, 4.0, 0.0]])
     torch.testing.assert_close(pseudo_huber(a, b, 0.5), torch.tensor([0.0, math.sqrt(25.25) - 0.5]))
@@ -253,7 +261,7 @@ def test_bad_settings_and_a_teacher_out_of_range_fail_early() -> None:
     with pytest.raises(ValueError, match=r"sigma_max=40.0 differs from the model's sigma_max"):
         ConsistencyModel(MLP(dim=2, hidden=8, depth=1), (2,),
                          sampler=ConsistencySampler(sigma_max=40.0))  # fmt: skip
-    with pytest.raises(ValueError, match="init_from_teacher needs a teacher_ckpt"):
+    with pytest.raises(ValueError, match="init_from_teacher needs a teacher to copy"):
         ConsistencyModel(MLP(dim=2, hidden=8, depth=1), (2,), init_from_teacher=True)
     with pytest.raises(ValueError, match="3 steps need 2 intermediate sigmas"):
         ConsistencySampler(steps=3, sigmas=[5.0])
@@ -287,7 +295,7 @@ def test_distillation_and_training_fit_through_the_cli_and_sample(
     only (no teacher weights, the optimizer over the net alone) and `sample --sampler
     consistency` reads it at 1 and 2 steps."""
     cd = fit_config(ROOT / "configs/toy2d/consistency_distill.yaml", tmp_path / "cd", *SMALL,
-                    "--model.init_args.teacher_ckpt", str(teacher))  # fmt: skip
+                    "--model.init_args.teacher.init_args.path", str(teacher))  # fmt: skip
     state = read_checkpoint(cd)
     assert all(k.startswith(("net.", "target_net.")) for k in state["state_dict"])
     (opt,) = state["optimizer_states"]
@@ -306,8 +314,10 @@ def test_distillation_and_training_fit_through_the_cli_and_sample(
 def test_a_teacher_of_other_data_fails_naming_both_shapes(teacher: Path) -> None:
     unet = UNet(in_channels=1, image_size=8, base_channels=8, channel_mult=[1], num_res_blocks=1,
                 attn_resolutions=[])  # fmt: skip
-    model = ConsistencyModel(unet, (1, 8, 8), teacher_ckpt=str(teacher), num_scales=18)
-    shapes = r"shape \(2,\) but this model's data have shape \(1, 8, 8\)"
+    model = ConsistencyModel(unet, (1, 8, 8), teacher=Checkpoint(str(teacher)),
+                             levels=LognormalIntervals(num_scales=18))  # fmt: skip
+    shapes = (rf"teacher {teacher} was trained on data of shape \(2,\) but this model's data "
+              r"have shape \(1, 8, 8\)")  # fmt: skip
     with pytest.raises(ValueError, match=shapes):
         model.setup("fit")
 
@@ -320,7 +330,8 @@ def test_distillation_reads_the_teacher_on_its_own_path(teacher: Path) -> None:
     the teacher's D; a student that would read the copied net otherwise is refused."""
     model = ConsistencyModel(MLP(dim=2, hidden=256, depth=4), (2,), path=LinearPath(),
                              parameterization=VelocityPrediction(), sigma_data=2.87,
-                             teacher_ckpt=str(teacher), num_scales=18,
+                             teacher=Checkpoint(str(teacher)),
+                             levels=LognormalIntervals(num_scales=18),
                              init_from_teacher=True)  # fmt: skip
     model.setup("fit")
     rf = load_module(teacher)
@@ -330,16 +341,17 @@ def test_distillation_reads_the_teacher_on_its_own_path(teacher: Path) -> None:
     sigma = torch.tensor([0.5, 1.0, 2.0, 10.0, 70.0])
     t = sigma / (1 + sigma)  # the linear path's time of σ̃ = t/(1 − t)
     want = Denoiser(rf.net, rf.path, rf.parameterization)(x * (1 - t)[:, None], t)
-    got = model.teacher_denoiser(None, x.device)(x, sigma).eps
+    got = model.objective.teacher_denoiser(None, x.device)(x, sigma).eps
     torch.testing.assert_close(got, want.eps, rtol=1e-5, atol=1e-5)
     s, sd, d = sigma[:, None].double(), 2.87, want.x0.double()
     f_edm = (d - sd**2 / (s**2 + sd**2) * x) / (s * sd / torch.sqrt(s**2 + sd**2))
     c_skip = sd**2 / ((s - SIGMA_MIN) ** 2 + sd**2)
     c_out = sd * (s - SIGMA_MIN) / torch.sqrt(s**2 + sd**2)
-    got = model.consistency_fn(model.net.eval(), None)(x, sigma)
+    got = model.objective.consistency_fn(model, model.net.eval(), None)(x, sigma)
     torch.testing.assert_close(got.double(), c_skip * x + c_out * f_edm, rtol=1e-5, atol=1e-5)
     other = ConsistencyModel(MLP(dim=2, hidden=256, depth=4), (2,), sigma_data=2.87,
-                             teacher_ckpt=str(teacher), num_scales=18,
+                             teacher=Checkpoint(str(teacher)),
+                             levels=LognormalIntervals(num_scales=18),
                              init_from_teacher=True)  # fmt: skip
     with pytest.raises(ValueError, match="path VEPath and parameterization EDMPreconditioning "
                        "must be the model's, LinearPath and VelocityPrediction"):  # fmt: skip
@@ -354,16 +366,17 @@ def test_the_reading_check_passes_a_conditional_model_of_the_same_reading() -> N
     net = MLP(dim=2, hidden=32, depth=2, num_classes=3)
     student = ConsistencyModel(net, (2,), path=LinearPath(), parameterization=VelocityPrediction())
     student.copy_net_from(flow.net)
-    check_same_reading(student, flow, "init_ckpt")
+    check_same_reading(student, flow, "init flow.ckpt")
     edm_reader = ConsistencyModel(MLP(dim=2, hidden=32, depth=2, num_classes=3), (2,))
     edm_reader.copy_net_from(flow.net)
-    with pytest.raises(ValueError, match="init_ckpt: the student reads that RectifiedFlow's net"):
-        check_same_reading(edm_reader, flow, "init_ckpt")
+    with pytest.raises(ValueError, match=r"init flow\.ckpt: the student reads that RectifiedFlow"):
+        check_same_reading(edm_reader, flow, "init flow.ckpt")
 
 
-def test_ect_mapping_stages_and_levels(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ect_mapping_stages_and_levels() -> None:
     """ECT's r = t (1 − 2^−(s+1) (1 + 8 sigmoid(−t))) clamped at 0, by hand; the stage advances
-    every ``ect_stage_steps``; drawn pairs keep σ_min ≤ r < t ≤ σ_max with r the mapping of t."""
+    every ``stage_steps`` of the step handed in; drawn pairs keep σ_min ≤ r < t ≤ σ_max with r
+    the mapping of t."""
     t = torch.tensor([0.5, 1.0, 80.0], dtype=torch.float64)
     for stage in (0, 3):
         want = [max(x * (1 - 2.0 ** -(stage + 1) * (1 + 8 / (1 + math.exp(x)))), 0) for x in t]
@@ -373,39 +386,44 @@ def test_ect_mapping_stages_and_levels(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     gaps = [float(80 - ect_lower_level(t, s)[2]) for s in range(4)]
     assert gaps == pytest.approx([40, 20, 10, 5])  # sigmoid(−80) ≈ 0: t − r halves per stage
-    model = ConsistencyModel(MLP(dim=2, hidden=8, depth=1), (2,), level_sampling="ect",
-                             ect_stage_steps=10)  # fmt: skip
-    monkeypatch.setattr(ConsistencyModel, "global_step", property(lambda self: 25))
-    assert model.ect_stage() == 2
-    lo, hi = model.draw_levels(4000, torch.Generator().manual_seed(0), torch.device("cpu"))
+    model = ConsistencyModel(MLP(dim=2, hidden=8, depth=1), (2,), levels=ECTLevels(stage_steps=10))
+    objective = model.objective
+    assert objective.levels.stage(objective.progress(25)) == 2
+    assert objective.metrics(25) == {"train/ect_stage": 2.0}
+    lo, hi = objective.draw_levels(25, 4000, torch.Generator().manual_seed(0), torch.device("cpu"),
+                                   torch.float32)  # fmt: skip
     assert (lo >= SIGMA_MIN).all() and (lo < hi).all()
     assert (hi >= 2 * SIGMA_MIN).all() and (hi <= SIGMA_MAX).all()
     torch.testing.assert_close(lo, ect_lower_level(hi, 2).clamp_min(SIGMA_MIN))
     inside = hi[(hi > 2 * SIGMA_MIN) & (hi < SIGMA_MAX)].log()  # log-normal(−1.1, 2) up to clipping
     assert float(inside.mean()) == pytest.approx(-1.1, abs=0.15)
-    with pytest.raises(ValueError, match="ect_q must be > 1"):
-        ConsistencyModel(MLP(dim=2, hidden=8, depth=1), (2,), level_sampling="ect", ect_q=1.0)
+    with pytest.raises(ValueError, match="ECT's q must be > 1"):
+        ECTLevels(q=1.0)
+    with pytest.raises(ValueError, match="need the training length K"):
+        ECTLevels()(4, None, torch.device("cpu"), objective.span, Progress(3, None))
+    assert ECTLevels().stage(Progress(30, 80)) == 3  # K/8 = 10 steps per stage
 
 
-def test_ect_starts_from_init_ckpt_without_a_teacher(teacher: Path, tmp_path: Path) -> None:
-    """``init_ckpt`` copies a checkpoint's net into the student when fitting starts (and only
+def test_ect_starts_from_init_without_a_teacher(teacher: Path, tmp_path: Path) -> None:
+    """``init`` copies a checkpoint's net into the student when fitting starts (and only
     then), loads no teacher, and refuses being given with ``init_from_teacher``; the shipped
     toy ECT config tunes from a toy EDM run through the CLI."""
     model = ConsistencyModel(MLP(dim=2, hidden=256, depth=4), (2,), path=LinearPath(),
-                             parameterization=VelocityPrediction(), init_ckpt=str(teacher),
-                             level_sampling="ect")  # fmt: skip
+                             parameterization=VelocityPrediction(), init=Checkpoint(str(teacher)),
+                             levels=ECTLevels())  # fmt: skip
     model.setup("validate")
     rf = load_module(teacher)
     assert not torch.equal(next(model.net.parameters()), next(rf.net.parameters()))
     model.setup("fit")
     for mine, theirs in zip(model.net.parameters(), rf.net.parameters(), strict=True):
         assert torch.equal(mine, theirs)
-    assert model.teacher is None
-    with pytest.raises(ValueError, match="init_from_teacher and init_ckpt"):
-        ConsistencyModel(MLP(dim=2, hidden=8, depth=1), (2,), teacher_ckpt=str(teacher),
-                         init_from_teacher=True, init_ckpt=str(teacher))  # fmt: skip
+    assert model.teacher is None and model.objective.teacher is None
+    with pytest.raises(ValueError, match=r"init_from_teacher and init \("):
+        ConsistencyModel(MLP(dim=2, hidden=8, depth=1), (2,), teacher=Checkpoint(str(teacher)),
+                         init_from_teacher=True, init=Checkpoint(str(teacher)))  # fmt: skip
     edm = fit_config(ROOT / "configs/toy2d/edm.yaml", tmp_path / "edm", *SMALL)
     tuned = fit_config(ROOT / "configs/toy2d/consistency_tune.yaml", tmp_path / "ect", *SMALL,
-                       "--model.init_args.init_ckpt", str(edm))  # fmt: skip
+                       "--model.init_args.init.init_args.path", str(edm))  # fmt: skip
     state = read_checkpoint(tuned)
-    assert state["global_step"] == 6 and state["hyper_parameters"]["level_sampling"] == "ect"
+    levels = state["hyper_parameters"]["levels"]["class_path"]
+    assert state["global_step"] == 6 and levels == "diffusion_pl.objectives.consistency.ECTLevels"

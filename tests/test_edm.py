@@ -164,7 +164,7 @@ def test_toy_config_trains() -> None:
             return float(module.loss(val, generator=torch.Generator().manual_seed(6)).mean())
 
     g = torch.Generator().manual_seed(6)  # the (t, ε) val_loss draws, in its order
-    t = module.time_sampling(len(val), module.path, generator=g).double()
+    t = module.objective.time_sampling(len(val), module.path, generator=g).double()
     eps = torch.randn(val.shape, generator=g).double()
     x0, c = val.double(), module.path.coefficients(t, 2)
     exact = GaussianMixtureOracle(module.path, data.mixture())(c.alpha * x0 + c.sigma * eps, t)

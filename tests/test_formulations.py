@@ -40,7 +40,7 @@ class Linear2D(nn.Module):
 def _draw(module, x0: Tensor, seed: int) -> tuple[Tensor, Tensor]:
     """The (t, ε) that ``module.loss`` draws from a generator seeded with ``seed``."""
     g = torch.Generator().manual_seed(seed)
-    t = module.time_sampling(x0.shape[0], module.path, generator=g)
+    t = module.objective.time_sampling(x0.shape[0], module.path, generator=g)
     return t, torch.randn(x0.shape, generator=g)
 
 
@@ -59,7 +59,8 @@ def test_rectified_flow_loss_by_hand() -> None:
 
 def test_logit_normal_times() -> None:
     module = RectifiedFlow(Linear2D(), (2,), time_sampling=LogitNormal(mean=1.0))
-    t = module.time_sampling(20000, module.path, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    t = module.objective.time_sampling(20000, module.path, generator=g)
     assert float(t.min()) > 0 and float(t.max()) < 1
     assert float(t.median()) == pytest.approx(1 / (1 + math.exp(-1.0)), abs=0.01)
 
@@ -67,7 +68,7 @@ def test_logit_normal_times() -> None:
 def test_reflow_regresses_on_the_coupled_noise() -> None:
     module = Reflow(Linear2D(), (2,))
     z = torch.randn(6, 2, generator=torch.Generator().manual_seed(2))
-    t = module.time_sampling(6, module.path, generator=torch.Generator().manual_seed(0))
+    t = module.objective.time_sampling(6, module.path, generator=torch.Generator().manual_seed(0))
     x_t = (1 - t[:, None]) * X0 + t[:, None] * z
     expected = ((0.5 * x_t + t[:, None]) - (z - X0)).pow(2).mean(1)
     loss = module.batch_loss((X0, z), torch.Generator().manual_seed(0))
@@ -161,7 +162,8 @@ def test_ncsn_levels_have_one_source() -> None:
         return module.denoiser()(x, t)
 
     AnnealedLangevinSampler(steps_per_level=1, denoise_final=False)(denoiser, module.path, (3, 2))
-    levels = module.time_sampling(1000, module.path, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    levels = module.objective.time_sampling(1000, module.path, generator=g)
     assert sorted(set(seen)) == sorted(set(levels.tolist())) == pytest.approx([0, 1 / 3, 2 / 3, 1])
     with pytest.raises(ValueError, match=r"steps=5 levels.*the path's 4 levels"):
         NCSN(Linear2D(), (2,), num_levels=4, sampler=AnnealedLangevinSampler(steps=5))

@@ -26,6 +26,7 @@ from diffusion_pl.formulations import (
     ScoreSDE,
 )
 from diffusion_pl.nets import MLP, MLPClassifier
+from diffusion_pl.objectives.consistency import LognormalIntervals
 from diffusion_pl.paths import VPLinearPath
 from diffusion_pl.randomness import ExampleNoise, rand, randn
 from diffusion_pl.weighting import ELBO
@@ -117,7 +118,7 @@ def _formulations() -> dict[str, torch.nn.Module]:
         "score_sde": ScoreSDE(MLP(**net, num_classes=3), (2,), p_uncond=0.5),
         "rectified_flow": RectifiedFlow(MLP(**net), (2,)),
         "edm": EDM(MLP(**net), (2,)),
-        "consistency": ConsistencyModel(MLP(**net), (2,), num_scales=18),
+        "consistency": ConsistencyModel(MLP(**net), (2,), levels=LognormalIntervals(num_scales=18)),
         "meanflow": MeanFlow(MLP(**net, num_noise_labels=2), (2,)),
     }
 

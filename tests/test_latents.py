@@ -132,7 +132,7 @@ def test_rgb_autoencoder_takes_grey_images_and_missing_weights_are_named(tmp_pat
 FORMULATIONS = ["rectified_flow", "vdm", "ncsn", "score_sde", "edm", "meanflow"]
 FORMULATIONS += ["consistency_train"]
 EXTRA = {
-    "consistency_train": ["--model.init_args.curriculum_steps", "10"],
+    "consistency_train": ["--model.init_args.levels.init_args.total_steps", "10"],
     "ncsn": ["--model.init_args.sampler.init_args.steps_per_level", "1"],
     # The corrector's step, 2 (snr ‖z‖ / ‖score‖)², is unbounded for an untrained score.
     "score_sde": ["--model.init_args.sampler.init_args.corrector_steps", "0"],

@@ -172,7 +172,7 @@ def test_exact_average_velocity_is_a_fixed_point_of_the_meanflow_target() -> Non
     oracle = GaussianMixtureOracle(PATH, spec)
     g = torch.Generator().manual_seed(0)
     module = small_meanflow(interval_ratio=1.0)
-    r, t = module.interval_times(512, g, "cpu", torch.float64)
+    r, t = module.objective.interval_times(module.path, 512, g, "cpu", torch.float64)
     x0, _ = spec.sample(512, g)
     eps = torch.randn(x0.shape, generator=g, dtype=torch.float64)
     z = append_dims(1 - t, 2) * x0 + append_dims(t, 2) * eps
@@ -222,7 +222,8 @@ def test_interval_times() -> None:
     standard errors); on those rows the two times are the sorted pair of logit-normal draws,
     so the mean of logit(r) and logit(t) is the distribution's mean −0.4 (±0.03)."""
     module = small_meanflow(interval_ratio=0.3)
-    r, t = module.interval_times(20000, torch.Generator().manual_seed(0), "cpu", torch.float64)
+    g = torch.Generator().manual_seed(0)
+    r, t = module.objective.interval_times(module.path, 20000, g, "cpu", torch.float64)
     assert (r <= t).all() and (t < 1).all() and (r > 0).all()
     apart = r < t
     assert abs(apart.double().mean().item() - 0.3) < 0.01

@@ -19,6 +19,7 @@ from diffusion_pl.data import DiffusionDataModule, Digits, Toy2D
 from diffusion_pl.formulations import VDM
 from diffusion_pl.learned_schedule import LearnedVPPath, d_gamma, gamma
 from diffusion_pl.nets import MLP, UNet
+from diffusion_pl.objectives import VariationalBoundLoss
 from diffusion_pl.oracle import GaussianMixtureOracle
 from diffusion_pl.parameterization import EpsilonPrediction, VPrediction, X0Prediction
 from diffusion_pl.paths import DDPMPath, VPCosinePath, VPLinearPath, cosine_betas
@@ -114,7 +115,7 @@ def test_gamma_view_of_fixed_paths(path) -> None:
 def _draws(model: VDM, x0: Tensor, seed: int) -> tuple[Tensor, Tensor]:
     """The t and ε a module's ``loss`` draws from ``manual_seed(seed)``, in the same order."""
     g = torch.Generator().manual_seed(seed)
-    t = model.time_sampling(x0.shape[0], model.path, generator=g)
+    t = model.objective.time_sampling(x0.shape[0], model.path, generator=g)
     return t, torch.randn(x0.shape, generator=g)
 
 
@@ -179,30 +180,33 @@ def test_elbo_weighting_discrete_is_vdm_eq_13() -> None:
     """(N/2) expm1(λ_s − λ_t) ‖ε − ε̂‖² equals (N/2)(SNR(s) − SNR(t)) ‖x_0 − x̂_0‖²."""
     path = DDPMPath(1000)
     model = VDM(_Affine(), (2,), path=path, weighting=ELBO())
+    assert isinstance(model.objective, VariationalBoundLoss)  # ELBO() trains the whole bound
     t = torch.tensor([0.002, 0.5, 1.0])
     snr = path.log_snr(t.double()).exp()
     snr_s = path.log_snr(t.double() - 0.001).exp()
     # ‖ε − ε̂‖² = SNR(t) ‖x_0 − x̂_0‖², so the ε-weight is (N/2)(SNR(s) − SNR(t)) / SNR(t).
     expected = (999 / 2 * (snr_s - snr) / snr).float()
-    torch.testing.assert_close(model.weighting(path, t), expected, rtol=1e-4, atol=0)
+    torch.testing.assert_close(ELBO()(path, t), expected, rtol=1e-4, atol=0)
 
 
 def test_ddpm_training_times_are_the_grid() -> None:
     path = DDPMPath(1000)
     regression = VDM(_Affine(), (2,), path=path)
-    assert isinstance(regression.time_sampling, DiscreteUniform)
+    assert isinstance(regression.objective.time_sampling, DiscreteUniform)
     g = torch.Generator().manual_seed(0)
-    steps = (regression.time_sampling(20_000, path, generator=g).double() * 1000).round().long()
+    times = regression.objective.time_sampling(20_000, path, generator=g)
+    steps = (times.double() * 1000).round().long()
     assert set(steps.tolist()) == set(range(1, 1001))
     steps = (bound_times(path, 20_000, generator=g).double() * 1000).round().long()
     assert set(steps.tolist()) == set(range(2, 1001))  # the bound's steps 1 … N need a step s
-    assert isinstance(_vdm().time_sampling, Uniform)  # continuous time on VP-linear
+    assert isinstance(_vdm().objective.time_sampling, Uniform)  # continuous time on VP-linear
 
 
 def test_the_default_lazy_path_is_discrete_from_the_first_model() -> None:
     """A jsonargparse lazy default runs its __init__ late; VDM still sees DDPM's grid."""
     model = VDM(_Affine(), (2,), path=lazy_instance(DDPMPath, num_steps=100))
-    assert isinstance(model.time_sampling, DiscreteUniform) and model.path.num_steps == 100
+    assert isinstance(model.objective.time_sampling, DiscreteUniform)
+    assert model.path.num_steps == 100
 
 
 def test_bad_arguments_are_refused() -> None:

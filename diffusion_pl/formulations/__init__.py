@@ -1,4 +1,7 @@
-"""One thin LightningModule per formulation over the shared core, and the noisy classifier."""
+"""The formulations: presets of one DiffusionModule over the shared core, and the noisy classifier.
+
+:data:`FORMULATIONS` names each preset once (for docs tables, tests and the CLI).
+"""
 
 from diffusion_pl.formulations.base import DiffusionModule, mean_flat
 from diffusion_pl.formulations.classifier import NoisyClassifier
@@ -11,8 +14,21 @@ from diffusion_pl.formulations.rectified_flow import RectifiedFlow, Reflow
 from diffusion_pl.formulations.score_sde import ScoreSDE
 from diffusion_pl.formulations.vdm import VDM
 
+FORMULATIONS: dict[str, type[DiffusionModule]] = {
+    "vdm": VDM,
+    "ncsn": NCSN,
+    "score_sde": ScoreSDE,
+    "rectified_flow": RectifiedFlow,
+    "reflow": Reflow,
+    "edm": EDM,
+    "consistency": ConsistencyModel,
+    "meanflow": MeanFlow,
+}
+"""Every named formulation (a preset of :class:`DiffusionModule`), by its short name."""
+
 __all__ = [
     "EDM",
+    "FORMULATIONS",
     "NCSN",
     "VDM",
     "ConsistencyModel",

@@ -1,10 +1,9 @@
-"""The Lightning plumbing every formulation shares: loss loop, logging, optimizers, sampling.
+"""The one LightningModule every formulation is: an objective run on a net, and sampling.
 
-A formulation is a noise path + a parameterization + a loss weighting + a training-time
-distribution + a default sampler (README, "Layout"), each a small class chosen by ``class_path``.
-Subclasses only choose those five and their defaults; the loss, logging, optimizers and
-(guided) sampling live here. A formulation whose objective is not the weighted regression (VDM's
-bound) overrides :meth:`DiffusionModule.loss` and keeps the rest.
+A formulation is a noise path + a parameterization + a training objective
+(:mod:`diffusion_pl.objectives`) + a default sampler, each a small class chosen by
+``class_path``. The named formulations are presets of those choices; the training loop,
+logging, optimizers and (guided) sampling live here and in :class:`GuidedSampling`.
 """
 
 from __future__ import annotations
@@ -17,22 +16,15 @@ from lightning import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from diffusion_pl.formulations.guided import GuidedSampling
 from diffusion_pl.formulations.optim import optimizer_config
-from diffusion_pl.guidance import (
-    Autoguidance,
-    ClassifierFreeGuidance,
-    ClassifierGuidance,
-    check_class_labels,
-    check_guide,
-    check_same_path,
-)
+from diffusion_pl.guidance import ClassifierFreeGuidance
 from diffusion_pl.nets.protocol import DenoiserNet
+from diffusion_pl.objectives import Objective, mean_flat
 from diffusion_pl.parameterization import Denoiser, Parameterization
 from diffusion_pl.paths import NoisePath
-from diffusion_pl.randomness import ExampleNoise, Generators, rand, randn
-from diffusion_pl.samplers import DenoiserFn, Sampler
-from diffusion_pl.time_sampling import TimeSampling
-from diffusion_pl.weighting import Weighting
+from diffusion_pl.randomness import ExampleNoise, Generators, rand
+from diffusion_pl.samplers import Sampler
 
 if TYPE_CHECKING:
     from diffusion_pl.formulations.classifier import NoisyClassifier
@@ -40,17 +32,13 @@ if TYPE_CHECKING:
 __all__ = ["DiffusionModule", "mean_flat"]
 
 
-def mean_flat(x: Tensor) -> Tensor:
-    """Mean over all but the batch dimension: ``[B, ...] -> [B]``."""
-    return x.flatten(1).mean(1)
+class DiffusionModule(GuidedSampling, LightningModule):
+    """Trains a net with an objective and samples it with a sampler.
 
-
-class DiffusionModule(LightningModule):
-    """Base class: trains ``E_t w(t) ‖F(x_t, t) − target‖²`` and samples with a sampler.
-
-    Subclasses take ``net``, ``data_shape``, their own choices and ``sampler``, and pass every
-    other argument below (``optimizer``, ``lr_scheduler``, ``p_uncond``, ``guidance_scale``,
-    ``clip_samples``) on to this class, where alone they are documented.
+    The named formulations are presets: they take ``net``, ``data_shape``, their own choices
+    and ``sampler``, build the objective, and pass every other argument below
+    (``optimizer``, ``lr_scheduler``, ``p_uncond``, ``guidance_scale``, ``clip_samples``) on to
+    this class, where alone they are documented.
 
     Args:
         net: a :class:`~diffusion_pl.nets.protocol.DenoiserNet`, ``net(x, noise_labels [B],
@@ -59,10 +47,8 @@ class DiffusionModule(LightningModule):
         data_shape: one example's shape, e.g. ``(2,)`` or ``(1, 8, 8)`` (linked from the data).
         path: the noise path.
         parameterization: what the net predicts and sees (its noise label).
-        weighting: the loss weight w(t) and the error it weighs; None for a formulation
-            whose own :meth:`loss` is not the weighted regression and needs none
-            (``ConsistencyModel``).
-        time_sampling: the distribution of training times t; None as for ``weighting``.
+        objective: what training minimises, ``objective(self, x0, labels, generator, step,
+            eps) -> [B]`` (:mod:`diffusion_pl.objectives`).
         sampler: the default sampler of :meth:`sample` (checked against ``path`` here).
         optimizer: optimizer factory ``params -> Optimizer`` (YAML ``class_path``).
         lr_scheduler: optional scheduler factory, stepped every optimizer step.
@@ -91,8 +77,7 @@ class DiffusionModule(LightningModule):
         data_shape: tuple[int, ...],
         path: NoisePath,
         parameterization: Parameterization,
-        weighting: Weighting | None,
-        time_sampling: TimeSampling | None,
+        objective: Objective,
         sampler: Sampler,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -121,7 +106,7 @@ class DiffusionModule(LightningModule):
         self.net: DenoiserNet = net
         self.data_shape = tuple(data_shape)
         self.path, self.parameterization = path, parameterization
-        self.weighting, self.time_sampling = weighting, time_sampling
+        self.objective = objective
         self.sampler = sampler
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.p_uncond, self.guidance_scale = p_uncond, guidance_scale
@@ -157,33 +142,15 @@ class DiffusionModule(LightningModule):
         generator: Generators = None,
         eps: Tensor | None = None,
     ) -> Tensor:
-        """Per-example loss ``[B]``: w(t) · mean k² (F(α_t x_0 + σ_t ε, t) − target(x_0, ε))².
-
-        t comes from ``time_sampling``, w(t) from ``weighting``, and k² turns the network's
-        own error into the one the weighting is on (1 when they are the same). The network
-        output is cast to float32 (float64 for float64 data) before it meets the math.
+        """Per-example loss ``[B]`` of the objective at the current optimizer step.
 
         Args:
             x0: data ``[B, ...]``.
             y: labels ``[B]`` (used by class-conditional nets, dropped with ``p_uncond``).
-            generator: source of the label dropout, t and ε, drawn in that order.
+            generator: source of every random draw of the loss (the objective says which).
             eps: noise coupled to ``x0`` (reflow); drawn independently when None.
         """
-        y = self.drop_labels(y, generator)
-        dtype = torch.promote_types(x0.dtype, torch.float32)
-        t = self.time_sampling(
-            x0.shape[0], self.path, generator=generator, device=x0.device, dtype=dtype
-        )
-        if eps is None:
-            eps = randn(x0.shape, generator, device=x0.device)
-        c = self.path.coefficients(t, x0.ndim)
-        x_t = c.alpha * x0 + c.sigma * eps
-        labels = self.parameterization.noise_label(t, c)
-        net_in = x_t * self.parameterization.input_scale(c)
-        out = self.net(net_in, labels, self.class_labels(y)).to(dtype)
-        target = self.parameterization.target(x0, eps, c)
-        scale = self.weighting.error_scale(self.parameterization, c)
-        return self.weighting(self.path, t) * mean_flat(scale * (out - target) ** 2)
+        return self.objective(self, x0, y, generator, self.global_step, eps)
 
     def batch_loss(self, batch: tuple[Tensor, Tensor], generator: Generators) -> Tensor:
         """Per-example loss ``[B]`` of a batch ``(x, y)``."""
@@ -196,6 +163,8 @@ class DiffusionModule(LightningModule):
         # batch) the gradient is that of the mean over the global batch.
         loss = self.batch_loss(batch, self.training_noise).mean()
         self.log("train/loss", loss, prog_bar=True)
+        for key, value in self.objective.metrics(self.global_step).items():
+            self.log(key, value)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -204,6 +173,12 @@ class DiffusionModule(LightningModule):
         loss = self.batch_loss(batch, generator).mean()
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
         return loss
+
+    def setup(self, stage: str) -> None:
+        """Tell the objective the run's length (the trainer's ``max_steps``; None without one)."""
+        trainer = self._trainer
+        max_steps = None if trainer is None else trainer.max_steps
+        self.objective.set_training_length(max_steps if max_steps and max_steps >= 1 else None)
 
     def configure_optimizers(self):
         return optimizer_config(
@@ -224,90 +199,6 @@ class DiffusionModule(LightningModule):
         if guidance_scale == 0 and self.num_classes is not None:
             return self.denoiser_type(*parts, torch.full_like(class_labels, self.num_classes))
         return ClassifierFreeGuidance(*parts, class_labels, guidance_scale)
-
-    def guided_denoiser(
-        self,
-        n: int,
-        class_labels: Tensor | None,
-        guidance_scale: float | None,
-        classifier: NoisyClassifier | None,
-        classifier_scale: float,
-        guide: DiffusionModule | None = None,
-    ) -> DenoiserFn:
-        """The denoiser :meth:`sample` uses for ``n`` samples; arguments as there."""
-        if guide is not None:
-            return self.autoguided_denoiser(n, class_labels, guidance_scale, classifier, guide)
-        if class_labels is None:
-            if guidance_scale is not None or classifier is not None:
-                raise ValueError(
-                    "guidance_scale and classifier steer samples towards class labels: pass "
-                    "class_labels too, or neither for unconditional samples (autoguidance, "
-                    "with a guide, needs no labels)"
-                )
-            return self.denoiser()
-        if guidance_scale is not None and self.num_classes is None:
-            raise ValueError(
-                f"guidance_scale={guidance_scale} is classifier-free guidance, which needs a "
-                "class-conditional net; this one is unconditional (use classifier_scale, or "
-                "pass a guide for autoguidance)"
-            )
-        labels = self.checked_labels(n, class_labels, classifier)
-        scale = self.guidance_scale if guidance_scale is None else guidance_scale
-        denoiser = self.denoiser(self.class_labels(labels), scale)
-        if classifier is None:
-            return denoiser
-        dtype = torch.promote_types(self.dtype, torch.float32)
-        check_same_path(self.path, classifier.path, device=self.device, dtype=dtype)
-        return ClassifierGuidance(denoiser, classifier, self.path, labels, classifier_scale)
-
-    def checked_labels(
-        self, n: int, class_labels: Tensor, classifier: NoisyClassifier | None = None
-    ) -> Tensor:
-        """``class_labels`` as int64 ``[n]`` on the model's device, checked against the classes
-        of the net (or of the classifier, for classifier guidance)."""
-        classes = self.num_classes if classifier is None else classifier.num_classes
-        if classes is None:
-            raise ValueError(
-                f"this {type(self).__name__} is unconditional (its net has num_classes=None): "
-                "class labels need a class-conditional net (set num_classes and train on labelled "
-                "data) or a noisy classifier for classifier guidance"
-            )
-        if classifier is not None and self.num_classes not in (None, classes):
-            raise ValueError(
-                f"the classifier has {classes} classes but the model's net {self.num_classes}"
-            )
-        return check_class_labels(class_labels, n, classes).to(self.device)
-
-    def autoguided_denoiser(
-        self,
-        n: int,
-        class_labels: Tensor | None,
-        guidance_scale: float | None,
-        classifier: NoisyClassifier | None,
-        guide: DiffusionModule,
-    ) -> Autoguidance:
-        """This model's denoiser guided by ``guide``'s at scale w = ``guidance_scale``.
-
-        Both models see the same labels: the given ones (both class-conditional), or none (a
-        class-conditional pair then sees ∅). Refuses a guide that does not fit
-        (:func:`~diffusion_pl.guidance.check_guide`), a missing w, and classifier guidance on
-        top: one guidance at a time.
-        """
-        if classifier is not None:
-            raise ValueError(
-                "autoguidance (a guide) and classifier guidance (a classifier) cannot be "
-                "combined: pass one of them"
-            )
-        if guidance_scale is None:
-            raise ValueError(
-                "autoguidance needs its scale w: pass guidance_scale (1 is this model alone, 0 "
-                "the guide alone, > 1 guided; Karras et al. 2024 use about 2)"
-            )
-        if not math.isfinite(guidance_scale):
-            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale}")
-        check_guide(self, guide)
-        labels = None if class_labels is None else self.checked_labels(n, class_labels)
-        return Autoguidance(self.denoiser(labels), guide.denoiser(labels), guidance_scale)
 
     @torch.no_grad()
     def sample(
@@ -353,17 +244,19 @@ class DiffusionModule(LightningModule):
             n, class_labels, guidance_scale, classifier, classifier_scale, guide
         )
         modes = [(m, m.training) for m in (self, guide) if m is not None]
-        for module, _ in modes:
-            module.eval()
-        x = sampler(
-            denoiser,
-            self.path,
-            (n, *self.data_shape),
-            generator=generator,
-            device=self.device,
-            dtype=self.dtype,
-            progress=progress,
-        )
-        for module, training in modes:
-            module.train(training)
+        try:
+            for module, _ in modes:
+                module.eval()
+            x = sampler(
+                denoiser,
+                self.path,
+                (n, *self.data_shape),
+                generator=generator,
+                device=self.device,
+                dtype=self.dtype,
+                progress=progress,
+            )
+        finally:
+            for module, training in modes:
+                module.train(training)
         return x.clamp(-1, 1) if len(self.data_shape) == 3 and self.clip_samples else x

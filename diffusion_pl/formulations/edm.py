@@ -7,6 +7,7 @@ from torch import nn
 
 from diffusion_pl.formulations.base import DiffusionModule
 from diffusion_pl.hparams import save_config
+from diffusion_pl.objectives import DenoisingRegression
 from diffusion_pl.parameterization import EDMPreconditioning
 from diffusion_pl.paths import NoisePath, VEPath
 from diffusion_pl.samplers import Sampler
@@ -62,8 +63,7 @@ class EDM(DiffusionModule):
             data_shape,
             path,
             EDMPreconditioning(sigma_data),
-            EDMWeighting(sigma_data),
-            time_sampling,
+            DenoisingRegression(EDMWeighting(sigma_data), time_sampling),
             sampler,
             **kwargs,
         )

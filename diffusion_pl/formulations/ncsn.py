@@ -7,6 +7,7 @@ from torch import nn
 
 from diffusion_pl.formulations.base import DiffusionModule
 from diffusion_pl.hparams import save_config
+from diffusion_pl.objectives import DenoisingRegression
 from diffusion_pl.parameterization import ScorePrediction
 from diffusion_pl.paths import VEPath
 from diffusion_pl.samplers import Sampler
@@ -56,8 +57,8 @@ class NCSN(DiffusionModule):
             data_shape,
             VEPath(sigma_min, sigma_max, num_levels),
             ScorePrediction(scaled_by_sigma=True),
-            Constant(0.5),  # ½ of Song & Ermon's Eq. 6; λ(σ) = σ² is the σ-scaled output
-            DiscreteUniform(),
+            # ½ of Song & Ermon's Eq. 6; λ(σ) = σ² is the σ-scaled output
+            DenoisingRegression(Constant(0.5), DiscreteUniform()),
             sampler,
             **kwargs,
         )

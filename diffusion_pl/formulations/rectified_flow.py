@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from diffusion_pl.formulations.base import DiffusionModule
 from diffusion_pl.hparams import save_config
+from diffusion_pl.objectives import DenoisingRegression
 from diffusion_pl.parameterization import VelocityPrediction
 from diffusion_pl.paths import LinearPath
 from diffusion_pl.randomness import Generators
@@ -49,8 +50,7 @@ class RectifiedFlow(DiffusionModule):
             data_shape,
             LinearPath(),
             VelocityPrediction(),
-            weighting,
-            time_sampling,
+            DenoisingRegression(weighting, time_sampling),
             sampler,
             **kwargs,
         )
@@ -89,6 +89,7 @@ class Reflow(RectifiedFlow):
 
     def setup(self, stage: str) -> None:
         """Copy the teacher's weights at the start of fitting (not when resuming or loading)."""
+        super().setup(stage)
         if stage == "fit" and self.init_from and self.trainer.ckpt_path is None:
             teacher = torch.load(self.init_from, map_location="cpu", weights_only=True)
             self.load_state_dict(teacher["state_dict"])

@@ -7,6 +7,7 @@ from torch import nn
 
 from diffusion_pl.formulations.base import DiffusionModule
 from diffusion_pl.hparams import save_config
+from diffusion_pl.objectives import DenoisingRegression
 from diffusion_pl.parameterization import ScorePrediction
 from diffusion_pl.paths import NoisePath, VPLinearPath
 from diffusion_pl.samplers import Sampler
@@ -58,8 +59,7 @@ class ScoreSDE(DiffusionModule):
             data_shape,
             path,
             ScorePrediction(scaled_by_sigma=True),
-            weighting,
-            time_sampling,
+            DenoisingRegression(weighting, time_sampling),
             sampler,
             **kwargs,
         )

@@ -9,18 +9,15 @@ SNR-weighted xâ‚€ loss; ``MinSNR`` with v-prediction is Hang et al.'s min(SNR, Î
 
 from __future__ import annotations
 
-import math
-
 import torch
 from jsonargparse import lazy_instance
 from torch import Tensor, nn
 
-from diffusion_pl.bound import VariationalBound, variational_bound
 from diffusion_pl.formulations.base import DiffusionModule
 from diffusion_pl.hparams import save_config
+from diffusion_pl.objectives import DenoisingRegression, VariationalBoundLoss
 from diffusion_pl.parameterization import EpsilonPrediction, Parameterization
 from diffusion_pl.paths import DDPMPath, NoisePath
-from diffusion_pl.randomness import Generators
 from diffusion_pl.samplers import Sampler
 from diffusion_pl.samplers.ancestral import DDPMSampler
 from diffusion_pl.time_sampling import DiscreteUniform, TimeSampling, Uniform
@@ -95,68 +92,32 @@ class VDM(DiffusionModule):
             path.prior_std()
             draw = Uniform if path.num_steps is None else DiscreteUniform
             time_sampling = draw(low_discrepancy=low_discrepancy)
+        objective = (
+            VariationalBoundLoss(num_levels, low_discrepancy)
+            if isinstance(weighting, ELBO)
+            else DenoisingRegression(weighting, time_sampling)
+        )
         super().__init__(
             net,
             data_shape,
             path,
             parameterization,
-            weighting,
-            time_sampling,
+            objective,
             sampler,
             **kwargs,
         )
         self.low_discrepancy, self.num_levels = low_discrepancy, num_levels
         save_config(self)
 
-    @property
-    def dim(self) -> int:
-        """D, the number of entries of one example."""
-        return math.prod(self.data_shape)
-
-    def bound(
-        self,
-        x0: Tensor,
-        y: Tensor | None = None,
-        generator: Generators = None,
-        eps: Tensor | None = None,
-    ) -> VariationalBound:
-        """The variational bound per example, in nats (see :func:`variational_bound`)."""
-        return variational_bound(
-            self.denoiser(self.class_labels(y)),
-            self.path,
-            x0,
-            num_levels=self.num_levels,
-            low_discrepancy=self.low_discrepancy,
-            generator=generator,
-            eps=eps,
-        )
-
-    def loss(
-        self,
-        x0: Tensor,
-        y: Tensor | None = None,
-        generator: Generators = None,
-        eps: Tensor | None = None,
-    ) -> Tensor:
-        """Per-example loss ``[B]``: the weighted regression, or with ``ELBO`` the bound in bpd.
-
-        Args:
-            x0: data ``[B, ...]``.
-            y: labels ``[B]`` (dropped with ``p_uncond``).
-            generator: source of the label dropout, t and the noise.
-            eps: noise coupled to ``x0``; the bound's z_t takes it in place of a fresh draw.
-        """
-        if not isinstance(self.weighting, ELBO):
-            return super().loss(x0, y, generator, eps)
-        y = self.drop_labels(y, generator)
-        return self.bound(x0, y, generator, eps).bits_per_dim(self.dim)
-
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """Logs ``val/loss`` (the objective; the bound itself with ``ELBO``) and ``val/bpd``."""
         x0, y = batch
         # A fixed generator per batch makes both numbers comparable from one epoch to the next.
         generator = torch.Generator(device=x0.device).manual_seed(batch_idx)
-        bpd = self.bound(x0, y, generator).bits_per_dim(self.dim).mean()
-        loss = bpd if isinstance(self.weighting, ELBO) else self.loss(x0, y, generator).mean()
+        bound = VariationalBoundLoss(self.num_levels, self.low_discrepancy)
+        bpd = bound.bits_per_dim(self, x0, y, generator).mean()
+        trains_bound = isinstance(self.objective, VariationalBoundLoss)
+        loss = bpd if trains_bound else self.loss(x0, y, generator).mean()
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
         self.log("val/bpd", bpd, prog_bar=True, sync_dist=True)
         return loss

@@ -1,0 +1,120 @@
+"""How a diffusion module picks the denoiser it samples with: labels, CFG, classifier, guide."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from diffusion_pl.guidance import (
+    Autoguidance,
+    ClassifierGuidance,
+    check_class_labels,
+    check_guide,
+    check_same_path,
+)
+from diffusion_pl.samplers import DenoiserFn
+
+if TYPE_CHECKING:
+    from diffusion_pl.formulations.base import DiffusionModule
+    from diffusion_pl.formulations.classifier import NoisyClassifier
+
+__all__ = ["GuidedSampling"]
+
+
+class GuidedSampling:
+    """The guidance checks and denoisers of :meth:`DiffusionModule.sample`, a mixin of it.
+
+    It reads the module's ``denoiser``, ``class_labels``, ``num_classes``, ``guidance_scale``,
+    ``path``, ``device`` and ``dtype``.
+
+    Reference: Ho & Salimans (2022), "Classifier-Free Diffusion Guidance"; Dhariwal & Nichol
+    (2021), Sec. 4 (classifier guidance); Karras et al. (2024), "Guiding a Diffusion Model
+    with a Bad Version of Itself" (autoguidance).
+    """
+
+    def guided_denoiser(
+        self,
+        n: int,
+        class_labels: Tensor | None,
+        guidance_scale: float | None,
+        classifier: NoisyClassifier | None,
+        classifier_scale: float,
+        guide: DiffusionModule | None = None,
+    ) -> DenoiserFn:
+        """The denoiser :meth:`sample` uses for ``n`` samples; arguments as there."""
+        if guide is not None:
+            return self.autoguided_denoiser(n, class_labels, guidance_scale, classifier, guide)
+        if class_labels is None:
+            if guidance_scale is not None or classifier is not None:
+                raise ValueError(
+                    "guidance_scale and classifier steer samples towards class labels: pass "
+                    "class_labels too, or neither for unconditional samples (autoguidance, "
+                    "with a guide, needs no labels)"
+                )
+            return self.denoiser()
+        if guidance_scale is not None and self.num_classes is None:
+            raise ValueError(
+                f"guidance_scale={guidance_scale} is classifier-free guidance, which needs a "
+                "class-conditional net; this one is unconditional (use classifier_scale, or "
+                "pass a guide for autoguidance)"
+            )
+        labels = self.checked_labels(n, class_labels, classifier)
+        scale = self.guidance_scale if guidance_scale is None else guidance_scale
+        denoiser = self.denoiser(self.class_labels(labels), scale)
+        if classifier is None:
+            return denoiser
+        dtype = torch.promote_types(self.dtype, torch.float32)
+        check_same_path(self.path, classifier.path, device=self.device, dtype=dtype)
+        return ClassifierGuidance(denoiser, classifier, self.path, labels, classifier_scale)
+
+    def checked_labels(
+        self, n: int, class_labels: Tensor, classifier: NoisyClassifier | None = None
+    ) -> Tensor:
+        """``class_labels`` as int64 ``[n]`` on the model's device, checked against the classes
+        of the net (or of the classifier, for classifier guidance)."""
+        classes = self.num_classes if classifier is None else classifier.num_classes
+        if classes is None:
+            raise ValueError(
+                f"this {type(self).__name__} is unconditional (its net has num_classes=None): "
+                "class labels need a class-conditional net (set num_classes and train on labelled "
+                "data) or a noisy classifier for classifier guidance"
+            )
+        if classifier is not None and self.num_classes not in (None, classes):
+            raise ValueError(
+                f"the classifier has {classes} classes but the model's net {self.num_classes}"
+            )
+        return check_class_labels(class_labels, n, classes).to(self.device)
+
+    def autoguided_denoiser(
+        self,
+        n: int,
+        class_labels: Tensor | None,
+        guidance_scale: float | None,
+        classifier: NoisyClassifier | None,
+        guide: DiffusionModule,
+    ) -> Autoguidance:
+        """This model's denoiser guided by ``guide``'s at scale w = ``guidance_scale``.
+
+        Both models see the same labels: the given ones (both class-conditional), or none (a
+        class-conditional pair then sees ∅). Refuses a guide that does not fit
+        (:func:`~diffusion_pl.guidance.check_guide`), a missing w, and classifier guidance on
+        top: one guidance at a time.
+        """
+        if classifier is not None:
+            raise ValueError(
+                "autoguidance (a guide) and classifier guidance (a classifier) cannot be "
+                "combined: pass one of them"
+            )
+        if guidance_scale is None:
+            raise ValueError(
+                "autoguidance needs its scale w: pass guidance_scale (1 is this model alone, 0 "
+                "the guide alone, > 1 guided; Karras et al. 2024 use about 2)"
+            )
+        if not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale}")
+        check_guide(self, guide)
+        labels = None if class_labels is None else self.checked_labels(n, class_labels)
+        return Autoguidance(self.denoiser(labels), guide.denoiser(labels), guidance_scale)

@@ -1,0 +1,110 @@
+"""What every training objective shares: its call, and the one preamble of random draws.
+
+An objective is a plain object: ``objective(model, x0, labels, generator, step, eps)`` returns
+the per-example loss ``[B]`` of one batch, with no Trainer. The module it trains
+(:class:`~diffusion_pl.formulations.DiffusionModule`) hands it the net, path and
+parameterization, the label dropout, the source of randomness and the optimizer step.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
+
+import torch
+from torch import Tensor
+
+from diffusion_pl.randomness import Generators, randn
+
+if TYPE_CHECKING:
+    from diffusion_pl.formulations import DiffusionModule
+
+__all__ = ["Draws", "Objective", "mean_flat"]
+
+T = TypeVar("T")
+
+TimeDraw = Callable[[int, Generators, torch.device, torch.dtype], T]
+"""``(n, generator, device, dtype) -> times``: an objective's training times (t, or a pair)."""
+
+
+def mean_flat(x: Tensor) -> Tensor:
+    """Mean over all but the batch dimension: ``[B, ...] -> [B]``."""
+    return x.flatten(1).mean(1)
+
+
+@dataclass(frozen=True)
+class Draws(Generic[T]):
+    """The random inputs of one training batch, drawn by :meth:`Objective.draw`.
+
+    Attributes:
+        labels: the labels the net sees (after dropout; None for an unconditional net).
+        dtype: the dtype the loss is computed in (float32, float64 for float64 data).
+        times: the objective's times (t ``[B]``, or a pair of them).
+        eps: the noise ``[B, ...]``.
+    """
+
+    labels: Tensor | None
+    dtype: torch.dtype
+    times: T
+    eps: Tensor
+
+
+class Objective(ABC):
+    """A training objective: the per-example loss of a batch for a module, without a Trainer."""
+
+    noise_in_compute_dtype: ClassVar[bool] = False
+    """Draw ε in the loss's dtype (float64 for float64 data) rather than torch's default."""
+
+    @abstractmethod
+    def __call__(
+        self,
+        model: DiffusionModule,
+        x0: Tensor,
+        labels: Tensor | None,
+        generator: Generators,
+        step: int = 0,
+        eps: Tensor | None = None,
+    ) -> Tensor:
+        """Per-example loss ``[B]``.
+
+        Args:
+            model: the module trained (its net, path, parameterization and label dropout).
+            x0: data ``[B, ...]``.
+            labels: class labels ``[B]`` or None (dropped with the module's ``p_uncond``).
+            generator: the source of every random draw of the loss.
+            step: the optimizer step k (curricula read it).
+            eps: noise coupled to ``x0`` (reflow); drawn when None.
+        """
+
+    def set_training_length(self, max_steps: int | None) -> None:
+        """Learn the run's length K (the trainer's ``max_steps``; None if unbounded) before
+        fitting; an objective whose curriculum needs K keeps it (the others need nothing)."""
+        return
+
+    def metrics(self, step: int) -> dict[str, float]:
+        """Numbers to log with the training loss at ``step`` (a curriculum's stage)."""
+        return {}
+
+    def draw(
+        self,
+        model: DiffusionModule,
+        x0: Tensor,
+        labels: Tensor | None,
+        generator: Generators,
+        eps: Tensor | None,
+        times: TimeDraw[T],
+    ) -> Draws[T]:
+        """The shared preamble: drop labels, choose the dtype, draw the times, draw ε.
+
+        The draws come from ``generator`` in that order, so every objective that uses this
+        preamble keeps its random stream (label dropout first: Ho & Salimans 2022, Alg. 1).
+        """
+        labels = model.class_labels(model.drop_labels(labels, generator))
+        dtype = torch.promote_types(x0.dtype, torch.float32)
+        drawn = times(x0.shape[0], generator, x0.device, dtype)
+        if eps is None:
+            noise_dtype = dtype if self.noise_in_compute_dtype else None
+            eps = randn(x0.shape, generator, device=x0.device, dtype=noise_dtype)
+        return Draws(labels, dtype, drawn, eps)
