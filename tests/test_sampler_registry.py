@@ -28,7 +28,7 @@ def _parser() -> ArgumentParser:
 def test_the_table_holds_every_exported_sampler_under_its_declared_name() -> None:
     exported = {v for v in vars(samplers).values()
                 if isinstance(v, type) and issubclass(v, Sampler) and v is not Sampler}  # fmt: skip
-    assert set(SAMPLERS.values()) == exported
+    assert exported <= set(SAMPLERS.values())  # a new module's sampler needs no export
     assert all(cls.name == name for name, cls in SAMPLERS.items())
 
 
@@ -98,4 +98,4 @@ def test_the_readme_table_is_the_generated_one() -> None:
     text = README.read_text(encoding="utf-8")
     found = re.search(r"<!-- samplers:begin -->\n(.*?)<!-- samplers:end -->", text, re.S)
     assert found, f"{README.name} has no <!-- samplers:begin --> … <!-- samplers:end --> block"
-    assert found.group(1) == sampler_table()
+    assert found.group(1) == sampler_table(SAMPLERS)

@@ -1,6 +1,9 @@
 """Samplers: pure functions over (denoiser, path, x_T) plus thin YAML-facing configs derived
 from them; :data:`SAMPLERS` names them (the CLI, the tests and the README's table read it)."""
 
+import importlib
+import pkgutil
+
 from diffusion_pl.parameterization import DenoiserFn
 from diffusion_pl.samplers.ancestral import DDIMSampler, DDPMSampler, sample_ddim, sample_ddpm
 from diffusion_pl.samplers.base import Sampler
@@ -48,26 +51,34 @@ from diffusion_pl.samplers.sde import (
 )
 from diffusion_pl.samplers.unipc import UniPCSampler, sample_unipc
 
-SAMPLERS: dict[str, type[Sampler]] = {
-    cls.name: cls
-    for cls in (
-        EulerSampler,
-        HeunSampler,
-        RK45Sampler,
-        EulerMaruyamaSampler,
-        PCSampler,
-        DDPMSampler,
-        DDIMSampler,
-        AnnealedLangevinSampler,
-        DPMSolverSampler,
-        DPMSolver3MSampler,
-        UniPCSampler,
-        IPNDMSampler,
-        EDMSampler,
-        MeanFlowSampler,
-        ConsistencySampler,
-    )
-}
+
+def _declared_samplers() -> dict[str, type[Sampler]]:
+    """Every config class that a module of this package declares with a ``name``, in the order
+    of the modules' names and then of the definitions: adding a sampler is adding its module.
+
+    Only classes that set ``name`` themselves count (not jsonargparse's lazy-default
+    subclasses, which inherit it), and only those defined in this package.
+    """
+    found = []
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        found += [
+            cls
+            for cls in vars(module).values()
+            if isinstance(cls, type)
+            and issubclass(cls, Sampler)
+            and cls.__module__ == module.__name__
+            and "name" in vars(cls)
+        ]
+    names = [cls.name for cls in found]
+    if len(set(names)) != len(names):
+        raise RuntimeError(f"two samplers declare the same name: {sorted(names)}")
+    return {cls.name: cls for cls in found}
+
+
+SAMPLERS: dict[str, type[Sampler]] = _declared_samplers()
 """Short names for ``diffusion-pl sample --sampler NAME`` (each class's :attr:`Sampler.name`)
 -> config class; YAML uses ``class_path`` instead."""
 
