@@ -16,6 +16,8 @@ from types import ModuleType
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test runs a script end to end
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 

@@ -18,6 +18,7 @@ from diffusion_pl.cli import fid, main
 TESTS = Path(__file__).resolve().parent
 
 
+@pytest.mark.slow
 def test_sample_grids_every_n_steps_land_in_tensorboard(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -39,6 +40,7 @@ def test_sample_grids_every_n_steps_land_in_tensorboard(tmp_path: Path) -> None:
     assert [e.step for e in events.Images("samples")] == [2, 4, 4]
 
 
+@pytest.mark.slow
 def test_sample_grid_draws_once_per_optimizer_step_under_gradient_accumulation(
     tmp_path: Path,
 ) -> None:

@@ -152,6 +152,7 @@ def test_fit_and_sample_digits_through_the_console_script(tmp_path: Path) -> Non
     assert out.with_suffix(".png").is_file()
 
 
+@pytest.mark.slow
 def test_module_entry_point_documents_options() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "diffusion_pl", "fit", "--help"],

@@ -186,6 +186,7 @@ def test_nets_without_the_protocol_are_refused() -> None:
         RectifiedFlow(Bare(), (2,))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "make",
     [

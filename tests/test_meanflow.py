@@ -281,6 +281,7 @@ def test_one_label_nets_keep_their_state_dict() -> None:
     }
 
 
+@pytest.mark.slow
 def test_fit_and_sample_through_the_cli(tmp_path: Path) -> None:
     """A 30-step toy fit writes a checkpoint; ``sample`` draws from it with the default one-step
     sampler, with ``--steps 3`` mean-flow jumps, and with the Euler ODE sampler at r = t."""

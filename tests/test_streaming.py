@@ -183,6 +183,7 @@ def test_two_ranks_share_the_epoch_and_resume_exactly(tmp_path: Path) -> None:
         assert report["resumed"] == report["whole"]
 
 
+@pytest.mark.slow
 def test_fit_resumed_mid_epoch_from_its_checkpoint_trains_like_an_uninterrupted_fit(
     shards: Path, tmp_path: Path
 ) -> None:

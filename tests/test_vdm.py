@@ -313,6 +313,7 @@ def test_fit_and_sample_toy2d_vdm(tmp_path: Path) -> None:
     assert samples.shape == (33, 2) and np.isfinite(samples).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["toy", "digits"])
 def test_validation_logs_the_bound_in_bits_per_dim(source: str) -> None:
     if source == "toy":
