@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_every_shipped_config_parses_against_the_real_signatures(
     config: Path, capsys: pytest.CaptureFixture[str]
@@ -38,6 +39,7 @@ def built(config: str, *overrides: str) -> DiffusionCLI:
                         args=args)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_vdm_num_levels_is_linked_from_the_data_and_recorded() -> None:
     cli = built("configs/digits/vdm.yaml", "--model.init_args.num_levels", "null")
     assert cli.model.num_levels == 17  # the digits' levels, not the default None

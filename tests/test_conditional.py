@@ -72,6 +72,7 @@ FORMULATIONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(FORMULATIONS))
 def test_every_formulation_trains_on_labels_and_samples_guided(name: str) -> None:
     net = Recorder()
@@ -187,6 +188,7 @@ def test_conditional_digits_fit_and_guided_sampling_through_the_cli(
         main(f"sample --ckpt_path {classifier} --num_samples 2 --output {out}".split())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("config", "overrides", "message"),
     [

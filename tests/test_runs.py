@@ -113,6 +113,7 @@ def test_only_dead_local_writers_temporaries_are_removed(tmp_path: Path) -> None
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("override", "match"),
     [

@@ -276,6 +276,7 @@ def _bound_path(name: str):
     return VPLinearPath() if name.startswith("vp_linear") else DDPMPath(1000)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(BOUND_CASES))
 def test_bound_with_exact_denoiser_is_above_the_true_nll(name: str) -> None:
     n, repeats, (low, high) = BOUND_CASES[name]
