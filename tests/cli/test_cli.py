@@ -15,7 +15,7 @@ from lightning import LightningModule
 from diffusion_pl.cli import DiffusionCLI, main
 from diffusion_pl.data import DiffusionDataModule
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 
 

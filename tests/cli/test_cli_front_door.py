@@ -22,7 +22,7 @@ from diffusion_pl.metrics import InceptionFeatures
 from diffusion_pl.samplers import SAMPLERS, EulerSampler
 from diffusion_pl.visualize import save_scatter
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -20,7 +20,7 @@ from diffusion_pl.metrics import FIDEvaluator
 diffusers = pytest.importorskip("diffusers")  # in the dev and latent extras
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "configs/digits/rectified_flow_32.yaml"
 LATENT = ROOT / "configs/digits/latent_rectified_flow.yaml"
 

@@ -197,7 +197,7 @@ def test_fit_resumed_mid_epoch_from_its_checkpoint_trains_like_an_uninterrupted_
                       "data_files": {"train": "train-*.parquet", "test": "test-*.parquet"}},
     }}}  # fmt: skip
     (tmp_path / "data.yaml").write_text(yaml.safe_dump(data))
-    config = Path(__file__).resolve().parents[1] / "configs/digits/rectified_flow.yaml"
+    config = Path(__file__).resolve().parents[2] / "configs/digits/rectified_flow.yaml"
 
     def fit(root: Path, steps: int, *extra: str) -> Path:
         """Fit under ``root``; its newest last.ckpt (a resume logs to a new version folder)."""

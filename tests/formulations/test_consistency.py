@@ -42,7 +42,7 @@ from diffusion_pl.samplers.rk45 import solve_ode_rk45
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 VE = VEPath(SIGMA_MIN, SIGMA_MAX)
 

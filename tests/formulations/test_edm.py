@@ -24,7 +24,7 @@ from diffusion_pl.weighting import EDM as EDMWeighting
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PATHS = [VEPath(0.002, 80.0), VPLinearPath(), LinearPath()]
 IDS = ["ve", "vp", "linear"]
 

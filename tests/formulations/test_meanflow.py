@@ -31,7 +31,7 @@ from diffusion_pl.samplers import MeanFlowSampler, ode_drift, solve_ode_rk45
 from diffusion_pl.tensors import append_dims
 from diffusion_pl.time_sampling import LogitNormal
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PATH = LinearPath()
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -25,7 +25,7 @@ from diffusion_pl.paths import DDPMPath, VPCosinePath, VPLinearPath, cosine_beta
 from diffusion_pl.time_sampling import DiscreteUniform, Uniform
 from diffusion_pl.weighting import ELBO, SNR, MinSNR
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class _Affine(nn.Module):

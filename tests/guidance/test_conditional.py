@@ -23,7 +23,7 @@ from diffusion_pl.samplers import DDIMSampler, EulerSampler, PCSampler
 from diffusion_pl.samplers.langevin import AnnealedLangevinSampler
 from diffusion_pl.weighting import ELBO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Recorder(nn.Module):
