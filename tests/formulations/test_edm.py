@@ -24,7 +24,7 @@ from diffusion_pl.weighting import EDM as EDMWeighting
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PATHS = [VEPath(0.002, 80.0), VPLinearPath(), LinearPath()]
 IDS = ["ve", "vp", "linear"]
 
@@ -147,6 +147,7 @@ def test_bad_preconditioning_settings_fail_early() -> None:
         EDMPreconditioning(sigma_min=1.0, sigma_max=0.5)
 
 
+@pytest.mark.slow
 def test_toy_config_trains() -> None:
     """The toy config's σ_d (the data's std, checked here) makes the untrained loss 1, and a
     few hundred Adam steps at its learning rate close more than a third of the gap to the

@@ -46,7 +46,7 @@ from diffusion_pl.samplers.rk45 import solve_ode_rk45
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 VE = VEPath(SIGMA_MIN, SIGMA_MAX)
 
@@ -288,6 +288,7 @@ SMALL = ("--trainer.max_steps", "6", "--data.global_batch_size", "32",
          "--data.source.init_args.num_val", "32")  # fmt: skip
 
 
+@pytest.mark.slow
 def test_distillation_and_training_fit_through_the_cli_and_sample(
     teacher: Path, tmp_path: Path
 ) -> None:
@@ -311,6 +312,7 @@ def test_distillation_and_training_fit_through_the_cli_and_sample(
             assert samples.shape == (8, 2) and np.isfinite(samples).all()
 
 
+@pytest.mark.slow
 def test_a_teacher_of_other_data_fails_naming_both_shapes(teacher: Path) -> None:
     unet = UNet(in_channels=1, image_size=8, base_channels=8, channel_mult=[1], num_res_blocks=1,
                 attn_resolutions=[])  # fmt: skip
@@ -322,6 +324,7 @@ def test_a_teacher_of_other_data_fails_naming_both_shapes(teacher: Path) -> None
         model.setup("fit")
 
 
+@pytest.mark.slow
 def test_distillation_reads_the_teacher_on_its_own_path(teacher: Path) -> None:
     """The loss's teacher step equals a Heun step on the teacher's own velocity ODE mapped to
     σ̃: dx̃/dσ̃ = ε̂ at x = α x̃ on the linear path (checked against the teacher's Denoiser).
@@ -404,6 +407,7 @@ def test_ect_mapping_stages_and_levels() -> None:
     assert ECTLevels().stage(Progress(30, 80)) == 3  # K/8 = 10 steps per stage
 
 
+@pytest.mark.slow
 def test_ect_starts_from_init_without_a_teacher(teacher: Path, tmp_path: Path) -> None:
     """``init`` copies a checkpoint's net into the student when fitting starts (and only
     then), loads no teacher, and refuses being given with ``init_from_teacher``; the shipped

@@ -183,6 +183,7 @@ def test_two_ranks_share_the_epoch_and_resume_exactly(tmp_path: Path) -> None:
         assert report["resumed"] == report["whole"]
 
 
+@pytest.mark.slow
 def test_fit_resumed_mid_epoch_from_its_checkpoint_trains_like_an_uninterrupted_fit(
     shards: Path, tmp_path: Path
 ) -> None:
@@ -196,7 +197,7 @@ def test_fit_resumed_mid_epoch_from_its_checkpoint_trains_like_an_uninterrupted_
                       "data_files": {"train": "train-*.parquet", "test": "test-*.parquet"}},
     }}}  # fmt: skip
     (tmp_path / "data.yaml").write_text(yaml.safe_dump(data))
-    config = Path(__file__).resolve().parents[1] / "configs/digits/rectified_flow.yaml"
+    config = Path(__file__).resolve().parents[2] / "configs/digits/rectified_flow.yaml"
 
     def fit(root: Path, steps: int, *extra: str) -> Path:
         """Fit under ``root``; its newest last.ckpt (a resume logs to a new version folder)."""

@@ -26,6 +26,7 @@ def test_oracle_score_is_gradient_of_log_prob() -> None:
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("sampler", "path"),
     [

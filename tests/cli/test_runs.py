@@ -26,6 +26,7 @@ def _reaped() -> int:
     return process.pid
 
 
+@pytest.mark.slow
 def test_last_resumes_only_the_named_run_and_only_with_what_a_resume_may_change(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -112,6 +113,7 @@ def test_only_dead_local_writers_temporaries_are_removed(tmp_path: Path) -> None
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("override", "match"),
     [

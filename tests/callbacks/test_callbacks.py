@@ -15,9 +15,10 @@ from cli_runs import write_config
 from diffusion_pl.checkpoints import load_module, read_checkpoint
 from diffusion_pl.cli import fid, main
 
-TESTS = Path(__file__).resolve().parent
+HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 
 
+@pytest.mark.slow
 def test_sample_grids_every_n_steps_land_in_tensorboard(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -39,6 +40,7 @@ def test_sample_grids_every_n_steps_land_in_tensorboard(tmp_path: Path) -> None:
     assert [e.step for e in events.Images("samples")] == [2, 4, 4]
 
 
+@pytest.mark.slow
 def test_sample_grid_draws_once_per_optimizer_step_under_gradient_accumulation(
     tmp_path: Path,
 ) -> None:
@@ -76,7 +78,7 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
          {"class_path": "rank_dump.DumpWeights", "init_args": {"out_dir": str(root / "dump")}}],
         sampler={"class_path": "diffusion_pl.samplers.EulerSampler", "init_args": {"steps": 4}},
     )  # fmt: skip
-    path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])  # keep this checkout
+    path = os.pathsep.join([str(HELPERS), os.environ.get("PYTHONPATH", "")])  # keep this checkout
     env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "diffusion_pl", "fit", "--config", str(config),
                     "--data.global_batch_size", "256"],  # 5 steps an epoch: validation at 5

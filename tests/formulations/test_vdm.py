@@ -26,7 +26,7 @@ from diffusion_pl.paths import DDPMPath, VPCosinePath, VPLinearPath, cosine_beta
 from diffusion_pl.time_sampling import DiscreteUniform, Uniform
 from diffusion_pl.weighting import ELBO, SNR, MinSNR
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class _Affine(nn.Module):
@@ -280,6 +280,7 @@ def _bound_path(name: str):
     return VPLinearPath() if name.startswith("vp_linear") else DDPMPath(1000)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(BOUND_CASES))
 def test_bound_with_exact_denoiser_is_above_the_true_nll(name: str) -> None:
     n, repeats, (low, high) = BOUND_CASES[name]
@@ -317,6 +318,7 @@ def test_fit_and_sample_toy2d_vdm(tmp_path: Path) -> None:
     assert samples.shape == (33, 2) and np.isfinite(samples).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["toy", "digits"])
 def test_validation_logs_the_bound_in_bits_per_dim(source: str) -> None:
     if source == "toy":

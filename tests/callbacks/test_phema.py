@@ -124,6 +124,7 @@ def tracked(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_snapshots_come_every_period_and_at_the_end_in_fp32(tracked: Path) -> None:
     snapshots = find_snapshots(tracked)
     assert [s.step for s in snapshots] == [*range(EVERY, STEPS, EVERY), STEPS]
@@ -136,6 +137,7 @@ def test_snapshots_come_every_period_and_at_the_end_in_fp32(tracked: Path) -> No
     assert all(v.dtype == torch.float32 for a in last["averages"] for v in a.values())
 
 
+@pytest.mark.slow
 def test_a_directly_tracked_width_is_rebuilt_from_the_snapshots(
     tracked: Path, tmp_path: Path
 ) -> None:
@@ -157,6 +159,7 @@ def test_a_directly_tracked_width_is_rebuilt_from_the_snapshots(
     assert np.load(tmp_path / "s.npz")["samples"].shape == (8, 2)
 
 
+@pytest.mark.slow
 def test_at_step_rebuilds_a_tracked_width_as_its_snapshot(tracked: Path, tmp_path: Path) -> None:
     (path,) = main_phema(tracked, tmp_path, "[0.05]", "--at_step", "40")
     rebuilt = dict(load_module(path).named_parameters())
@@ -170,6 +173,7 @@ def main_phema(run: Path, out: Path, sigma_rel: str, *extra: str) -> list[Path]:
     return sorted(out.glob("phema-*.ckpt"))
 
 
+@pytest.mark.slow
 def test_bad_input_names_the_value_and_the_fix(
     tracked: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -187,6 +191,7 @@ def test_bad_input_names_the_value_and_the_fix(
 
 
 # --- preemption and DDP ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_sigterm_and_resume_write_the_snapshots_of_an_uninterrupted_run(
     tracked: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -229,6 +234,7 @@ def test_ddp_ranks_hold_identical_averages_and_rank_zero_alone_writes(tmp_path: 
         assert all(torch.equal(a[n], b[n]) for n in a)
 
 
+@pytest.mark.slow
 def test_sweep_scores_each_width_by_fid(tmp_path: Path) -> None:
     """A few steps of the digits post-hoc EMA config; FID of two rebuilt widths (tiny sample)."""
     fit_config(ROOT / "configs/digits/rectified_flow_phema.yaml", tmp_path / "run",

@@ -20,7 +20,7 @@ from diffusion_pl.metrics import FIDEvaluator
 diffusers = pytest.importorskip("diffusers")  # in the dev and latent extras
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "configs/digits/rectified_flow_32.yaml"
 LATENT = ROOT / "configs/digits/latent_rectified_flow.yaml"
 
@@ -57,6 +57,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"autoencoder": autoencoder, "codes": root / "codes", "ckpt": ckpt, "root": root}
 
 
+@pytest.mark.slow
 def test_encode_writes_the_scaled_codes_of_both_splits(run: dict[str, Path]) -> None:
     metadata = json.loads((run["codes"] / "latents.json").read_text())
     assert metadata["latent_shape"] == [4, 16, 16] and metadata["image_shape"] == [1, 32, 32]
@@ -78,6 +79,7 @@ def test_encode_writes_the_scaled_codes_of_both_splits(run: dict[str, Path]) -> 
     torch.testing.assert_close(decoded, expected, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_fit_links_clip_samples_and_sample_decodes_through_the_autoencoder(
     run: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -93,6 +95,7 @@ def test_fit_links_clip_samples_and_sample_decodes_through_the_autoencoder(
     torch.testing.assert_close(samples, Latents(str(run["codes"])).decode(codes))
 
 
+@pytest.mark.slow
 def test_fid_decodes_samples_and_compares_with_the_original_images(
     run: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -107,6 +110,7 @@ def test_fid_decodes_samples_and_compares_with_the_original_images(
     assert evaluator.cache_path(datamodule).name.startswith("latents-val-4x16x16-")
 
 
+@pytest.mark.slow
 def test_codes_whose_shape_disagrees_with_the_net_fail_early_naming_both(
     run: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -139,6 +143,7 @@ EXTRA = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FORMULATIONS)
 def test_every_formulation_trains_and_samples_on_codes_unchanged(
     run: dict[str, Path], name: str

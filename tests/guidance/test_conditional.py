@@ -23,7 +23,7 @@ from diffusion_pl.samplers import DDIMSampler, EulerSampler, PCSampler
 from diffusion_pl.samplers.langevin import AnnealedLangevinSampler
 from diffusion_pl.weighting import ELBO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Recorder(nn.Module):
@@ -72,6 +72,7 @@ FORMULATIONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(FORMULATIONS))
 def test_every_formulation_trains_on_labels_and_samples_guided(name: str) -> None:
     net = Recorder()
@@ -187,6 +188,7 @@ def test_conditional_digits_fit_and_guided_sampling_through_the_cli(
         main(f"sample --ckpt_path {classifier} --num_samples 2 --output {out}".split())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("config", "overrides", "message"),
     [

@@ -22,7 +22,7 @@ from diffusion_pl.metrics import InceptionFeatures
 from diffusion_pl.samplers import SAMPLERS, EulerSampler
 from diffusion_pl.visualize import save_scatter
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -67,6 +67,7 @@ def test_cuda_without_a_cuda_device_says_so(
         main("sample --ckpt_path never-read.ckpt --num_samples 1 --output o --device cuda".split())
 
 
+@pytest.mark.slow
 def test_the_traceback_switch_and_bugs_keep_their_traceback(
     toy_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -123,6 +124,7 @@ def test_sample_help_names_every_sampler_and_what_steps_mean(
     assert "rk45 picks its own steps and ignores it with a note" in printed
 
 
+@pytest.mark.slow
 def test_steps_notes_and_the_counted_network_evaluations(
     toy_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -146,6 +148,7 @@ def test_steps_notes_and_the_counted_network_evaluations(
     assert "EulerSampler(steps=4, grid=None, denoise_final=True): 4 network evaluations" in out
 
 
+@pytest.mark.slow
 def test_the_output_rule_and_the_report_of_what_was_written(
     toy_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -163,6 +166,7 @@ def test_the_output_rule_and_the_report_of_what_was_written(
         "noext.npz", "noext.png", "pic.npz", "pic.png"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_fid_refuses_points_and_names_the_weights_flag(
     toy_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -175,6 +179,7 @@ def test_fid_refuses_points_and_names_the_weights_flag(
         InceptionFeatures(str(missing))  # from YAML: its key
 
 
+@pytest.mark.slow
 def test_likelihood_records_the_t_eps_it_used(
     toy_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -209,6 +214,7 @@ def test_the_scatter_title_is_not_clipped(tmp_path: Path) -> None:
     assert dark[1].min() > 4 and dark[1].max() < image.shape[1] - 5 and dark[0].min() > 0
 
 
+@pytest.mark.slow
 def test_exit_code_of_bad_input_end_to_end() -> None:
     """The installed command exits with 2 and prints the usage and one error line, no
     traceback."""

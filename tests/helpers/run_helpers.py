@@ -1,4 +1,4 @@
-"""Test-only pieces that runs load by ``class_path``; tests/ is on PYTHONPATH for subprocesses."""
+"""Test-only pieces that runs load by ``class_path``; tests/helpers is on PYTHONPATH for them."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from diffusion_pl.phema import gamma_of_sigma_rel, power_beta
 __all__ = ["TOY", "NaNAfterMLP", "Pace", "PhemaReport", "PowerEMA", "RankReport", "SigtermAt",
            "Snapshot", "launch", "toy_overrides"]  # fmt: skip
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOY = ROOT / "configs/toy2d/rectified_flow.yaml"
 
 
@@ -50,13 +50,15 @@ def toy_overrides(root: Path, max_steps: int, *extra: str) -> list[str]:
 def launch(
     args: list[str], *, timeout: float = 300, env: dict[str, str] | None = None, wait: bool = True
 ) -> subprocess.CompletedProcess | subprocess.Popen:
-    """Run ``python ARGS`` with tests/ importable and one thread per process.
+    """Run ``python ARGS`` with tests/helpers importable and one thread per process.
 
     With ``wait=False`` return the running ``Popen`` (stdout and stderr piped together).
     """
     full_env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join(
+            [str(ROOT / "tests" / "helpers"), os.environ.get("PYTHONPATH", "")]
+        ),
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
         **(env or {}),

@@ -100,6 +100,7 @@ def test_fixed_decay_with_warmup_matches_hand_computation() -> None:
     )
 
 
+@pytest.mark.slow
 def test_validation_sees_the_average_and_the_raw_weights_come_back_bit_exact() -> None:
     ema = EMA(halflife_samples=16, rampup_ratio=None)
     model, record = TinyRegression(), RecordRaw()
@@ -138,6 +139,7 @@ def test_bad_settings_fail_early_with_the_fix() -> None:
         EMA(halflife_samples=-1)
 
 
+@pytest.mark.slow
 def test_resume_restores_the_average_exactly(tmp_path: Path) -> None:
     whole, _, _ = fit(EMA(halflife_samples=24), 6)
     ckpt = tmp_path / "half.ckpt"

@@ -82,6 +82,7 @@ def reference(name: str) -> tuple[IsotropicMixtureOracle, torch.Tensor, torch.Te
     return _REFERENCES[name]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("solver", list(SOLVERS))
 @pytest.mark.parametrize("path_name", list(PATHS))
 def test_order_of_convergence(path_name: str, solver: str) -> None:

@@ -155,6 +155,7 @@ def _assert_weights_before_step(checkpoint: dict, snapshots: Path, step: int, ke
         assert torch.equal(checkpoint[key][name], value), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["output", "gradient"])
 def test_nonfinite_loss_or_gradient_stops_before_the_update_and_saves_the_last_good_state(
     tmp_path: Path, where: str
@@ -174,6 +175,7 @@ def test_nonfinite_loss_or_gradient_stops_before_the_update_and_saves_the_last_g
     assert any(not torch.equal(ema[k], v) for k, v in checkpoint["current_model_state"].items())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule", ["non-finite", "loss spike"])
 def test_learning_rate_1e6_keeps_the_weights_from_before_the_step_that_diverged(
     tmp_path: Path, rule: str

@@ -15,10 +15,11 @@ from lightning import LightningModule
 from diffusion_pl.cli import DiffusionCLI, main
 from diffusion_pl.data import DiffusionDataModule
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_every_shipped_config_parses_against_the_real_signatures(
     config: Path, capsys: pytest.CaptureFixture[str]
@@ -38,6 +39,7 @@ def built(config: str, *overrides: str) -> DiffusionCLI:
                         args=args)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_vdm_num_levels_is_linked_from_the_data_and_recorded() -> None:
     cli = built("configs/digits/vdm.yaml", "--model.init_args.num_levels", "null")
     assert cli.model.num_levels == 17  # the digits' levels, not the default None
@@ -152,6 +154,7 @@ def test_fit_and_sample_digits_through_the_console_script(tmp_path: Path) -> Non
     assert out.with_suffix(".png").is_file()
 
 
+@pytest.mark.slow
 def test_module_entry_point_documents_options() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "diffusion_pl", "fit", "--help"],

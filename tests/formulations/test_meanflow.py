@@ -31,7 +31,7 @@ from diffusion_pl.samplers import MeanFlowSampler, ode_drift, solve_ode_rk45
 from diffusion_pl.tensors import append_dims
 from diffusion_pl.time_sampling import LogitNormal
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PATH = LinearPath()
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -103,6 +103,7 @@ def attention_kernels(fn) -> set[str]:
     return names - {"aten::scaled_dot_product_attention"}
 
 
+@pytest.mark.slow
 def test_jvp_through_unet_attention_runs_on_the_math_kernel() -> None:
     """The fused CPU kernel has no forward-mode derivative; under meanflow_target the UNet's
     attention runs on the math kernel and its jvp target matches finite differences in float64
@@ -205,6 +206,7 @@ class ExactMeanFlow:
         return rk45_average_velocity(self.oracle, x, float(r), float(t))
 
 
+@pytest.mark.slow
 def test_one_step_with_the_exact_average_velocity_draws_the_mixture() -> None:
     """z_0 = z_1 − u*(z_1, 0, 1) from 4000 prior draws reproduces the 0.8 / 0.2 mixture (weights
     ±0.02, per-mode means and stds ±0.05: check_mixture's Monte-Carlo tolerances) in one call,
@@ -282,6 +284,7 @@ def test_one_label_nets_keep_their_state_dict() -> None:
     }
 
 
+@pytest.mark.slow
 def test_fit_and_sample_through_the_cli(tmp_path: Path) -> None:
     """A 30-step toy fit writes a checkpoint; ``sample`` draws from it with the default one-step
     sampler, with ``--steps 3`` mean-flow jumps, and with the Euler ODE sampler at r = t."""

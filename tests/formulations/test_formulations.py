@@ -22,7 +22,7 @@ from diffusion_pl.samplers.langevin import AnnealedLangevinSampler
 from diffusion_pl.time_sampling import DiscreteUniform, LogitNormal, Uniform
 from diffusion_pl.weighting import EDM, Constant, Likelihood, MinSNR
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Linear2D(nn.Module):
@@ -188,6 +188,7 @@ def test_nets_without_the_protocol_are_refused() -> None:
         RectifiedFlow(Bare(), (2,))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "make",
     [

@@ -103,6 +103,7 @@ def test_rk45_float32_first_step_and_max_steps() -> None:
 # --------------------------------------------------------------------------- RK45 sampler
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ORACLE_PATHS, ids=lambda p: type(p).__name__)
 def test_rk45_sampler_reproduces_unequal_mixture(path: NoisePath) -> None:
     oracle = GaussianMixtureOracle(path, MIXTURE)
@@ -132,6 +133,7 @@ def test_rk45_sampler_config_round_trip() -> None:
 # ----------------------------------------------------------------------------- likelihood
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ORACLE_PATHS, ids=lambda p: type(p).__name__)
 def test_exact_trace_likelihood_matches_oracle(path: NoisePath) -> None:
     oracle = GaussianMixtureOracle(path, MIXTURE)
@@ -166,6 +168,7 @@ def _correlated_mixture() -> tuple[NoisePath, GaussianMixtureOracle, torch.Tenso
     return path, oracle, x
 
 
+@pytest.mark.slow
 def test_hutchinson_rademacher_brackets_exact_trace() -> None:
     """In 2-D, zᵀMz = tr M + 2 z₁z₂ M₁₂ with M = ∫ ∂f/∂x dt: a Rademacher probe gives one of
     two values whose midpoint is exactly the trace, so the check needs no Monte-Carlo slack."""
@@ -192,6 +195,7 @@ def test_hutchinson_rademacher_brackets_exact_trace() -> None:
     torch.testing.assert_close(first, second, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_hutchinson_gaussian_agrees_with_exact_in_mean() -> None:
     """Over 128 Gaussian probes × 16 points the mean error lies within 4 standard errors of
     zero: a tolerance of about 0.14 nats (≈ 6 % of the mean |log p| ≈ 2.3)."""

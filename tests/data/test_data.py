@@ -26,7 +26,7 @@ from diffusion_pl.data import (
     Toy2D,
 )
 
-DATA_PACKAGE = Path(__file__).resolve().parents[1] / "diffusion_pl" / "data"
+DATA_PACKAGE = Path(__file__).resolve().parents[2] / "diffusion_pl" / "data"
 TOY_NAMES = ["8gaussians", "2gaussians-unequal", "moons", "checkerboard", "swissroll"]
 
 

@@ -136,6 +136,7 @@ SAMPLING = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("guide", [_cfg, _classifier], ids=["cfg", "classifier"])
 @pytest.mark.parametrize(
     ("sampler", "param", "path"),

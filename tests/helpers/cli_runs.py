@@ -14,7 +14,7 @@ from diffusion_pl.cli import main
 
 __all__ = ["ROOT", "cli_error", "fit_config", "write_config"]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_config(source: str, out: Path, trainer: dict, callbacks: list[dict], **model) -> Path:

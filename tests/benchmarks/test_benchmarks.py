@@ -16,7 +16,9 @@ from types import ModuleType
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+pytestmark = pytest.mark.slow  # every test runs a script end to end
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture
@@ -96,7 +98,7 @@ def test_digits_quality(load: Callable, tmp_path: Path, monkeypatch: pytest.Monk
     assert json.loads(out.read_text()) == results
     assert out.with_suffix(".png").stat().st_size > 0
     assert "| rectified_flow | euler | 2 |" in out.with_suffix(".md").read_text()
-    # The whole train split against val, as measured in tests/test_fid.py and RESULTS.md.
+    # The whole train split against val, as measured in tests/metrics/test_fid.py and RESULTS.md.
     assert results["real_data_floor"] == pytest.approx(4.25, abs=0.01)
     # Every sampler of every formulation ran; NFE is counted, and NFEs that give the same
     # sampler ran once (annealed Langevin: at least one step at each of the 20 levels).

@@ -50,6 +50,7 @@ def test_fid_of_a_set_against_itself_is_zero(tmp_path: Path, digits: DiffusionDa
     assert abs(fid.score_images(digits.real_samples("val", 360))["fid"]) < 1e-6
 
 
+@pytest.mark.slow
 def test_disjoint_halves_of_real_digits_give_a_small_stable_fid(train_images: Tensor) -> None:
     """Four random half/half splits of the 1,437 train digits (measured 6.8 – 12.2)."""
     scores = []
@@ -64,6 +65,7 @@ def test_disjoint_halves_of_real_digits_give_a_small_stable_fid(train_images: Te
     assert scores.std() / scores.mean() < 0.4, scores
 
 
+@pytest.mark.slow
 def test_gaussian_noise_gives_a_large_fid_and_kid(
     tmp_path: Path, digits: DiffusionDataModule, train_images: Tensor
 ) -> None:
@@ -95,6 +97,7 @@ def test_reference_statistics_are_cached_once_per_key(
     assert len(list(tmp_path.glob("*.npz"))) == 2  # another split, another key
 
 
+@pytest.mark.slow
 def test_torch_fidelity_statistics_drop_in_as_reference(
     tmp_path: Path, digits: DiffusionDataModule, train_images: Tensor
 ) -> None:
