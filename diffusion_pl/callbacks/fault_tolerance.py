@@ -27,6 +27,7 @@ from torch import Tensor
 
 from diffusion_pl.callbacks.ema import _batch_size
 from diffusion_pl.callbacks.sample_grid import run_dir
+from diffusion_pl.compat import set_sigterm_received, within_accumulation
 from diffusion_pl.randomness import ExampleNoise
 
 __all__ = [
@@ -69,13 +70,13 @@ class SigtermCheckpoint(Callback):
     ) -> None:
         if trainer.accumulate_grad_batches == 1:
             return
-        signals = trainer._signal_connector  # Lightning's SIGTERM flag, read after this hook
-        if trainer.fit_loop._should_accumulate():  # within a step: hold the signal
-            self._held |= signals.received_sigterm
-            signals.received_sigterm = False
+        # Lightning reads its SIGTERM flag after this hook: within a step, hold the signal
+        if within_accumulation(trainer):
+            self._held |= trainer.received_sigterm
+            set_sigterm_received(trainer, False)
             return
-        stop = self._held or signals.received_sigterm
-        signals.received_sigterm = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        stop = self._held or trainer.received_sigterm
+        set_sigterm_received(trainer, trainer.strategy.reduce_boolean_decision(stop, all=False))
         self._held = False
 
     def on_exception(
