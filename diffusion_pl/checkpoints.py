@@ -43,8 +43,9 @@ __all__ = [
 def check_checkpoint_fits(path: str | Path, class_path: str) -> None:
     """Fail early unless ``path`` is a readable checkpoint of the formulation ``class_path``.
 
-    Compares the class recorded by ``diffusion-pl fit`` (``hyper_parameters._class_path``) with
-    the run's ``model.class_path``; checkpoints without one (written outside the CLI) pass.
+    Compares the class recorded by ``diffusion-pl fit`` (``_class_path`` in the checkpoint's
+    ``hyper_parameters``) with the run's ``model.class_path``; checkpoints without one (written
+    outside the CLI) pass.
 
     Raises:
         FileNotFoundError, ValueError: as :func:`read_checkpoint`; ValueError for another class.

@@ -33,7 +33,7 @@ from torch.optim.swa_utils import AveragedModel
 from diffusion_pl.checkpoint_io import Weights
 from diffusion_pl.compat import PublicWeightAveraging
 
-__all__ = ["EMA", "Weights", "find_ema", "weights_in_use", "weights_list"]
+__all__ = ["EMA", "Weights", "batch_examples", "find_ema", "weights_in_use", "weights_list"]
 
 
 class EMA(PublicWeightAveraging):
@@ -126,7 +126,7 @@ class EMA(PublicWeightAveraging):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
-        self._pending_samples += _batch_size(batch) * trainer.world_size
+        self._pending_samples += batch_examples(batch) * trainer.world_size
         if trainer.global_step > self._step_seen:  # an optimizer step just happened
             self._step_seen = trainer.global_step
             updates = int(self.averaged_model.n_averaged)
@@ -219,7 +219,7 @@ def _copy_weights(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module, memo)
 
 
-def _batch_size(batch: Any) -> int:
+def batch_examples(batch: Any) -> int:
     """Examples in a batch ``(x, ...)`` or ``x``."""
     x = batch[0] if isinstance(batch, (tuple, list)) else batch
     return len(x)

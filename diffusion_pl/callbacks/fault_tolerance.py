@@ -25,7 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
-from diffusion_pl.callbacks.ema import _batch_size
+from diffusion_pl.callbacks.ema import batch_examples
 from diffusion_pl.callbacks.sample_grid import run_dir
 from diffusion_pl.compat import set_sigterm_received, within_accumulation
 from diffusion_pl.randomness import ExampleNoise
@@ -187,7 +187,7 @@ class StepSeed(Callback):
     ) -> None:
         torch.manual_seed(step_seed(self.seed, trainer.global_rank, trainer.global_step, batch_idx))
         if hasattr(pl_module, "training_noise"):
-            b, micro = _batch_size(batch), trainer.accumulate_grad_batches
+            b, micro = batch_examples(batch), trainer.accumulate_grad_batches
             start = (trainer.global_rank * micro + batch_idx % micro) * b
             total = trainer.world_size * micro * b
             pl_module.training_noise = ExampleNoise(self.seed, trainer.global_step, start, total)

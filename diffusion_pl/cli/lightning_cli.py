@@ -140,7 +140,9 @@ class DiffusionCLI(LightningCLIHooks):
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """Parse; then resolve ``ckpt_path`` and check it against the config
         (:func:`~.runs.prepare_checkpoint`); a fit first clears its run directory of stale
-        temporary files. A checkpoint the config cannot resume is refused, naming the keys.
+        temporary files. A checkpoint the config cannot resume is refused, naming the keys. The
+        config then runs as given: the checkpoint's hparams are not read over it
+        (:class:`~diffusion_pl.compat.LightningCLIHooks`).
         """
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
