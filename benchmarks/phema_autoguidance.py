@@ -41,7 +41,8 @@ from digits_quality import (
 )
 from matplotlib.figure import Figure
 
-from diffusion_pl.checkpoints import load_datamodule, load_guide, load_module
+from diffusion_pl.callbacks.guide import load_guide
+from diffusion_pl.checkpoints import Checkpoint, load_datamodule, load_module
 from diffusion_pl.cli import phema, pick_sampler
 from diffusion_pl.metrics import FIDEvaluator
 
@@ -159,7 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
                   device=args.device)  # fmt: skip
     phema_rows = json.loads((args.workdir / "phema/fid_vs_sigma_rel.json").read_text())["results"]
     assert len(sweep) == len(phema_rows)
-    guide = load_guide(checkpoint_at(root, args.guide_step), main_model, map_location=args.device)
+    guide = load_guide(Checkpoint(str(checkpoint_at(root, args.guide_step))), main_model,
+                       map_location=args.device)  # fmt: skip
     guided = []
     for w in args.scales:
         fid = evaluator.evaluate(main_model, datamodule, sampler, guide=guide, guidance_scale=w)

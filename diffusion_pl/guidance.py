@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from diffusion_pl.compat import class_name
 from diffusion_pl.nets.protocol import DenoiserNet
 from diffusion_pl.parameterization import (
     ConsistencyPreconditioning,
@@ -100,11 +101,6 @@ def check_class_labels(class_labels: Tensor, n: int, num_classes: int) -> Tensor
     return labels.long()
 
 
-def _class_name(obj: object) -> str:
-    """``obj``'s class name, also for a jsonargparse lazy default (``LazyInstance_VEPath``)."""
-    return type(obj).__name__.removeprefix("LazyInstance_")
-
-
 def check_same_path(
     model_path: NoisePath,
     other_path: NoisePath,
@@ -134,8 +130,8 @@ def check_same_path(
         a, b = getattr(model_path, name)(t), getattr(other_path, name)(t)
         if not torch.allclose(a, b, rtol=1e-5, atol=1e-6):
             raise ValueError(
-                f"{other} was trained on {_class_name(other_path)} but {model} "
-                f"samples on {_class_name(model_path)} ({name}_t differs); train {other} "
+                f"{other} was trained on {class_name(other_path)} but {model} "
+                f"samples on {class_name(model_path)} ({name}_t differs); train {other} "
                 "with the model's path"
             )
 
@@ -183,7 +179,7 @@ def check_guide(
         )
     kinds = [isinstance(m.parameterization, ConsistencyPreconditioning) for m in (main, guide)]
     if kinds[0] != kinds[1]:
-        names = [f"{n} ({_class_name(m)})" for n, m in ((model, main), (other, guide))]
+        names = [f"{n} ({class_name(m)})" for n, m in ((model, main), (other, guide))]
         consistency, diffusion = names if kinds[0] else names[::-1]
         raise ValueError(
             f"{consistency} is a consistency model, whose x0 is the end of the ODE, but "

@@ -32,13 +32,14 @@ by 3·10⁻⁴ (what the free fit gives for σ_rel 0.08 from 11 snapshots) moved
 average by 36 % of the gap between the 0.05 and 0.10 averages, and by 0.5 % with it.
 
 :class:`~diffusion_pl.callbacks.PostHocEMA` writes the snapshots (``<run>/phema/``);
-``diffusion-pl phema`` rebuilds averages from them (:func:`find_snapshots`, :func:`reconstruct`).
+``diffusion-pl phema`` reads them (:mod:`diffusion_pl.cli.commands.phema`) and rebuilds averages
+from their tensors (:func:`reconstruct`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,16 +47,12 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from diffusion_pl.checkpoints import read_checkpoint
-
 __all__ = [
     "SIGMA_REL_MAX",
     "SNAPSHOT_FOLDER",
     "Snapshot",
     "averaged_checkpoint",
     "check_sigma_rel",
-    "find_snapshots",
-    "find_template",
     "gamma_of_sigma_rel",
     "posthoc_fit",
     "power_beta",
@@ -203,29 +200,22 @@ class Snapshot:
     gammas: tuple[float, ...]
 
 
-def find_snapshots(run: str | Path) -> list[Snapshot]:
-    """Every snapshot in ``run`` and below it (a resumed run logs to a new version folder).
-
-    Sorted by step, then by write time.
-    """
-    found = []
-    for path in sorted(Path(run).glob(f"**/{SNAPSHOT_FOLDER}/phema-*.pt")):
-        data = read_checkpoint(path, mmap=True)
-        found.append(Snapshot(path, int(data["step"]), str(data["run_id"]),
-                              tuple(data["sigma_rels"]), tuple(data["gammas"])))  # fmt: skip
-    return sorted(found, key=lambda s: (s.step, s.path.stat().st_mtime))
-
-
 def reconstruct(
-    snapshots: Sequence[Snapshot], sigma_rels: Sequence[float], step: int
+    snapshots: Sequence[Snapshot],
+    averages: Iterable[Sequence[dict[str, Tensor]]],
+    sigma_rels: Sequence[float],
+    step: int,
 ) -> tuple[list[dict[str, Tensor]], list[float]]:
     """The averages of widths ``sigma_rels`` after ``step``, from the snapshots up to ``step``.
 
-    Each snapshot file is read once; the weighted sums are accumulated in float64 (the
-    coefficients of nearby profiles are large and of both signs) and returned in float32.
+    The weighted sums are accumulated in float64 (the coefficients of nearby profiles are large
+    and of both signs) and returned in float32; ``averages`` is consumed one snapshot at a
+    time, so a generator that reads each file when asked holds one snapshot in memory.
 
     Args:
-        snapshots: one run's snapshots, one per step (:func:`find_snapshots`).
+        snapshots: one run's snapshots, one per step (:func:`select_run`).
+        averages: the parameters of each snapshot up to ``step``, in the order of
+            ``snapshots``: one dict (name → tensor) per tracked average.
         sigma_rels: the widths to rebuild, each in (0, :data:`SIGMA_REL_MAX`).
         step: the step to rebuild them at; a snapshot must exist there.
 
@@ -239,14 +229,13 @@ def reconstruct(
     fits = [posthoc_fit(gammas, steps, gamma_of_sigma_rel(sr), step) for sr in sigma_rels]
     sums: list[dict[str, Tensor]] = [{} for _ in sigma_rels]
     first = 0
-    for snapshot in used:
-        averages = read_checkpoint(snapshot.path)["averages"]
-        for i, average in enumerate(averages):
+    for snapshot_averages in averages:
+        for i, average in enumerate(snapshot_averages):
             for out, (x, _) in zip(sums, fits, strict=True):
                 for name, value in average.items():
                     term = float(x[first + i]) * value.double()
                     out[name] = out[name] + term if name in out else term
-        first += len(averages)
+        first += len(snapshot_averages)
     return [{k: v.float() for k, v in out.items()} for out in sums], [e for _, e in fits]
 
 
@@ -254,7 +243,8 @@ def select_run(snapshots: Sequence[Snapshot], run: str, run_id: str | None) -> l
     """One run's snapshots, one per step (the newest file where a step was written twice).
 
     Args:
-        snapshots: what :func:`find_snapshots` found under ``run``.
+        snapshots: what :func:`~diffusion_pl.cli.commands.phema.find_snapshots` found under
+            ``run``.
         run: the folder searched (for messages).
         run_id: the run to take; None: the only run there.
 
@@ -285,28 +275,6 @@ def select_run(snapshots: Sequence[Snapshot], run: str, run_id: str | None) -> l
                          f"are {', '.join(runs)}")  # fmt: skip
     by_step = {s.step: s for s in runs[run_id]}  # sorted by write time: the newest wins
     return [by_step[step] for step in sorted(by_step)]
-
-
-def find_template(run: str | Path, run_id: str) -> Path:
-    """The checkpoint of run ``run_id`` under ``run`` at the latest step (the newest on ties).
-
-    A checkpoint belongs to the run when its PostHocEMA state carries the run's id; its model
-    and data config, and the tensors that are not parameters (buffers), go into the rebuilt
-    checkpoints.
-    """
-    best: tuple[int, float, Path] | None = None
-    for path in Path(run).glob("**/*.ckpt"):
-        checkpoint = read_checkpoint(path, mmap=True)
-        states = checkpoint.get("callbacks", {}).values()
-        if any(isinstance(state, dict) and state.get("run_id") == run_id for state in states):
-            key = (int(checkpoint.get("global_step", 0)), path.stat().st_mtime, path)
-            best = key if best is None or key[:2] > best[:2] else best
-    if best is None:
-        raise ValueError(
-            f"--run {run}: no checkpoint (*.ckpt) of run {run_id} below it, whose model config "
-            "the rebuilt checkpoints need: pass --ckpt_path with a checkpoint of that run"
-        )
-    return best[2]
 
 
 def averaged_checkpoint(

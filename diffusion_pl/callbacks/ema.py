@@ -14,9 +14,8 @@ leaves the average in the module when training ends. Three changes on top:
   can borrow either set of weights with :meth:`EMA.using` (sample grids, FID).
 
 ``WeightAveraging`` has no public handle on its ``AveragedModel``: a subclass that builds its
-own sets ``_average_model``, which the parent then updates, saves and restores. That one
-private attribute is pinned by the Lightning range in pyproject.toml and checked by
-tests/test_ema.py, which fails loudly if a Lightning release renames it.
+own sets it where the parent then updates, saves and restores it
+(:class:`~diffusion_pl.compat.PublicWeightAveraging`, checked by tests/test_compat.py).
 """
 
 from __future__ import annotations
@@ -24,21 +23,20 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from lightning import LightningModule, Trainer
-from lightning.pytorch.callbacks import WeightAveraging
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
-__all__ = ["EMA", "Weights", "find_ema", "weights_in_use", "weights_list"]
+from diffusion_pl.checkpoint_io import Weights
+from diffusion_pl.compat import PublicWeightAveraging
 
-Weights = Literal["ema", "raw"]
-"""Which weights to evaluate: the moving average or the optimizer's raw ones."""
+__all__ = ["EMA", "Weights", "batch_examples", "find_ema", "weights_in_use", "weights_list"]
 
 
-class EMA(WeightAveraging):
+class EMA(PublicWeightAveraging):
     """θ_ema ← β θ_ema + (1 − β) θ after every optimizer step; θ_ema starts as θ after step 1.
 
     Half-life mode (Karras et al. 2022, EDM, training_loop.py): a step that consumed B samples
@@ -115,12 +113,12 @@ class EMA(WeightAveraging):
         for p in average.module.parameters():  # fp32 average, whatever the weights' precision
             if p.is_floating_point() and p.dtype != torch.float64:
                 p.data = p.data.float()
-        self._average_model = average  # WeightAveraging's own (see the module docstring)
+        self.averaged_model = average
 
     @property
     def average(self) -> nn.Module | None:
         """The averaged copy of the module (fp32), or None before fitting starts."""
-        return None if self._average_model is None else self._average_model.module
+        return None if self.averaged_model is None else self.averaged_model.module
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._step_seen = trainer.global_step  # 0, or the step a resumed run starts from
@@ -128,10 +126,10 @@ class EMA(WeightAveraging):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
-        self._pending_samples += _batch_size(batch) * trainer.world_size
+        self._pending_samples += batch_examples(batch) * trainer.world_size
         if trainer.global_step > self._step_seen:  # an optimizer step just happened
             self._step_seen = trainer.global_step
-            updates = int(self._average_model.n_averaged)
+            updates = int(self.averaged_model.n_averaged)
             self._beta = self.beta(self._pending_samples, self.samples_seen, updates)
             self.samples_seen += self._pending_samples
             self._pending_samples = 0
@@ -144,7 +142,7 @@ class EMA(WeightAveraging):
     # --- lending the average ----------------------------------------------------------
     @property
     def _updated(self) -> bool:
-        return self._average_model is not None and int(self._average_model.n_averaged) > 0
+        return self.averaged_model is not None and int(self.averaged_model.n_averaged) > 0
 
     def swap_in(self, pl_module: LightningModule) -> bool:
         """Put the averaged weights into ``pl_module``, keeping the raw ones aside.
@@ -155,7 +153,7 @@ class EMA(WeightAveraging):
             return False
         self._raw = [p.detach().clone() for p in pl_module.parameters()]
         for p, a in zip(
-            pl_module.parameters(), self._average_model.module.parameters(), strict=True
+            pl_module.parameters(), self.averaged_model.module.parameters(), strict=True
         ):
             p.data.copy_(a)
         return True
@@ -221,7 +219,7 @@ def _copy_weights(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module, memo)
 
 
-def _batch_size(batch: Any) -> int:
+def batch_examples(batch: Any) -> int:
     """Examples in a batch ``(x, ...)`` or ``x``."""
     x = batch[0] if isinstance(batch, (tuple, list)) else batch
     return len(x)

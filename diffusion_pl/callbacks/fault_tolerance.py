@@ -25,8 +25,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
-from diffusion_pl.callbacks.ema import _batch_size
+from diffusion_pl.callbacks.ema import batch_examples
 from diffusion_pl.callbacks.sample_grid import run_dir
+from diffusion_pl.compat import set_sigterm_received, within_accumulation
 from diffusion_pl.randomness import ExampleNoise
 
 __all__ = [
@@ -69,13 +70,13 @@ class SigtermCheckpoint(Callback):
     ) -> None:
         if trainer.accumulate_grad_batches == 1:
             return
-        signals = trainer._signal_connector  # Lightning's SIGTERM flag, read after this hook
-        if trainer.fit_loop._should_accumulate():  # within a step: hold the signal
-            self._held |= signals.received_sigterm
-            signals.received_sigterm = False
+        # Lightning reads its SIGTERM flag after this hook: within a step, hold the signal
+        if within_accumulation(trainer):
+            self._held |= trainer.received_sigterm
+            set_sigterm_received(trainer, False)
             return
-        stop = self._held or signals.received_sigterm
-        signals.received_sigterm = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        stop = self._held or trainer.received_sigterm
+        set_sigterm_received(trainer, trainer.strategy.reduce_boolean_decision(stop, all=False))
         self._held = False
 
     def on_exception(
@@ -186,7 +187,7 @@ class StepSeed(Callback):
     ) -> None:
         torch.manual_seed(step_seed(self.seed, trainer.global_rank, trainer.global_step, batch_idx))
         if hasattr(pl_module, "training_noise"):
-            b, micro = _batch_size(batch), trainer.accumulate_grad_batches
+            b, micro = batch_examples(batch), trainer.accumulate_grad_batches
             start = (trainer.global_rank * micro + batch_idx % micro) * b
             total = trainer.world_size * micro * b
             pl_module.training_noise = ExampleNoise(self.seed, trainer.global_step, start, total)

@@ -9,6 +9,7 @@ from diffusion_pl.callbacks.ema import Weights, weights_in_use, weights_list
 from diffusion_pl.callbacks.guide import CallbackGuide
 from diffusion_pl.data.sources import Split
 from diffusion_pl.metrics.fid import FIDEvaluator
+from diffusion_pl.objectives import Teacher
 from diffusion_pl.samplers import Sampler
 
 __all__ = ["FID"]
@@ -35,9 +36,10 @@ class FID(Callback):
             the raw weights otherwise) and/or ``raw``.
         cache_dir: reference statistics cache (see ``FIDEvaluator``).
         seed: seed of the sampling generators (the same samples' noise every time).
-        guide_ckpt: a guide for autoguidance (:class:`~.guide.CallbackGuide`): the FID is then
-            the guided samples'; None scores the model as it samples by itself.
-        guidance_scale: autoguidance's w; required with ``guide_ckpt`` and only with it.
+        guide: the guide of autoguidance (:class:`~.guide.CallbackGuide`), e.g. ``{class_path:
+            diffusion_pl.checkpoints.Checkpoint, init_args: {path: RUN.ckpt}}``: the FID is
+            then the guided samples'; None scores the model as it samples by itself.
+        guidance_scale: autoguidance's w; required with ``guide`` and only with it.
     """
 
     def __init__(
@@ -52,13 +54,13 @@ class FID(Callback):
         weights: list[Weights] | None = None,
         cache_dir: str | None = None,
         seed: int = 0,
-        guide_ckpt: str | None = None,
+        guide: Teacher | None = None,
         guidance_scale: float | None = None,
     ) -> None:
         if every_n_validations <= 0:
             raise ValueError(f"every_n_validations must be > 0, got {every_n_validations}")
         weights = weights_list(weights)
-        self.guide = CallbackGuide(guide_ckpt, guidance_scale, "FID")
+        self.guide = CallbackGuide(guide, guidance_scale, "FID")
         self.evaluator = FIDEvaluator(
             feature, split, num_samples, batch_size, kid=kid, cache_dir=cache_dir, seed=seed
         )

@@ -11,7 +11,7 @@ from lightning import Callback, LightningModule, Trainer
 from torch import Tensor
 
 from diffusion_pl.callbacks.sample_grid import run_dir
-from diffusion_pl.checkpoints import AtomicCheckpointIO, remove_stale_temporaries
+from diffusion_pl.checkpoint_io import AtomicCheckpointIO, remove_stale_temporaries
 from diffusion_pl.phema import (
     SNAPSHOT_FOLDER,
     check_sigma_rel,

@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from diffusion_pl.callbacks.ema import Weights, weights_in_use, weights_list
 from diffusion_pl.callbacks.guide import CallbackGuide
 from diffusion_pl.generate import every_class, generate
+from diffusion_pl.objectives import Teacher
 from diffusion_pl.visualize import save_samples_figure
 
 __all__ = ["SampleGrid", "run_dir"]
@@ -44,9 +45,10 @@ class SampleGrid(Callback):
         seed: seed of the sampling generator.
         weights: which weights draw: ``ema`` (the moving average when an EMA callback is on,
             else the raw weights) and/or ``raw``; a second entry gets its own picture.
-        guide_ckpt: a guide for autoguidance (:class:`~.guide.CallbackGuide`); None draws the
-            model as it samples by itself.
-        guidance_scale: autoguidance's w; required with ``guide_ckpt`` and only with it.
+        guide: the guide of autoguidance (:class:`~.guide.CallbackGuide`), e.g. ``{class_path:
+            diffusion_pl.checkpoints.Checkpoint, init_args: {path: RUN.ckpt}}``; None draws
+            the model as it samples by itself.
+        guidance_scale: autoguidance's w; required with ``guide`` and only with it.
     """
 
     def __init__(
@@ -55,7 +57,7 @@ class SampleGrid(Callback):
         every_n_steps: int = 0,
         seed: int = 0,
         weights: list[Weights] | None = None,
-        guide_ckpt: str | None = None,
+        guide: Teacher | None = None,
         guidance_scale: float | None = None,
     ) -> None:
         if num_samples <= 0:
@@ -67,7 +69,7 @@ class SampleGrid(Callback):
         weights = weights_list(weights)
         self.num_samples, self.every_n_steps, self.seed = num_samples, every_n_steps, seed
         self.weights = weights
-        self.guide = CallbackGuide(guide_ckpt, guidance_scale, "SampleGrid")
+        self.guide = CallbackGuide(guide, guidance_scale, "SampleGrid")
         self.last_path: Path | None = None
         self._step_seen = 0
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from lightning import Callback, LightningModule, Trainer
 
-from diffusion_pl.callbacks.ema import _batch_size
+from diffusion_pl.callbacks.ema import batch_examples
 
 __all__ = ["Throughput"]
 
@@ -44,7 +44,7 @@ class Throughput(Callback):
         if step == self._times[-1][0]:  # within an accumulated step
             return
         self._times.append((step, time.perf_counter()))
-        global_batch = _batch_size(batch) * trainer.accumulate_grad_batches * trainer.world_size
+        global_batch = batch_examples(batch) * trainer.accumulate_grad_batches * trainer.world_size
         (first, start), (_, now) = self._times[0], self._times[-1]
         rate = (step - first) * global_batch / max(now - start, 1e-9)
         pl_module.log("train/kimg", step * global_batch / 1000, prog_bar=True)

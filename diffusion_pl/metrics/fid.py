@@ -30,10 +30,11 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 from tqdm.auto import tqdm
 
+from diffusion_pl.compat import NUMPY_PICKLE_GLOBALS
 from diffusion_pl.data import DiffusionDataModule
 from diffusion_pl.data.sources import Source, Split
 from diffusion_pl.data.streaming import StreamingSplit
-from diffusion_pl.generate import every_class, generate
+from diffusion_pl.generate import cycle_labels, every_class, generate
 from diffusion_pl.metrics.features import extractor_id, resolve_extractor
 from diffusion_pl.samplers import Sampler
 
@@ -45,12 +46,6 @@ __all__ = [
     "require_images",
     "source_config",
 ]
-
-# What torch-fidelity's pickled statistics hold besides tensors: numpy arrays of float32/64
-# (numpy 2 pickles them through numpy._core, numpy 1 through numpy.core).
-_MULTIARRAY = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
-_NUMPY_GLOBALS = [_MULTIARRAY._reconstruct, np.ndarray, np.dtype,
-                  np.dtypes.Float32DType, np.dtypes.Float64DType]  # fmt: skip
 
 
 def default_cache_dir() -> Path:
@@ -113,7 +108,7 @@ def read_statistics(path: Path) -> dict[str, np.ndarray]:
         with np.load(path) as stats:
             arrays = {key: stats[key] for key in stats.files}
     else:
-        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+        with torch.serialization.safe_globals(NUMPY_PICKLE_GLOBALS):
             try:
                 loaded = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as error:
@@ -318,6 +313,11 @@ class FIDEvaluator(nn.Module):
             ``{"fid": float}``, plus ``"kid"`` and ``"kid_std"`` when KID is on.
         """
         require_images(module.data_shape, type(module).__name__)
+        labels = every_class(module)
+        module.guided_denoiser(  # the model's guidance rules, before the reference statistics
+            1, None if labels is None else cycle_labels(labels, 0, 1), guidance_scale, None, 1.0,
+            guide,
+        )  # fmt: skip
         self.to(module.device)
         self.prepare_reference(datamodule)
         rank, _ = _rank_and_world()

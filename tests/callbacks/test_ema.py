@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import pytest
 import torch
 from lightning import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import WeightAveraging
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -154,12 +152,3 @@ def test_resume_restores_the_average_exactly(tmp_path: Path) -> None:
     ).fit(resumed, loader(), ckpt_path=ckpt)  # fmt: skip
     assert ema.samples_seen == 6 * BATCH
     torch.testing.assert_close(resumed.flat(), whole.flat(), rtol=0, atol=1e-7)
-
-
-def test_lightning_weight_averaging_still_keeps_its_average_in_average_model() -> None:
-    """EMA sets WeightAveraging's private ``_average_model`` (no public handle exists); a
-    Lightning release that renames it must fail here, not silently average nothing."""
-    assert vars(WeightAveraging()).get("_average_model", "missing") is None
-    for hook in (WeightAveraging.on_train_batch_end, WeightAveraging.on_save_checkpoint,
-                 WeightAveraging.on_load_checkpoint):  # fmt: skip
-        assert "self._average_model" in inspect.getsource(hook), hook.__name__

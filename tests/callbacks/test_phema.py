@@ -17,9 +17,9 @@ from scipy.integrate import quad
 from diffusion_pl.callbacks import PostHocEMA
 from diffusion_pl.checkpoints import load_module, read_checkpoint
 from diffusion_pl.cli import main
+from diffusion_pl.cli.commands.phema import find_snapshots
 from diffusion_pl.phema import (
     SIGMA_REL_MAX,
-    find_snapshots,
     gamma_of_sigma_rel,
     posthoc_fit,
     power_beta,

@@ -8,7 +8,7 @@ import datasets as hf
 import numpy as np
 import pytest
 from cli_runs import cli_error
-from run_helpers import ROOT, TOY, toy_overrides
+from run_helpers import ROOT, TOY, toy_classifier_checkpoint, toy_overrides
 
 from diffusion_pl.cli import main
 from diffusion_pl.data import HFImages
@@ -95,3 +95,13 @@ def test_checkpoints_of_another_formulation_or_corrupt_ones_are_refused(
             main([*fit, "--ckpt_path", str(bad)])
         with cli_error(capsys, expected):
             main(f"sample --ckpt_path {bad} --num_samples 2 --output {tmp_path}/o.npz".split())
+
+
+def test_fid_of_a_classifier_checkpoint_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``fid`` loads through the commands' one loader, which refuses what is not a diffusion
+    model (a noisy classifier reached ``module.sampler`` with a traceback)."""
+    ckpt = toy_classifier_checkpoint(tmp_path / "classifier.ckpt")
+    with cli_error(capsys, r"classifier\.ckpt holds a NoisyClassifier, not a diffusion model"):
+        main(f"fid --ckpt_path {ckpt} --feature digits --num_samples 10".split())

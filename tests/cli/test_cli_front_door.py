@@ -15,8 +15,8 @@ import torch
 from cli_runs import cli_error
 from run_helpers import toy_overrides
 
-from diffusion_pl import cli
 from diffusion_pl.cli import main, output_paths, pick_sampler
+from diffusion_pl.cli.commands import sample as sample_command
 from diffusion_pl.errors import TRACEBACK_ENV, bad_input
 from diffusion_pl.metrics import InceptionFeatures
 from diffusion_pl.samplers import SAMPLERS, EulerSampler
@@ -82,7 +82,7 @@ def test_the_traceback_switch_and_bugs_keep_their_traceback(
     def torch_like_bug(*args: object, **kwargs: object) -> None:
         raise ValueError("not raised by diffusion_pl: a bug, not bad input")
 
-    monkeypatch.setattr(cli, "generate", torch_like_bug)
+    monkeypatch.setattr(sample_command, "generate", torch_like_bug)
     with pytest.raises(ValueError, match="a bug, not bad input"):
         main(f"sample --ckpt_path {toy_ckpt} --num_samples 2 --output {tmp_path}/o".split())
 

@@ -35,9 +35,11 @@ from mixture_checks import (
     OracleNet,
     mode_weights,
 )
+from run_helpers import toy_classifier_checkpoint
 from torch import Tensor
 
 from diffusion_pl.callbacks import FID, SampleGrid
+from diffusion_pl.checkpoints import Checkpoint
 from diffusion_pl.cli import main
 from diffusion_pl.data import DiffusionDataModule, Digits
 from diffusion_pl.formulations import (
@@ -300,6 +302,11 @@ def _toy_fit(root: Path, steps: int, callbacks: list[dict], **model) -> Path:
     return fit_config(config, root, "--data.source.init_args.num_train", "2048")
 
 
+def checkpoint(path: Path) -> dict[str, object]:
+    """The YAML of a teacher read from the checkpoint ``path``."""
+    return {"class_path": "diffusion_pl.checkpoints.Checkpoint", "init_args": {"path": str(path)}}
+
+
 @pytest.fixture(scope="module")
 def toy_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A guide (16-unit net, 5 steps), a main run (64 units, 20 steps) whose sample grid is
@@ -308,7 +315,7 @@ def toy_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     guide = _toy_fit(root / "guide", 5, [], net=SMALL_NET)
     grid = {
         "class_path": "diffusion_pl.callbacks.SampleGrid",
-        "init_args": {"num_samples": 200, "guide_ckpt": str(guide), "guidance_scale": 2.0},
+        "init_args": {"num_samples": 200, "guide": checkpoint(guide), "guidance_scale": 2.0},
     }
     main_net = {**SMALL_NET, "init_args": {"hidden": 64, "depth": 2}}
     model = _toy_fit(root / "main", 20, [grid], net=main_net)  # fmt: skip
@@ -338,11 +345,12 @@ def test_sample_command_autoguides_and_refuses_what_cannot_guide(
                    r"samples on LinearPath"):  # fmt: skip
         main(f"{common} --output {tmp_path / 'x'} --guide_ckpt {toy_runs['sde']} "
              "--guidance_scale 2".split())  # fmt: skip
-    with cli_error(capsys, "--guide_ckpt needs --guidance_scale w"):
+    with cli_error(capsys, "autoguidance needs its scale w: pass guidance_scale"):
         main(f"{common} --output {tmp_path / 'x'} --guide_ckpt {toy_runs['guide']}".split())
-    with cli_error(capsys, "--guide_ckpt .autoguidance. and --classifier_ckpt"):
+    classifier = toy_classifier_checkpoint(tmp_path / "classifier.ckpt")
+    with cli_error(capsys, "autoguidance .a guide. and classifier guidance .a classifier. cannot"):
         main(f"{common} --output {tmp_path / 'x'} --guide_ckpt {toy_runs['guide']} "
-             f"--guidance_scale 2 --classifier_ckpt {toy_runs['guide']}".split())  # fmt: skip
+             f"--guidance_scale 2 --classifier_ckpt {classifier}".split())  # fmt: skip
     assert not (tmp_path / "x.npz").exists()
 
 
@@ -351,15 +359,15 @@ def test_yaml_guide_on_another_path_stops_the_fit_before_its_first_step(
     toy_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     grid = {"class_path": "diffusion_pl.callbacks.SampleGrid",
-            "init_args": {"guide_ckpt": str(toy_runs["sde"]), "guidance_scale": 2.0}}  # fmt: skip
+            "init_args": {"guide": checkpoint(toy_runs["sde"]), "guidance_scale": 2.0}}  # fmt: skip
     with cli_error(capsys, r"the guide .*sde.* was trained on VPLinearPath but the model being "
                    "trained samples on LinearPath"):  # fmt: skip
         _toy_fit(tmp_path, 5, [grid], net=SMALL_NET)
     assert not list(tmp_path.rglob("*.ckpt"))
-    with pytest.raises(ValueError, match="FID: guide_ckpt and guidance_scale go together"):
+    with pytest.raises(ValueError, match="FID: guide and guidance_scale go together"):
         FID(guidance_scale=2.0)
-    with pytest.raises(ValueError, match="SampleGrid: guide_ckpt and guidance_scale go together"):
-        SampleGrid(guide_ckpt=str(toy_runs["guide"]))
+    with pytest.raises(ValueError, match="SampleGrid: guide and guidance_scale go together"):
+        SampleGrid(guide=Checkpoint(str(toy_runs["guide"])))
 
 
 def test_fid_evaluator_scores_the_autoguided_samples(tmp_path: Path) -> None:

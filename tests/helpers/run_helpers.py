@@ -15,7 +15,9 @@ from lightning import Callback, LightningModule, Trainer
 from torch import Tensor
 
 from diffusion_pl.callbacks import PostHocEMA
-from diffusion_pl.nets import MLP
+from diffusion_pl.formulations import NoisyClassifier
+from diffusion_pl.nets import MLP, MLPClassifier
+from diffusion_pl.paths import LinearPath
 from diffusion_pl.phema import gamma_of_sigma_rel, power_beta
 
 __all__ = ["TOY", "NaNAfterMLP", "Pace", "PhemaReport", "PowerEMA", "RankReport", "SigtermAt",
@@ -198,3 +200,17 @@ class PhemaReport(Callback):
         averages = [{k: v.cpu() for k, v in a.items()} for a in phema.averages]
         report = {"run_id": phema.run_id, "averages": averages, "written": len(phema.written)}
         torch.save(report, self.out / f"rank{trainer.global_rank}.pt")
+
+
+def toy_classifier_checkpoint(path: Path) -> Path:
+    """An untrained 2-D noisy classifier on the linear path, saved as ``fit`` would save it."""
+    classifier = NoisyClassifier(MLPClassifier(hidden=8, depth=1), (2,), LinearPath())
+    net = {"class_path": "diffusion_pl.nets.MLPClassifier", "init_args": {"hidden": 8, "depth": 1}}
+    hparams = {
+        "_class_path": "diffusion_pl.formulations.NoisyClassifier",
+        "net": net,
+        "data_shape": [2],
+        "path": {"class_path": "diffusion_pl.paths.LinearPath"},
+    }
+    torch.save({"hyper_parameters": hparams, "state_dict": classifier.state_dict()}, path)
+    return path

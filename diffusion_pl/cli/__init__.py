@@ -1,0 +1,142 @@
+"""The ``diffusion-pl`` command: Lightning's fit/validate/test, and sample, reflow, likelihood,
+fid, phema, encode.
+
+diffusion-pl fit --config configs/toy2d/rectified_flow.yaml [--trainer.max_steps 200 ...]
+diffusion-pl sample --ckpt_path RUN.ckpt --num_samples N --seed S --output FILE.npz
+diffusion-pl fid --ckpt_path RUN.ckpt --feature digits --num_samples 2000  (torchrun: any ranks)
+diffusion-pl phema --run RUN_DIR --sigma_rel 0.05 0.08 0.12 --output DIR [--sweep true]
+diffusion-pl encode --config CFG --autoencoder stabilityai/sd-vae-ft-mse --output DIR  (latents)
+
+Bad input ends the command with one ``error:`` line and exit code 2 (:mod:`diffusion_pl.errors`;
+``DIFFUSION_PL_TRACEBACK=1`` shows the traceback).
+
+The LightningCLI is in :mod:`.lightning_cli`, each other command in :mod:`.commands`, and the
+loading every sampling command shares (options → model → guide → sampler) in :mod:`.loading`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from typing import NoReturn
+
+from jsonargparse import CLI, auto_parser
+from lightning import LightningModule
+
+from diffusion_pl.callbacks import (
+    FinalCheckpoint,
+    SigtermCheckpoint,
+    StepSeed,
+    StopOnNonFinite,
+    Throughput,
+)
+from diffusion_pl.cli.argv import command_args
+from diffusion_pl.cli.commands.encode import encode
+from diffusion_pl.cli.commands.fid import fid, fid_sweep
+from diffusion_pl.cli.commands.likelihood import likelihood
+from diffusion_pl.cli.commands.phema import phema
+from diffusion_pl.cli.commands.reflow import reflow
+from diffusion_pl.cli.commands.sample import output_paths, sample
+from diffusion_pl.cli.lightning_cli import DiffusionCLI, Parser, check_labels
+from diffusion_pl.cli.loading import SamplingOptions, load_for_sampling, pick_sampler
+from diffusion_pl.data import DiffusionDataModule
+from diffusion_pl.errors import UsageError, bad_input, show_tracebacks
+
+__all__ = [
+    "COMMANDS",
+    "DiffusionCLI",
+    "SamplingOptions",
+    "check_labels",
+    "encode",
+    "fid",
+    "fid_sweep",
+    "likelihood",
+    "load_for_sampling",
+    "main",
+    "output_paths",
+    "phema",
+    "pick_sampler",
+    "reflow",
+    "sample",
+]
+
+COMMANDS = {
+    "sample": sample,
+    "reflow": reflow,
+    "likelihood": likelihood,
+    "fid": fid,
+    "phema": phema,
+    "encode": encode,
+}
+"""Commands beside LightningCLI's fit/validate/test, each a typed function."""
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``diffusion-pl`` and ``python -m diffusion_pl``.
+
+    Bad input (:func:`~diffusion_pl.errors.bad_input`) ends the command with one ``error:``
+    line on stderr, after the command's usage for a bad option of ``sample``, ``reflow``,
+    ``likelihood``, ``fid``, ``phema`` or ``encode`` (:class:`~diffusion_pl.errors.UsageError`),
+    and exit code 2; ``DIFFUSION_PL_TRACEBACK=1`` raises it with its traceback instead. Other
+    exceptions keep their tracebacks.
+    """
+    argv = sys.argv[1:] if args is None else list(args)
+    try:
+        _run(argv, args)
+    except Exception as raised:
+        error = bad_input(raised)
+        if error is None or show_tracebacks():
+            raise
+        if isinstance(error, UsageError) and argv[0] in COMMANDS:
+            auto_parser(COMMANDS[argv[0]], **_command_options(argv[0])).error(str(error))
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def _command_options(name: str) -> dict[str, object]:
+    """jsonargparse options of the command ``name`` of :data:`COMMANDS`."""
+    return {"prog": f"diffusion-pl {name}", "as_positional": False}
+
+
+def _run(argv: list[str], args: list[str] | None) -> None:
+    """Run the command of ``argv``: one of :data:`COMMANDS`, or LightningCLI's."""
+    if argv[:1] and argv[0] in COMMANDS:
+        rest = command_args(argv[0], argv[1:])
+        CLI(COMMANDS[argv[0]], args=rest, **_command_options(argv[0]))
+        return
+    if argv[:1] and not argv[0].startswith("-") and argv[0] not in DiffusionCLI.subcommands():
+        _unknown_command(argv[0])
+    DiffusionCLI(
+        LightningModule,  # a formulation, or the NoisyClassifier of classifier guidance
+        DiffusionDataModule,
+        subclass_mode_model=True,
+        parser_class=Parser,
+        args=args,  # None: LightningCLI reads sys.argv itself
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={
+            "description": f"Train diffusion models. Also: {', '.join(COMMANDS)}. Bad input "
+            "ends with one error line (exit code 2); DIFFUSION_PL_TRACEBACK=1 shows its traceback."
+        },
+        # Persistent callbacks, added to every run's own: survive preemption and divergence,
+        # report progress in kimg.
+        trainer_defaults={
+            "callbacks": [
+                SigtermCheckpoint(),
+                StepSeed(),
+                StopOnNonFinite(),
+                FinalCheckpoint(),
+                Throughput(),
+            ]
+        },
+    )
+
+
+def _unknown_command(name: str) -> NoReturn:
+    """Exit 2 naming every command, and the closest to ``name``."""
+    commands = [*DiffusionCLI.subcommands(), *COMMANDS]
+    close = difflib.get_close_matches(name, commands, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    print(f"usage: diffusion-pl {{{','.join(commands)}}} ...", file=sys.stderr)
+    print(f"error: unknown command {name!r}: {hint}the commands are {', '.join(commands)}",
+          file=sys.stderr, flush=True)  # fmt: skip
+    raise SystemExit(2)
