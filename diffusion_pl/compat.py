@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from lightning import Trainer
+from lightning import LightningModule, Trainer
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.cli import LightningCLI
 from torch.optim.swa_utils import AveragedModel
@@ -24,6 +24,7 @@ __all__ = [
     "NUMPY_PICKLE_GLOBALS",
     "LightningCLIHooks",
     "PublicWeightAveraging",
+    "attached_trainer",
     "class_name",
     "lazy_class",
     "set_sigterm_received",
@@ -51,6 +52,14 @@ class LightningCLIHooks(LightningCLI):
     def run_subcommand(self, subcommand: str) -> None:
         """Run ``subcommand`` (fit, validate, test) as Lightning does."""
         super()._run_subcommand(subcommand)
+
+
+def attached_trainer(module: LightningModule) -> Trainer | None:
+    """The trainer ``module`` is attached to, or None (``module.trainer`` raises then).
+
+    Lightning 2.5–2.6 keeps it in ``LightningModule._trainer``.
+    """
+    return module._trainer
 
 
 def set_sigterm_received(trainer: Trainer, received: bool) -> None:

@@ -16,6 +16,7 @@ from lightning import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from diffusion_pl.compat import attached_trainer
 from diffusion_pl.formulations.guided import GuidedSampling
 from diffusion_pl.formulations.optim import optimizer_config
 from diffusion_pl.guidance import ClassifierFreeGuidance
@@ -176,7 +177,7 @@ class DiffusionModule(GuidedSampling, LightningModule):
 
     def setup(self, stage: str) -> None:
         """Tell the objective the run's length (the trainer's ``max_steps``; None without one)."""
-        trainer = self._trainer
+        trainer = attached_trainer(self)
         max_steps = None if trainer is None else trainer.max_steps
         self.objective.set_training_length(max_steps if max_steps and max_steps >= 1 else None)
 

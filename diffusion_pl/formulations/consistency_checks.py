@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from diffusion_pl.guidance import _class_name as name
+from diffusion_pl.compat import class_name as name
 from diffusion_pl.objectives.consistency import scaled_denoiser
 from diffusion_pl.parameterization import ConsistencyPreconditioning, Denoiser
 from diffusion_pl.paths import NoisePath

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from diffusion_pl.compat import lazy_class
 from diffusion_pl.parameterization import DenoiserFn
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.randomness import Generators
@@ -111,7 +112,7 @@ class Sampler:
     def _replaced(self, **changes: Any) -> Sampler:
         # A jsonargparse lazy_instance (the formulations' defaults) is a subclass whose
         # constructor takes no settings; rebuild the class it stands for.
-        cls = getattr(self, "_lazy_class_type", type(self))
+        cls = lazy_class(self)
         return cls(**{**self.arguments(), **changes})
 
     def check(self, path: NoisePath) -> None:

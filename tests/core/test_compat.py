@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from jsonargparse import lazy_instance
-from lightning import Trainer
+from lightning import LightningModule, Trainer
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.cli import LightningCLI
 from torch.optim.swa_utils import AveragedModel
@@ -21,6 +21,7 @@ from diffusion_pl.compat import (
     NUMPY_PICKLE_GLOBALS,
     LightningCLIHooks,
     PublicWeightAveraging,
+    attached_trainer,
     class_name,
     lazy_class,
     set_sigterm_received,
@@ -87,3 +88,11 @@ def test_numpy_arrays_load_under_the_allowed_globals(tmp_path: Path) -> None:
         loaded = torch.load(tmp_path / "stats.pt", weights_only=True)
     np.testing.assert_array_equal(loaded["mu"], stats["mu"])
     np.testing.assert_array_equal(loaded["sigma"], stats["sigma"])
+
+
+def test_lightning_module_keeps_its_trainer_where_compat_reads_it() -> None:
+    module = LightningModule()
+    assert attached_trainer(module) is None
+    trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    module.trainer = trainer
+    assert attached_trainer(module) is trainer
