@@ -11,7 +11,7 @@ own, a CSV logger writing every step. The figure is the ``train/images_per_sec``
 20 optimizer steps over their wall-clock time, all processes together, so the first
 steps (start-up, allocation) are left out. A 1-process run uses 2 torch threads, a 2-process
 run 1 each: the same 2 cores either way. The global batch is the same for 1 and 2 processes
-(``data.global_batch_size``), so both train the same model (tests/test_global_batch.py).
+(``data.global_batch_size``), so both train the same model (tests/training/test_global_batch.py).
 
 Cases:
 

@@ -1,7 +1,7 @@
 """Every use of another package's private API, each in one small wrapper.
 
 The rest of the package calls these wrappers, never a private name of Lightning, jsonargparse
-or numpy. Each wrapper says the versions it was checked on; ``tests/test_compat.py`` checks
+or numpy. Each wrapper says the versions it was checked on; ``tests/core/test_compat.py`` checks
 that each private name still exists and still means what the wrapper assumes, so a release
 that renames or changes one fails that test, by name, instead of a training run.
 

@@ -15,7 +15,7 @@ leaves the average in the module when training ends. Three changes on top:
 
 ``WeightAveraging`` has no public handle on its ``AveragedModel``: a subclass that builds its
 own sets it where the parent then updates, saves and restores it
-(:class:`~diffusion_pl.compat.PublicWeightAveraging`, checked by tests/test_compat.py).
+(:class:`~diffusion_pl.compat.PublicWeightAveraging`, checked by tests/core/test_compat.py).
 """
 
 from __future__ import annotations
