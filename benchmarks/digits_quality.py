@@ -59,6 +59,7 @@ from diffusion_pl.data import DiffusionDataModule
 from diffusion_pl.formulations import VDM, DiffusionModule
 from diffusion_pl.generate import counting_calls
 from diffusion_pl.metrics import FIDEvaluator
+from diffusion_pl.objectives import VariationalBoundLoss
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.samplers import SAMPLERS, Sampler
 
@@ -239,9 +240,10 @@ def scored(
 def vdm_bits_per_dim(module: VDM, data: Tensor, repeats: int) -> dict:
     """VDM's variational bound on ``data`` in bits/dim: mean over ``repeats`` draws of (t, ε)."""
     module.eval()
+    bound = VariationalBoundLoss(module.num_levels, module.low_discrepancy)
     means = torch.tensor([
-        float(module.bound(data, generator=torch.Generator(module.device).manual_seed(r))
-              .bits_per_dim(module.dim).mean())
+        float(bound.bits_per_dim(module, data, None, torch.Generator(module.device).manual_seed(r))
+              .mean())
         for r in range(repeats)
     ])  # fmt: skip
     stderr = float(means.std() / math.sqrt(repeats)) if repeats > 1 else None
