@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from diffusion_pl.markdown import markdown_table
+
 __all__ = ["ROOT", "command_line", "machine", "markdown_table", "report_header", "write_results"]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,13 +68,6 @@ def report_header(title: str, results: dict, details: str) -> list[str]:
         + details,
         "",
     ]
-
-
-def markdown_table(headers: list[str], rows: list[list]) -> str:
-    """A GitHub Markdown table; each cell is written with ``str``."""
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def write_results(out: Path, results: dict, markdown: str) -> None:

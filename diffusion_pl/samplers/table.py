@@ -6,18 +6,12 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 
+from diffusion_pl.markdown import markdown_table, summary_line
 from diffusion_pl.samplers.base import Sampler
 
 __all__ = ["sampler_table"]
-
-
-def _summary(cls: type[Sampler]) -> str:
-    """The summary line of ``cls``'s docstring, in markdown (``code`` → `code`, | escaped)."""
-    line = inspect.cleandoc(cls.__doc__ or "").splitlines()[0]
-    return line.replace("``", "`").replace("|", "\\|")
 
 
 def sampler_table(samplers: Mapping[str, type[Sampler]]) -> str:
@@ -25,10 +19,8 @@ def sampler_table(samplers: Mapping[str, type[Sampler]]) -> str:
     markdown: name | config class | what it is (the class docstring's summary line) |
     deterministic or stochastic | network evaluations per step."""
     rows = [
-        "| name | config class | what it is | noise | NFE per step |",
-        "| --- | --- | --- | --- | --- |",
+        (f"`{name}`", f"`{cls.__name__}`", summary_line(cls), cls.randomness, cls.nfe_per_step)
+        for name, cls in samplers.items()
     ]
-    for name, cls in samplers.items():
-        cells = (f"`{name}`", f"`{cls.__name__}`", _summary(cls), cls.randomness, cls.nfe_per_step)
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows) + "\n"
+    headers = ["name", "config class", "what it is", "noise", "NFE per step"]
+    return markdown_table(headers, rows) + "\n"
