@@ -4,7 +4,7 @@ An objective is a plain object, ``objective(model, x0, labels, generator, step, 
 run by :class:`~diffusion_pl.formulations.DiffusionModule` and callable without a Trainer.
 """
 
-from diffusion_pl.objectives.base import Draws, Objective, mean_flat
+from diffusion_pl.objectives.base import Draws, Model, Objective, mean_flat
 from diffusion_pl.objectives.consistency import ConsistencyObjective
 from diffusion_pl.objectives.meanflow import MeanFlowLoss, meanflow_target
 from diffusion_pl.objectives.regression import DenoisingRegression, VariationalBoundLoss
@@ -15,6 +15,7 @@ __all__ = [
     "DenoisingRegression",
     "Draws",
     "MeanFlowLoss",
+    "Model",
     "Objective",
     "Teacher",
     "VariationalBoundLoss",

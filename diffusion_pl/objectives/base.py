@@ -1,9 +1,10 @@
-"""What every training objective shares: its call, and the one preamble of random draws.
+"""What every training objective shares: its call, the model it reads, the preamble of draws.
 
 An objective is a plain object: ``objective(model, x0, labels, generator, step, eps)`` returns
-the per-example loss ``[B]`` of one batch, with no Trainer. The module it trains
-(:class:`~diffusion_pl.formulations.DiffusionModule`) hands it the net, path and
-parameterization, the label dropout, the source of randomness and the optimizer step.
+the per-example loss ``[B]`` of one batch, with no Trainer. The module it trains (a
+:class:`Model`: :class:`~diffusion_pl.formulations.DiffusionModule`, which objectives never
+import) hands it the net, path and parameterization, the label dropout, the source of
+randomness and the optimizer step.
 """
 
 from __future__ import annotations
@@ -11,22 +12,70 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
+from typing import ClassVar, Generic, Protocol, TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from diffusion_pl.parameterization import DenoiserFn, Parameterization
+from diffusion_pl.paths import NoisePath
 from diffusion_pl.randomness import Generators, randn
 
-if TYPE_CHECKING:
-    from diffusion_pl.formulations import DiffusionModule
-
-__all__ = ["Draws", "Objective", "mean_flat"]
+__all__ = ["Draws", "Model", "Objective", "mean_flat"]
 
 T = TypeVar("T")
 
 TimeDraw = Callable[[int, Generators, torch.device, torch.dtype], T]
 """``(n, generator, device, dtype) -> times``: an objective's training times (t, or a pair)."""
+
+
+class Model(Protocol):
+    """What an objective reads of the module it trains, or of a trained model it is handed (a
+    consistency teacher): :class:`~diffusion_pl.formulations.DiffusionModule` is one."""
+
+    @property
+    def net(self) -> nn.Module:
+        """The network F, ``net(x, noise_labels [B], class_labels [B] | None)``."""
+        ...
+
+    @property
+    def path(self) -> NoisePath:
+        """The noise path x_t = α_t x_0 + σ_t ε."""
+        ...
+
+    @property
+    def parameterization(self) -> Parameterization:
+        """What the net predicts and sees (its noise label)."""
+        ...
+
+    @property
+    def num_classes(self) -> int | None:
+        """K of a class-conditional net, None for an unconditional one."""
+        ...
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are."""
+        ...
+
+    def to(self, device: torch.device) -> nn.Module:
+        """Move the model's weights to ``device``."""
+        ...
+
+    def drop_labels(self, y: Tensor | None, generator: Generators) -> Tensor | None:
+        """``y`` with each label replaced by the null label ∅ with the module's ``p_uncond``
+        (Ho & Salimans 2022, Algorithm 1)."""
+        ...
+
+    def class_labels(self, y: Tensor | None) -> Tensor | None:
+        """The labels the net sees: ``y`` for a class-conditional net, else None."""
+        ...
+
+    def denoiser(
+        self, class_labels: Tensor | None = None, guidance_scale: float = 1.0
+    ) -> DenoiserFn:
+        """The ``(x, t) -> Prediction`` view of the net (classifier-free guided at w ≠ 1)."""
+        ...
 
 
 def mean_flat(x: Tensor) -> Tensor:
@@ -60,7 +109,7 @@ class Objective(ABC):
     @abstractmethod
     def __call__(
         self,
-        model: DiffusionModule,
+        model: Model,
         x0: Tensor,
         labels: Tensor | None,
         generator: Generators,
@@ -89,7 +138,7 @@ class Objective(ABC):
 
     def draw(
         self,
-        model: DiffusionModule,
+        model: Model,
         x0: Tensor,
         labels: Tensor | None,
         generator: Generators,

@@ -13,21 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from diffusion_pl.objectives.base import Objective
+from diffusion_pl.objectives.base import Model, Objective
 from diffusion_pl.parameterization import AverageVelocityPrediction
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.randomness import Generators, rand
 from diffusion_pl.tensors import append_dims
 from diffusion_pl.time_sampling import TimeSampling
-
-if TYPE_CHECKING:
-    from diffusion_pl.formulations import DiffusionModule
 
 __all__ = ["MeanFlowLoss", "meanflow_target"]
 
@@ -118,7 +114,7 @@ class MeanFlowLoss(Objective):
 
     def __call__(
         self,
-        model: DiffusionModule,
+        model: Model,
         x0: Tensor,
         labels: Tensor | None,
         generator: Generators,

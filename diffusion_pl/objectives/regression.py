@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from diffusion_pl.bound import variational_bound
-from diffusion_pl.objectives.base import Objective, mean_flat
+from diffusion_pl.objectives.base import Model, Objective, mean_flat
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.randomness import Generators
 from diffusion_pl.time_sampling import TimeSampling
 from diffusion_pl.weighting import Weighting
-
-if TYPE_CHECKING:
-    from diffusion_pl.formulations import DiffusionModule
 
 __all__ = ["DenoisingRegression", "VariationalBoundLoss"]
 
@@ -54,7 +50,7 @@ class DenoisingRegression(Objective):
 
     def __call__(
         self,
-        model: DiffusionModule,
+        model: Model,
         x0: Tensor,
         labels: Tensor | None,
         generator: Generators,
@@ -91,7 +87,7 @@ class VariationalBoundLoss(Objective):
 
     def __call__(
         self,
-        model: DiffusionModule,
+        model: Model,
         x0: Tensor,
         labels: Tensor | None,
         generator: Generators,
@@ -103,7 +99,7 @@ class VariationalBoundLoss(Objective):
 
     def bits_per_dim(
         self,
-        model: DiffusionModule,
+        model: Model,
         x0: Tensor,
         labels: Tensor | None,
         generator: Generators,
