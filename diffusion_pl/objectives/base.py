@@ -21,7 +21,7 @@ from diffusion_pl.parameterization import DenoiserFn, Parameterization
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.randomness import Generators, randn
 
-__all__ = ["Draws", "Model", "Objective", "mean_flat"]
+__all__ = ["Batch", "Draws", "Model", "Objective", "mean_flat"]
 
 T = TypeVar("T")
 
@@ -84,29 +84,51 @@ def mean_flat(x: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
-class Draws(Generic[T]):
-    """The random inputs of one training batch, drawn by :meth:`Objective.draw`.
+class Batch:
+    """One batch as :meth:`Objective.__call__` hands it to :meth:`Objective.loss`.
 
     Attributes:
-        labels: the labels the net sees (after dropout; None for an unconditional net).
+        x0: data ``[B, ...]``.
+        labels: the labels the net sees: dropped with the module's ``p_uncond`` (Ho & Salimans
+            2022, Algorithm 1), None for an unconditional net.
+        generator: the source of every random draw after the label dropout.
+        step: the optimizer step k (curricula read it).
+        eps: noise coupled to ``x0`` (reflow); None: the objective draws it.
+    """
+
+    x0: Tensor
+    labels: Tensor | None
+    generator: Generators
+    step: int
+    eps: Tensor | None
+
+
+@dataclass(frozen=True)
+class Draws(Generic[T]):
+    """The random inputs of one training batch after its labels, drawn by
+    :meth:`Objective.draw`.
+
+    Attributes:
         dtype: the dtype the loss is computed in (float32, float64 for float64 data).
         times: the objective's times (t ``[B]``, or a pair of them).
         eps: the noise ``[B, ...]``.
     """
 
-    labels: Tensor | None
     dtype: torch.dtype
     times: T
     eps: Tensor
 
 
 class Objective(ABC):
-    """A training objective: the per-example loss of a batch for a module, without a Trainer."""
+    """A training objective: the per-example loss of a batch for a module, without a Trainer.
+
+    :meth:`__call__` is the one entry: it drops the labels (the first draw of every objective)
+    and hands the batch to :meth:`loss`, which each objective implements.
+    """
 
     noise_in_compute_dtype: ClassVar[bool] = False
     """Draw ε in the loss's dtype (float64 for float64 data) rather than torch's default."""
 
-    @abstractmethod
     def __call__(
         self,
         model: Model,
@@ -126,6 +148,12 @@ class Objective(ABC):
             step: the optimizer step k (curricula read it).
             eps: noise coupled to ``x0`` (reflow); drawn when None.
         """
+        labels = model.class_labels(model.drop_labels(labels, generator))
+        return self.loss(model, Batch(x0, labels, generator, step, eps))
+
+    @abstractmethod
+    def loss(self, model: Model, batch: Batch) -> Tensor:
+        """Per-example loss ``[B]`` of ``batch``, its labels already dropped."""
 
     def set_training_length(self, max_steps: int | None) -> None:
         """Learn the run's length K (the trainer's ``max_steps``; None if unbounded) before
@@ -136,24 +164,18 @@ class Objective(ABC):
         """Numbers to log with the training loss at ``step`` (a curriculum's stage)."""
         return {}
 
-    def draw(
-        self,
-        model: Model,
-        x0: Tensor,
-        labels: Tensor | None,
-        generator: Generators,
-        eps: Tensor | None,
-        times: TimeDraw[T],
-    ) -> Draws[T]:
-        """The shared preamble: drop labels, choose the dtype, draw the times, draw ε.
+    def draw(self, batch: Batch, times: TimeDraw[T]) -> Draws[T]:
+        """The shared preamble after the label dropout: choose the dtype, draw the times, draw
+        ε (unless the batch brings its own).
 
-        The draws come from ``generator`` in that order, so every objective that uses this
-        preamble keeps its random stream (label dropout first: Ho & Salimans 2022, Alg. 1).
+        The draws come from the batch's generator in that order, so every objective that uses
+        this preamble keeps its random stream.
         """
-        labels = model.class_labels(model.drop_labels(labels, generator))
+        x0, generator = batch.x0, batch.generator
         dtype = torch.promote_types(x0.dtype, torch.float32)
         drawn = times(x0.shape[0], generator, x0.device, dtype)
+        eps = batch.eps
         if eps is None:
             noise_dtype = dtype if self.noise_in_compute_dtype else None
             eps = randn(x0.shape, generator, device=x0.device, dtype=noise_dtype)
-        return Draws(labels, dtype, drawn, eps)
+        return Draws(dtype, drawn, eps)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from diffusion_pl.objectives.base import Model, Objective
+from diffusion_pl.objectives.base import Batch, Model, Objective
 from diffusion_pl.parameterization import AverageVelocityPrediction
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.randomness import Generators, rand
@@ -112,17 +112,9 @@ class MeanFlowLoss(Objective):
         apart = rand((n,), generator, device=device, dtype=dtype)
         return torch.where(apart < self.interval_ratio, r, t), t
 
-    def __call__(
-        self,
-        model: Model,
-        x0: Tensor,
-        labels: Tensor | None,
-        generator: Generators,
-        step: int = 0,
-        eps: Tensor | None = None,
-    ) -> Tensor:
-        times = partial(self.interval_times, model.path)
-        d = self.draw(model, x0, labels, generator, eps, times)
+    def loss(self, model: Model, batch: Batch) -> Tensor:
+        x0 = batch.x0
+        d = self.draw(batch, partial(self.interval_times, model.path))
         r, t = d.times
         c = model.path.coefficients(t, x0.ndim)
         z = c.alpha * x0 + c.sigma * d.eps
@@ -130,7 +122,7 @@ class MeanFlowLoss(Objective):
 
         def average_velocity(z: Tensor, r: Tensor, t: Tensor) -> Tensor:
             noise_labels = AverageVelocityPrediction.interval_labels(r, t)
-            return model.net(z, noise_labels, d.labels).to(d.dtype)
+            return model.net(z, noise_labels, batch.labels).to(d.dtype)
 
         out, target = meanflow_target(average_velocity, z, r, t, velocity)
         error = (out - target).flatten(1).pow(2).sum(1)

@@ -20,7 +20,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from diffusion_pl.objectives.base import Model, Objective
+from diffusion_pl.objectives.base import Batch, Model, Objective
 from diffusion_pl.objectives.consistency.levels import LevelSampling, Progress, Span
 from diffusion_pl.objectives.consistency.parts import (
     Distance,
@@ -170,24 +170,17 @@ class ConsistencyObjective(Objective):
         """``n`` level pairs (float64) at ``step`` (``dtype`` unused: levels are float64)."""
         return self.levels(n, generator, device, self.span, self.progress(step))
 
-    def __call__(
-        self,
-        model: Model,
-        x0: Tensor,
-        labels: Tensor | None,
-        generator: Generators,
-        step: int = 0,
-        eps: Tensor | None = None,
-    ) -> Tensor:
-        d = self.draw(model, x0, labels, generator, eps, partial(self.draw_levels, step))
+    def loss(self, model: Model, batch: Batch) -> Tensor:
+        x0, labels = batch.x0, batch.labels
+        d = self.draw(batch, partial(self.draw_levels, batch.step))
         sigma_lo, sigma_hi = d.times
         if self.distills and self.teacher is None:
             raise ValueError("the teacher is loaded by setup(): call it before the loss")
-        teacher = self.teacher_denoiser(d.labels, x0.device) if self.distills else None
+        teacher = self.teacher_denoiser(labels, x0.device) if self.distills else None
         target = model.net if self.target_net is None else self.target_net
         loss = consistency_loss(
-            self.consistency_fn(model, model.net, d.labels),
-            self.consistency_fn(model, target, d.labels),
+            self.consistency_fn(model, model.net, labels),
+            self.consistency_fn(model, target, labels),
             x0.to(d.dtype),
             d.eps,
             sigma_lo,
