@@ -44,7 +44,6 @@ per-mode spread of a mixture shrinks the same way when w > 1 and g > s.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +52,6 @@ from torch import Tensor
 from diffusion_pl.compat import class_name
 from diffusion_pl.nets.protocol import DenoiserNet
 from diffusion_pl.parameterization import (
-    ConsistencyPreconditioning,
     Denoiser,
     Parameterization,
     Prediction,
@@ -61,16 +59,12 @@ from diffusion_pl.parameterization import (
 )
 from diffusion_pl.paths import NoisePath
 
-if TYPE_CHECKING:
-    from diffusion_pl.formulations import DiffusionModule
-
 __all__ = [
     "Autoguidance",
     "ClassifierFn",
     "ClassifierFreeGuidance",
     "ClassifierGuidance",
     "check_class_labels",
-    "check_guide",
     "check_same_path",
     "classifier_gradient",
 ]
@@ -134,58 +128,6 @@ def check_same_path(
                 f"samples on {class_name(model_path)} ({name}_t differs); train {other} "
                 "with the model's path"
             )
-
-
-def check_guide(
-    main: DiffusionModule,
-    guide: DiffusionModule,
-    *,
-    model: str = "the model",
-    other: str = "the guide",
-) -> None:
-    """Refuse a guide that cannot guide ``main`` by autoguidance, naming both.
-
-    The guide must model the same thing as the main model, only worse (Karras et al., 2024,
-    Sec. 3): the same data shape, the same noise path (:func:`check_same_path`), the same
-    conditioning (both unconditional, or both with the same number of classes: each sees the
-    same label), and the same kind of x̂_0 (a consistency model's is the ODE's endpoint, not the
-    posterior mean E[x_0 | x_t] of every other formulation, so the two do not mix).
-
-    Args:
-        main: the model to sample.
-        guide: the weaker model of the same task.
-        model: how errors name the main model (e.g. its checkpoint).
-        other: how errors name the guide.
-    """
-    if tuple(guide.data_shape) != tuple(main.data_shape):
-        raise ValueError(
-            f"{other} was trained on data of shape {tuple(guide.data_shape)} but {model} on "
-            f"{tuple(main.data_shape)}: a guide must model the same data (an earlier checkpoint "
-            "of the same run, or a smaller net trained on the same data)"
-        )
-    dtype = torch.promote_types(main.dtype, torch.float32)
-    check_same_path(
-        main.path, guide.path, device=main.device, dtype=dtype, model=model, other=other
-    )
-    if guide.num_classes != main.num_classes:
-
-        def conditioning(k: int | None) -> str:
-            return "unconditional" if k is None else f"conditional on {k} classes"
-
-        raise ValueError(
-            f"{other} is {conditioning(guide.num_classes)} but {model} is "
-            f"{conditioning(main.num_classes)}: autoguidance evaluates both with the same label, "
-            "so the guide needs the main model's conditioning"
-        )
-    kinds = [isinstance(m.parameterization, ConsistencyPreconditioning) for m in (main, guide)]
-    if kinds[0] != kinds[1]:
-        names = [f"{n} ({class_name(m)})" for n, m in ((model, main), (other, guide))]
-        consistency, diffusion = names if kinds[0] else names[::-1]
-        raise ValueError(
-            f"{consistency} is a consistency model, whose x0 is the end of the ODE, but "
-            f"{diffusion} predicts the posterior mean E[x0 | x_t]: autoguidance mixes two "
-            "models of the same kind; guide a consistency model with another one"
-        )
 
 
 def classifier_gradient(classifier: ClassifierFn, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
@@ -291,7 +233,7 @@ class Autoguidance:
 
     Two evaluations per call, one of each model, on the same (x, t) (and each model's own
     labels, the same for both when they are class-conditional). Check the pair with
-    :func:`check_guide` first.
+    :func:`~diffusion_pl.formulations.guided.check_guide` first.
 
     Args:
         main: ``(x, t) -> Prediction`` of the main model D_1.

@@ -17,8 +17,7 @@ from typing import Any
 import torch
 from lightning import LightningModule
 
-from diffusion_pl.formulations import DiffusionModule
-from diffusion_pl.guidance import check_guide
+from diffusion_pl.formulations import DiffusionModule, check_guide
 from diffusion_pl.objectives import Teacher
 
 __all__ = ["CallbackGuide", "load_guide"]
@@ -32,7 +31,7 @@ def load_guide(
     map_location: str | torch.device = "cpu",
 ) -> DiffusionModule:
     """The guide of autoguidance, loaded from ``guide`` onto ``map_location`` and checked
-    against ``model`` (:func:`~diffusion_pl.guidance.check_guide`: same data shape, path,
+    against ``model`` (:func:`~diffusion_pl.formulations.check_guide`: same data shape, path,
     conditioning), frozen in eval mode.
 
     Args:

@@ -7,6 +7,7 @@ from diffusion_pl.formulations.base import DiffusionModule, mean_flat
 from diffusion_pl.formulations.classifier import NoisyClassifier
 from diffusion_pl.formulations.consistency import ConsistencyModel
 from diffusion_pl.formulations.edm import EDM
+from diffusion_pl.formulations.guided import check_guide
 from diffusion_pl.formulations.meanflow import MeanFlow, meanflow_target
 from diffusion_pl.formulations.ncsn import NCSN
 from diffusion_pl.formulations.optim import optimizer_config
@@ -38,6 +39,7 @@ __all__ = [
     "RectifiedFlow",
     "Reflow",
     "ScoreSDE",
+    "check_guide",
     "mean_flat",
     "meanflow_target",
     "optimizer_config",

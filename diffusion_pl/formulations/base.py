@@ -9,7 +9,7 @@ logging, optimizers and (guided) sampling live here and in :class:`GuidedSamplin
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 from lightning import LightningModule
@@ -17,6 +17,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from diffusion_pl.compat import attached_trainer
+from diffusion_pl.formulations.classifier import NoisyClassifier
 from diffusion_pl.formulations.guided import GuidedSampling
 from diffusion_pl.formulations.optim import optimizer_config
 from diffusion_pl.guidance import ClassifierFreeGuidance
@@ -26,9 +27,6 @@ from diffusion_pl.parameterization import Denoiser, Parameterization
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.randomness import ExampleNoise, Generators, rand
 from diffusion_pl.samplers import Sampler
-
-if TYPE_CHECKING:
-    from diffusion_pl.formulations.classifier import NoisyClassifier
 
 __all__ = ["DiffusionModule", "mean_flat"]
 

@@ -4,26 +4,22 @@ and that a student copied from a net reads it as that net's own model does."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
 from diffusion_pl.compat import class_name as name
+from diffusion_pl.formulations.base import DiffusionModule
 from diffusion_pl.objectives.consistency import scaled_denoiser
 from diffusion_pl.parameterization import ConsistencyPreconditioning, Denoiser
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.randomness import randn
 from diffusion_pl.tensors import append_dims
 
-if TYPE_CHECKING:
-    from diffusion_pl.formulations.base import DiffusionModule
-    from diffusion_pl.formulations.consistency import ConsistencyModel
-
 __all__ = ["check_same_reading", "check_teacher_range"]
 
 
 @torch.no_grad()
-def check_same_reading(student: ConsistencyModel, model: DiffusionModule, who: str) -> None:
+def check_same_reading(student: DiffusionModule, model: DiffusionModule, who: str) -> None:
     """Fail unless ``student``'s path and base parameterization read ``model``'s net as
     ``model`` does: x̂_0 at five levels σ̃ from σ_min to σ_max, on the same random x̃ (for a
     consistency model, the D under its consistency function).
@@ -32,19 +28,21 @@ def check_same_reading(student: ConsistencyModel, model: DiffusionModule, who: s
     from noise-like outputs, not from the model's denoiser (benchmarks/RESULTS.md).
 
     Args:
-        student: the consistency model started from ``model``'s net.
+        student: the consistency model started from ``model``'s net (its parameterization a
+            :class:`ConsistencyPreconditioning`, whose σ_min and σ_max are the model's).
         model: the diffusion model it was copied from.
         who: how the error names ``model`` (e.g. ``"init RUN.ckpt"``).
 
     Reference: Song et al. (2023), "Consistency Models", App. C (the student starts from the
     teacher's weights).
     """
+    precond: ConsistencyPreconditioning = student.parameterization
     levels = torch.logspace(
-        math.log10(student.sigma_min), math.log10(student.sigma_max), 5, dtype=torch.float64
+        math.log10(precond.sigma_min), math.log10(precond.sigma_max), 5, dtype=torch.float64
     )
     net = model.net
     weight = next(net.parameters())
-    scale = torch.sqrt(levels**2 + student.parameterization.sigma_data**2)
+    scale = torch.sqrt(levels**2 + precond.sigma_data**2)
     x = randn((5, *student.data_shape), torch.Generator().manual_seed(0), dtype=torch.float64)
     x = (x * append_dims(scale, x.ndim)).to(weight)
     levels = levels.to(weight.device)
@@ -56,7 +54,7 @@ def check_same_reading(student: ConsistencyModel, model: DiffusionModule, who: s
     was_training = net.training
     net.eval()
     try:
-        base = Denoiser(net, student.path, student.parameterization.base, labels)
+        base = Denoiser(net, student.path, precond.base, labels)
         mine = scaled_denoiser(base, student.path)(x, levels).x0
         reading = model.parameterization  # a consistency model's own: the D under its f
         reading = reading.base if isinstance(reading, ConsistencyPreconditioning) else reading
@@ -69,7 +67,7 @@ def check_same_reading(student: ConsistencyModel, model: DiffusionModule, who: s
         raise ValueError(
             f"{who}: the student reads that {name(model)}'s net differently (x̂_0 differs by "
             f"up to {worst:.3g}): the student's path {name(student.path)} and parameterization "
-            f"{name(student.parameterization.base)} must be the model's, {name(model.path)} and "
+            f"{name(precond.base)} must be the model's, {name(model.path)} and "
             f"{name(reading)} (set the model's path: and parameterization: to them; for an EDM "
             "model: the defaults, its sigma_data), or start the student from its initialisation"
         )

@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from diffusion_pl.compat import class_name
+from diffusion_pl.formulations.classifier import NoisyClassifier
 from diffusion_pl.guidance import (
     Autoguidance,
     ClassifierGuidance,
     check_class_labels,
-    check_guide,
     check_same_path,
 )
+from diffusion_pl.parameterization import ConsistencyPreconditioning
 from diffusion_pl.samplers import DenoiserFn
 
-if TYPE_CHECKING:
-    from diffusion_pl.formulations.base import DiffusionModule
-    from diffusion_pl.formulations.classifier import NoisyClassifier
-
-__all__ = ["GuidedSampling"]
+__all__ = ["GuidedSampling", "check_guide"]
 
 
 class GuidedSampling:
@@ -42,7 +39,7 @@ class GuidedSampling:
         guidance_scale: float | None,
         classifier: NoisyClassifier | None,
         classifier_scale: float,
-        guide: DiffusionModule | None = None,
+        guide: GuidedSampling | None = None,
     ) -> DenoiserFn:
         """The denoiser :meth:`sample` uses for ``n`` samples; arguments as there."""
         if guide is not None:
@@ -94,13 +91,13 @@ class GuidedSampling:
         class_labels: Tensor | None,
         guidance_scale: float | None,
         classifier: NoisyClassifier | None,
-        guide: DiffusionModule,
+        guide: GuidedSampling,
     ) -> Autoguidance:
         """This model's denoiser guided by ``guide``'s at scale w = ``guidance_scale``.
 
         Both models see the same labels: the given ones (both class-conditional), or none (a
         class-conditional pair then sees ∅). Refuses a guide that does not fit
-        (:func:`~diffusion_pl.guidance.check_guide`), a missing w, and classifier guidance on
+        (:func:`check_guide`), a missing w, and classifier guidance on
         top: one guidance at a time.
         """
         if classifier is not None:
@@ -118,3 +115,56 @@ class GuidedSampling:
         check_guide(self, guide)
         labels = None if class_labels is None else self.checked_labels(n, class_labels)
         return Autoguidance(self.denoiser(labels), guide.denoiser(labels), guidance_scale)
+
+
+def check_guide(
+    main: GuidedSampling,
+    guide: GuidedSampling,
+    *,
+    model: str = "the model",
+    other: str = "the guide",
+) -> None:
+    """Refuse a guide that cannot guide ``main`` by autoguidance, naming both.
+
+    The guide must model the same thing as the main model, only worse (Karras et al., 2024,
+    Sec. 3): the same data shape, the same noise path
+    (:func:`~diffusion_pl.guidance.check_same_path`), the same
+    conditioning (both unconditional, or both with the same number of classes: each sees the
+    same label), and the same kind of x̂_0 (a consistency model's is the ODE's endpoint, not the
+    posterior mean E[x_0 | x_t] of every other formulation, so the two do not mix).
+
+    Args:
+        main: the model to sample.
+        guide: the weaker model of the same task.
+        model: how errors name the main model (e.g. its checkpoint).
+        other: how errors name the guide.
+    """
+    if tuple(guide.data_shape) != tuple(main.data_shape):
+        raise ValueError(
+            f"{other} was trained on data of shape {tuple(guide.data_shape)} but {model} on "
+            f"{tuple(main.data_shape)}: a guide must model the same data (an earlier checkpoint "
+            "of the same run, or a smaller net trained on the same data)"
+        )
+    dtype = torch.promote_types(main.dtype, torch.float32)
+    check_same_path(
+        main.path, guide.path, device=main.device, dtype=dtype, model=model, other=other
+    )
+    if guide.num_classes != main.num_classes:
+
+        def conditioning(k: int | None) -> str:
+            return "unconditional" if k is None else f"conditional on {k} classes"
+
+        raise ValueError(
+            f"{other} is {conditioning(guide.num_classes)} but {model} is "
+            f"{conditioning(main.num_classes)}: autoguidance evaluates both with the same label, "
+            "so the guide needs the main model's conditioning"
+        )
+    kinds = [isinstance(m.parameterization, ConsistencyPreconditioning) for m in (main, guide)]
+    if kinds[0] != kinds[1]:
+        names = [f"{n} ({class_name(m)})" for n, m in ((model, main), (other, guide))]
+        consistency, diffusion = names if kinds[0] else names[::-1]
+        raise ValueError(
+            f"{consistency} is a consistency model, whose x0 is the end of the ODE, but "
+            f"{diffusion} predicts the posterior mean E[x0 | x_t]: autoguidance mixes two "
+            "models of the same kind; guide a consistency model with another one"
+        )

@@ -13,21 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from diffusion_pl.objectives.base import Objective
+from diffusion_pl.objectives.base import Batch, Model, Objective
 from diffusion_pl.parameterization import AverageVelocityPrediction
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.randomness import Generators, rand
 from diffusion_pl.tensors import append_dims
 from diffusion_pl.time_sampling import TimeSampling
-
-if TYPE_CHECKING:
-    from diffusion_pl.formulations import DiffusionModule
 
 __all__ = ["MeanFlowLoss", "meanflow_target"]
 
@@ -116,17 +112,9 @@ class MeanFlowLoss(Objective):
         apart = rand((n,), generator, device=device, dtype=dtype)
         return torch.where(apart < self.interval_ratio, r, t), t
 
-    def __call__(
-        self,
-        model: DiffusionModule,
-        x0: Tensor,
-        labels: Tensor | None,
-        generator: Generators,
-        step: int = 0,
-        eps: Tensor | None = None,
-    ) -> Tensor:
-        times = partial(self.interval_times, model.path)
-        d = self.draw(model, x0, labels, generator, eps, times)
+    def loss(self, model: Model, batch: Batch) -> Tensor:
+        x0 = batch.x0
+        d = self.draw(batch, partial(self.interval_times, model.path))
         r, t = d.times
         c = model.path.coefficients(t, x0.ndim)
         z = c.alpha * x0 + c.sigma * d.eps
@@ -134,7 +122,7 @@ class MeanFlowLoss(Objective):
 
         def average_velocity(z: Tensor, r: Tensor, t: Tensor) -> Tensor:
             noise_labels = AverageVelocityPrediction.interval_labels(r, t)
-            return model.net(z, noise_labels, d.labels).to(d.dtype)
+            return model.net(z, noise_labels, batch.labels).to(d.dtype)
 
         out, target = meanflow_target(average_velocity, z, r, t, velocity)
         error = (out - target).flatten(1).pow(2).sum(1)

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from diffusion_pl.bound import variational_bound
-from diffusion_pl.objectives.base import Objective, mean_flat
+from diffusion_pl.objectives.base import Batch, Model, Objective, mean_flat
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.randomness import Generators
 from diffusion_pl.time_sampling import TimeSampling
 from diffusion_pl.weighting import Weighting
-
-if TYPE_CHECKING:
-    from diffusion_pl.formulations import DiffusionModule
 
 __all__ = ["DenoisingRegression", "VariationalBoundLoss"]
 
@@ -52,21 +48,13 @@ class DenoisingRegression(Objective):
         """``n`` training times on ``path`` from ``time_sampling``."""
         return self.time_sampling(n, path, generator=generator, device=device, dtype=dtype)
 
-    def __call__(
-        self,
-        model: DiffusionModule,
-        x0: Tensor,
-        labels: Tensor | None,
-        generator: Generators,
-        step: int = 0,
-        eps: Tensor | None = None,
-    ) -> Tensor:
-        path, param = model.path, model.parameterization
-        d = self.draw(model, x0, labels, generator, eps, partial(self.times, path))
+    def loss(self, model: Model, batch: Batch) -> Tensor:
+        path, param, x0 = model.path, model.parameterization, batch.x0
+        d = self.draw(batch, partial(self.times, path))
         c = path.coefficients(d.times, x0.ndim)
         x_t = c.alpha * x0 + c.sigma * d.eps
         net_in = x_t * param.input_scale(c)
-        out = model.net(net_in, param.noise_label(d.times, c), d.labels).to(d.dtype)
+        out = model.net(net_in, param.noise_label(d.times, c), batch.labels).to(d.dtype)
         target = param.target(x0, d.eps, c)
         scale = self.weighting.error_scale(param, c)
         return self.weighting(path, d.times) * mean_flat(scale * (out - target) ** 2)
@@ -89,21 +77,12 @@ class VariationalBoundLoss(Objective):
     def __init__(self, num_levels: int | None, low_discrepancy: bool = True) -> None:
         self.num_levels, self.low_discrepancy = num_levels, low_discrepancy
 
-    def __call__(
-        self,
-        model: DiffusionModule,
-        x0: Tensor,
-        labels: Tensor | None,
-        generator: Generators,
-        step: int = 0,
-        eps: Tensor | None = None,
-    ) -> Tensor:
-        labels = model.drop_labels(labels, generator)
-        return self.bits_per_dim(model, x0, labels, generator, eps)
+    def loss(self, model: Model, batch: Batch) -> Tensor:
+        return self.bits_per_dim(model, batch.x0, batch.labels, batch.generator, batch.eps)
 
     def bits_per_dim(
         self,
-        model: DiffusionModule,
+        model: Model,
         x0: Tensor,
         labels: Tensor | None,
         generator: Generators,

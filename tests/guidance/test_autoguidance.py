@@ -52,8 +52,9 @@ from diffusion_pl.formulations import (
     NoisyClassifier,
     RectifiedFlow,
     ScoreSDE,
+    check_guide,
 )
-from diffusion_pl.guidance import Autoguidance, check_guide
+from diffusion_pl.guidance import Autoguidance
 from diffusion_pl.metrics import FIDEvaluator
 from diffusion_pl.mixture import GaussianMixtureSpec
 from diffusion_pl.nets import MLP, MLPClassifier, UNet

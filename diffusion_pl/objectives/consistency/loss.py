@@ -16,12 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from diffusion_pl.objectives.base import Objective
+from diffusion_pl.objectives.base import Batch, Model, Objective
 from diffusion_pl.objectives.consistency.levels import LevelSampling, Progress, Span
 from diffusion_pl.objectives.consistency.parts import (
     Distance,
@@ -33,9 +32,6 @@ from diffusion_pl.objectives.consistency.parts import (
 from diffusion_pl.parameterization import Denoiser
 from diffusion_pl.randomness import Generators
 from diffusion_pl.tensors import append_dims
-
-if TYPE_CHECKING:
-    from diffusion_pl.formulations import DiffusionModule
 
 __all__ = ["ConsistencyFn", "ConsistencyObjective", "consistency_loss", "rewind_point"]
 
@@ -139,7 +135,7 @@ class ConsistencyObjective(Objective):
     ) -> None:
         self.span, self.levels, self.distance = span, levels, distance
         self.weighting, self.teacher_step, self.distills = weighting, teacher_step, distills
-        self.teacher: DiffusionModule | None = None
+        self.teacher: Model | None = None
         self.target_net: nn.Module | None = None
         self.max_steps: int | None = None
 
@@ -162,7 +158,7 @@ class ConsistencyObjective(Objective):
         return scaled_denoiser(teacher.denoiser(labels), teacher.path)
 
     @staticmethod
-    def consistency_fn(model: DiffusionModule, net: nn.Module, y: Tensor | None) -> ConsistencyFn:
+    def consistency_fn(model: Model, net: nn.Module, y: Tensor | None) -> ConsistencyFn:
         """f(x̃, σ̃ [B]) of ``net`` on ``model``'s path: the denoiser's x̂_0 (float32+)."""
         denoiser = Denoiser(net, model.path, model.parameterization, y)
         scaled = scaled_denoiser(denoiser, model.path)
@@ -174,24 +170,17 @@ class ConsistencyObjective(Objective):
         """``n`` level pairs (float64) at ``step`` (``dtype`` unused: levels are float64)."""
         return self.levels(n, generator, device, self.span, self.progress(step))
 
-    def __call__(
-        self,
-        model: DiffusionModule,
-        x0: Tensor,
-        labels: Tensor | None,
-        generator: Generators,
-        step: int = 0,
-        eps: Tensor | None = None,
-    ) -> Tensor:
-        d = self.draw(model, x0, labels, generator, eps, partial(self.draw_levels, step))
+    def loss(self, model: Model, batch: Batch) -> Tensor:
+        x0, labels = batch.x0, batch.labels
+        d = self.draw(batch, partial(self.draw_levels, batch.step))
         sigma_lo, sigma_hi = d.times
         if self.distills and self.teacher is None:
             raise ValueError("the teacher is loaded by setup(): call it before the loss")
-        teacher = self.teacher_denoiser(d.labels, x0.device) if self.distills else None
+        teacher = self.teacher_denoiser(labels, x0.device) if self.distills else None
         target = model.net if self.target_net is None else self.target_net
         loss = consistency_loss(
-            self.consistency_fn(model, model.net, d.labels),
-            self.consistency_fn(model, target, d.labels),
+            self.consistency_fn(model, model.net, labels),
+            self.consistency_fn(model, target, labels),
             x0.to(d.dtype),
             d.eps,
             sigma_lo,
