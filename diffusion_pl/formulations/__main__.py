@@ -6,4 +6,5 @@ from pathlib import Path
 from diffusion_pl.formulations import FORMULATIONS
 from diffusion_pl.formulations.table import formulation_table
 
-print(formulation_table(FORMULATIONS, Path(sys.argv[1] if len(sys.argv) > 1 else "configs")), end="")
+configs = Path(sys.argv[1] if len(sys.argv) > 1 else "configs")
+print(formulation_table(FORMULATIONS, configs), end="")

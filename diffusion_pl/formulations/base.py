@@ -66,6 +66,9 @@ class DiffusionModule(GuidedSampling, LightningModule):
     denoiser_type: ClassVar[type[Denoiser]] = Denoiser
     """The view of the net that :meth:`denoiser` returns when no guidance mixes two passes."""
 
+    net_noise_labels: ClassVar[int] = 1
+    """How many noise labels the formulation's net takes per example (MeanFlow's: 2)."""
+
     likelihood_t_eps: ClassVar[float | None] = None
     """Where the formulation's paper starts the PF-ODE likelihood (``diffusion-pl likelihood``'s
     default ``--t_eps``); None where the paper reports none: the path's ``t_min`` is used."""

@@ -77,6 +77,7 @@ class MeanFlow(DiffusionModule):
     """
 
     denoiser_type = AverageVelocityDenoiser
+    net_noise_labels = 2  # (t, t − r)
 
     def __init__(
         self,
@@ -90,11 +91,11 @@ class MeanFlow(DiffusionModule):
         **kwargs,
     ) -> None:
         labels = net.num_noise_labels if isinstance(net, MultiLabelDenoiserNet) else 1
-        if labels != 2:
+        if labels != self.net_noise_labels:
             raise ValueError(
                 f"MeanFlow's net sees two noise labels, (t, t - r), but this "
                 f"{type(net).__name__} takes {labels}: set "
-                "model.init_args.net.init_args.num_noise_labels: 2"
+                f"model.init_args.net.init_args.num_noise_labels: {self.net_noise_labels}"
             )
         super().__init__(
             net,

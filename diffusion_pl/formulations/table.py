@@ -43,7 +43,8 @@ def formulation_table(formulations: Mapping[str, type[DiffusionModule]], configs
         net = MLP(dim=2, hidden=8, depth=1, num_noise_labels=cls.net_noise_labels)
         model = cls(net, (2,))
         steps = model.sampler.arguments().get("steps")
-        sampler = f"`{model.sampler.name}`" + (f", {steps} steps" if steps else "")
+        plural = "" if steps == 1 else "s"
+        sampler = f"`{model.sampler.name}`" + (f", {steps} step{plural}" if steps else "")
         rows.append((
             f"`{name}`", f"`{cls.__name__}`", summary_line(cls), class_name(model.path),
             class_name(model.parameterization), sampler, _configs_of(cls, configs),

@@ -34,8 +34,8 @@ def sample_dpmpp(
     differences D₁₀ = (m₀ − m₁)/r₀, D₁₁ = (m₁ − m₂)/r₁, D₁ = D₁₀ + r₀/(r₀ + r₁) (D₁₀ − D₁₁)
     ≈ h x̂₀' and D₂ = 2 (D₁₀ − D₁₁)/(r₀ + r₁) ≈ h² x̂₀''. (The reference code's multistep
     third-order update drops this factor 2, which pairs φ₃ with ½ h² x̂₀'' and leaves the
-    method second order; ``tests/samplers/test_solvers_order.py`` measures order 3 with it.) The first
-    steps warm up at lower order.
+    method second order; ``tests/samplers/test_solvers_order.py`` measures order 3 with it.)
+    The first steps warm up at lower order.
 
     Args:
         denoiser: ``(x, t) -> Prediction``.
