@@ -4,25 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from mixture_checks import ALL_PATHS
 
-from diffusion_pl.paths import (
-    DDPMPath,
-    LinearPath,
-    NoisePath,
-    SubVPPath,
-    VEPath,
-    VPCosinePath,
-    VPLinearPath,
-)
-
-ALL_PATHS = {
-    "vp_linear": VPLinearPath,
-    "vp_cosine": VPCosinePath,
-    "sub_vp": SubVPPath,
-    "ve": VEPath,
-    "linear": LinearPath,
-    "ddpm": DDPMPath,
-}
+from diffusion_pl.paths import NoisePath
 
 
 @pytest.fixture(params=sorted(ALL_PATHS))

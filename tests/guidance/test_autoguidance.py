@@ -34,6 +34,7 @@ from mixture_checks import (
     IsotropicMixtureOracle,
     OracleNet,
     mode_weights,
+    seeded,
 )
 from run_helpers import toy_classifier_checkpoint
 from torch import Tensor
@@ -82,10 +83,6 @@ S, G = 0.5, 1.0  # the main model's and the guide's component std
 BROAD = GaussianMixtureSpec.isotropic(MEANS.tolist(), G, WEIGHTS.tolist())
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 def closed_form_pair(
     x: Tensor, t: float, path: NoisePath, mixture: GaussianMixtureSpec, labels: Tensor | None
 ) -> Prediction:
@@ -119,7 +116,7 @@ def test_autoguided_pair_is_the_closed_form_mix(param: Parameterization, path: N
             OracleNet(IsotropicMixtureOracle(path, mixture), param), path, param, labels
         )
 
-    x = 3 * torch.randn(24, 2, dtype=torch.float64, generator=_gen(0))
+    x = 3 * torch.randn(24, 2, dtype=torch.float64, generator=seeded(0))
     labels, w = torch.arange(24) % 3, 2.5
     guided = Autoguidance(denoiser(MIXTURE, labels), denoiser(BROAD, labels), w)
     for t in (0.2, 0.7):
@@ -169,9 +166,9 @@ def test_scale_one_samples_the_main_model_and_zero_the_guide(name: str) -> None:
     for labels in (None, torch.arange(200) % 2):
         plain = {"class_labels": labels, "guidance_scale": None if labels is None else 1.0}
         for w, alone in ((1.0, main), (0.0, guide)):
-            expected = alone.sample(200, generator=_gen(3), **plain)
+            expected = alone.sample(200, generator=seeded(3), **plain)
             x = main.sample(
-                200, generator=_gen(3), class_labels=labels, guidance_scale=w, guide=guide
+                200, generator=seeded(3), class_labels=labels, guidance_scale=w, guide=guide
             )
             torch.testing.assert_close(x, expected, rtol=0, atol=1e-6)
 
@@ -188,8 +185,8 @@ def test_guided_flow_scales_a_gaussian_by_s_to_the_w_times_g_to_the_one_minus_w(
 
     main = exact_model(build, GaussianMixtureSpec.isotropic(GAUSSIAN_MEAN, S))
     guide = exact_model(build, GaussianMixtureSpec.isotropic(GAUSSIAN_MEAN, G))
-    x = main.sample(500, generator=_gen(4), guide=guide, guidance_scale=w)
-    x1 = main.path.prior_sample((500, 2), generator=_gen(4), dtype=torch.float64)
+    x = main.sample(500, generator=seeded(4), guide=guide, guidance_scale=w)
+    x1 = main.path.prior_sample((500, 2), generator=seeded(4), dtype=torch.float64)
     expected = torch.tensor(GAUSSIAN_MEAN, dtype=torch.float64) + S**w * G ** (1 - w) * x1
     torch.testing.assert_close(x, expected, rtol=0, atol=2e-3)
 
@@ -205,7 +202,7 @@ def test_guided_mixture_follows_the_closed_form_ode_and_tightens_each_mode() -> 
         return RectifiedFlow(net, (2,), sampler=HeunSampler(steps=50))
 
     main, guide = exact_model(build, MIXTURE), exact_model(build, BROAD)
-    x = main.sample(n, generator=_gen(5), guide=guide, guidance_scale=w)
+    x = main.sample(n, generator=seeded(5), guide=guide, guidance_scale=w)
 
     def closed_form(z: Tensor, t: Tensor | float) -> Prediction:
         t = float(torch.as_tensor(t).reshape(-1)[0])
@@ -213,7 +210,7 @@ def test_guided_mixture_follows_the_closed_form_ode_and_tightens_each_mode() -> 
         return Prediction(x0=b.x0 + w * (a.x0 - b.x0), eps=b.eps + w * (a.eps - b.eps))
 
     reference = RK45Sampler(rtol=1e-8, atol=1e-8)(
-        closed_form, main.path, (n, 2), generator=_gen(5), dtype=torch.float64
+        closed_form, main.path, (n, 2), generator=seeded(5), dtype=torch.float64
     )
     # A few trajectories start near the ridge between the modes, where the guided flow splits
     # them and any two solvers part: 22 of 4000 samples differ by more than 0.01 (none lands

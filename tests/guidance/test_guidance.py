@@ -27,6 +27,7 @@ from mixture_checks import (
     OracleNet,
     check_mixture,
     mixture_oracle,
+    seeded,
 )
 from torch import Tensor
 
@@ -55,10 +56,6 @@ from diffusion_pl.weighting import ELBO
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 def _labels(n: int) -> Tensor:
     """Classes 0, 1, 0, 1, …"""
     return torch.arange(n) % 2
@@ -66,7 +63,7 @@ def _labels(n: int) -> Tensor:
 
 def test_fast_conditional_oracle_matches_general_oracle(path: NoisePath) -> None:
     fast, exact = mixture_oracle(path), GaussianMixtureOracle(path, MIXTURE)
-    x = 3 * torch.randn(64, 2, dtype=torch.float64, generator=_gen(0))
+    x = 3 * torch.randn(64, 2, dtype=torch.float64, generator=seeded(0))
     labels = torch.arange(64) % 3  # 2 = ∅
     for t in (path.t_min, 0.5, path.t_max):
         a, b = fast(x, t, labels), exact(x, t, labels)
@@ -80,7 +77,7 @@ def test_fast_conditional_oracle_matches_general_oracle(path: NoisePath) -> None
 def test_exact_classifier_gradient_is_bayes_rule(path: NoisePath) -> None:
     """∇ log p_t(y | x) by autograd = ∇ log p_t(x | y) − ∇ log p_t(x), in float64."""
     oracle = GaussianMixtureOracle(path, MIXTURE)
-    x = 3 * torch.randn(32, 2, dtype=torch.float64, generator=_gen(1))
+    x = 3 * torch.randn(32, 2, dtype=torch.float64, generator=seeded(1))
     y = _labels(32)
     for t in torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64):
         t_batch = t.expand(32)
@@ -94,7 +91,7 @@ def test_cfg_mixes_the_pair_in_one_forward_call(param: Parameterization, path: N
     """The guided pair is ∅ + w (y − ∅) for x̂_0 and ε̂, still explains x, and costs one call
     on the doubled batch [x; x] with labels [y; ∅]."""
     net = OracleNet(mixture_oracle(path), param)
-    x = 3 * torch.randn(16, 2, dtype=torch.float64, generator=_gen(2))
+    x = 3 * torch.randn(16, 2, dtype=torch.float64, generator=seeded(2))
     y, w = _labels(16), 2.5
     guided = ClassifierFreeGuidance(net, path, param, y, w)
     for t in torch.tensor([0.2, 0.7], dtype=torch.float64):
@@ -109,7 +106,7 @@ def test_cfg_mixes_the_pair_in_one_forward_call(param: Parameterization, path: N
 
 def test_classifier_guidance_at_scale_one_is_the_conditional_pair(path: NoisePath) -> None:
     oracle = mixture_oracle(path)
-    x = 3 * torch.randn(16, 2, dtype=torch.float64, generator=_gen(3))
+    x = 3 * torch.randn(16, 2, dtype=torch.float64, generator=seeded(3))
     y = _labels(16)
     guided = ClassifierGuidance(oracle, oracle.class_logits, path, y, scale=1.0)
     for t in torch.tensor([0.2, 0.7], dtype=torch.float64):
@@ -148,14 +145,14 @@ def test_guidance_scale_one_samples_each_class_and_zero_the_mixture(
 ) -> None:
     oracle = mixture_oracle(path)
     y = _labels(N)
-    x = sampler(guide(path, param, y, 1.0), path, (N, 2), generator=_gen(0))
+    x = sampler(guide(path, param, y, 1.0), path, (N, 2), generator=seeded(0))
     modes = oracle.mixture.assign(x)
     for k in range(2):
         xk = x[y == k].double()
         assert float((modes[y == k] == k).double().mean()) >= 0.99
         torch.testing.assert_close(xk.mean(0), MEANS[k], atol=0.05, rtol=0)
         torch.testing.assert_close(xk.std(0), STDS[k].expand(2), atol=0.05, rtol=0)
-    x = sampler(guide(path, param, y, 0.0), path, (N, 2), generator=_gen(0))
+    x = sampler(guide(path, param, y, 0.0), path, (N, 2), generator=seeded(0))
     check_mixture(oracle, x)
 
 
@@ -210,7 +207,7 @@ def test_guided_sampling_in_float64_with_a_learned_schedule() -> None:
     labels = torch.tensor([0, 1, 1])
     denoiser = model.guided_denoiser(3, labels, 2.0, classifier, 1.5)
     path.seen = []
-    x0 = model.sampler(denoiser, path, (3, 2), generator=_gen(1), dtype=torch.float64)
+    x0 = model.sampler(denoiser, path, (3, 2), generator=seeded(1), dtype=torch.float64)
     assert x0.dtype == torch.float64 and torch.isfinite(x0).all()
     assert classifier.seen and set(classifier.seen) == {torch.float64}
     assert path.seen and set(path.seen) == {(torch.float64, torch.device("cpu"))}

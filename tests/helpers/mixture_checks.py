@@ -24,10 +24,19 @@ from diffusion_pl.parameterization import (
     VPrediction,
     X0Prediction,
 )
-from diffusion_pl.paths import DDPMPath, LinearPath, NoisePath, VEPath, VPLinearPath
+from diffusion_pl.paths import (
+    DDPMPath,
+    LinearPath,
+    NoisePath,
+    SubVPPath,
+    VEPath,
+    VPCosinePath,
+    VPLinearPath,
+)
 from diffusion_pl.tensors import as_batch
 
 __all__ = [
+    "ALL_PATHS",
     "MEANS",
     "MIXTURE",
     "STDS",
@@ -38,6 +47,7 @@ __all__ = [
     "check_mixture",
     "mixture_oracle",
     "mode_weights",
+    "seeded",
 ]
 
 MEANS = torch.tensor([[-4.0, 0.0], [4.0, 0.0]], dtype=torch.float64)
@@ -45,6 +55,16 @@ STDS = torch.tensor([0.5, 0.5], dtype=torch.float64)
 WEIGHTS = torch.tensor([0.8, 0.2], dtype=torch.float64)
 MIXTURE = GaussianMixtureSpec.isotropic(MEANS.tolist(), STDS.tolist(), WEIGHTS.tolist())
 N = 4000
+
+ALL_PATHS = {
+    "vp_linear": VPLinearPath,
+    "vp_cosine": VPCosinePath,
+    "sub_vp": SubVPPath,
+    "ve": VEPath,
+    "linear": LinearPath,
+    "ddpm": DDPMPath,
+}
+"""Each noise path of docs/math.md (with its paper defaults), by the name tests give it."""
 
 
 class IsotropicMixtureOracle(GaussianMixtureOracle):
@@ -166,3 +186,8 @@ PAIRS = [
 ]
 """One parameterization on each kind of path: the (param, path) cases of the guidance tests."""
 PAIR_IDS = [f"{type(p).__name__}-{type(q).__name__}" for p, q in PAIRS]
+
+
+def seeded(seed: int) -> torch.Generator:
+    """A CPU generator seeded with ``seed``."""
+    return torch.Generator().manual_seed(seed)

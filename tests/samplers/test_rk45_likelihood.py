@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from torch import Tensor
 
 from diffusion_pl.formulations import ScoreSDE
 from diffusion_pl.likelihood import (
@@ -168,22 +169,28 @@ def _correlated_mixture() -> tuple[NoisePath, GaussianMixtureOracle, torch.Tenso
     return path, oracle, x
 
 
-@pytest.mark.slow
-def test_hutchinson_rademacher_brackets_exact_trace() -> None:
-    """In 2-D, zᵀMz = tr M + 2 z₁z₂ M₁₂ with M = ∫ ∂f/∂x dt: a Rademacher probe gives one of
-    two values whose midpoint is exactly the trace, so the check needs no Monte-Carlo slack."""
-    path, oracle, x = _correlated_mixture()
+def _hutchinson_errors(
+    path: NoisePath, oracle: GaussianMixtureOracle, x: Tensor, probe: str, probes: int
+) -> Tensor:
+    """Hutchinson log-likelihood minus the exact one, ``[probes, N]`` (probes seeded 3)."""
     exact, _ = log_likelihood(oracle, path, x, divergence="exact")
-    probes = 16
     estimate, _ = log_likelihood(
         oracle,
         path,
         x.repeat(probes, 1),
         divergence="hutchinson",
-        probe="rademacher",
+        probe=probe,
         generator=torch.Generator().manual_seed(3),
     )
-    diff = estimate.view(probes, -1) - exact
+    return estimate.view(probes, -1) - exact
+
+
+@pytest.mark.slow
+def test_hutchinson_rademacher_brackets_exact_trace() -> None:
+    """In 2-D, zᵀMz = tr M + 2 z₁z₂ M₁₂ with M = ∫ ∂f/∂x dt: a Rademacher probe gives one of
+    two values whose midpoint is exactly the trace, so the check needs no Monte-Carlo slack."""
+    path, oracle, x = _correlated_mixture()
+    diff = _hutchinson_errors(path, oracle, x, "rademacher", probes=16)
     high, low = diff.max(0).values, diff.min(0).values
     assert (high > 0.05).all() and (low < -0.05).all()  # both signs seen, and they matter
     torch.testing.assert_close(high + low, torch.zeros_like(high), atol=1e-3, rtol=0)
@@ -200,17 +207,7 @@ def test_hutchinson_gaussian_agrees_with_exact_in_mean() -> None:
     """Over 128 Gaussian probes × 16 points the mean error lies within 4 standard errors of
     zero: a tolerance of about 0.14 nats (≈ 6 % of the mean |log p| ≈ 2.3)."""
     path, oracle, x = _correlated_mixture()
-    exact, _ = log_likelihood(oracle, path, x, divergence="exact")
-    probes = 128
-    estimate, _ = log_likelihood(
-        oracle,
-        path,
-        x.repeat(probes, 1),
-        divergence="hutchinson",
-        probe="gaussian",
-        generator=torch.Generator().manual_seed(3),
-    )
-    diff = estimate.view(probes, -1) - exact
+    diff = _hutchinson_errors(path, oracle, x, "gaussian", probes=128)
     stderr = diff.std() / math.sqrt(diff.numel())
     print(f"Hutchinson (gaussian): mean error {diff.mean():.4f} ± {stderr:.4f} nats")
     assert 1e-3 < stderr < 0.04  # the probes differ, and the test has power

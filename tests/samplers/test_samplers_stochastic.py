@@ -11,6 +11,7 @@ from mixture_checks import (
     check_mixture,
     mixture_oracle,
     mode_weights,
+    seeded,
 )
 
 from diffusion_pl.oracle import GaussianMixtureOracle
@@ -25,13 +26,9 @@ from diffusion_pl.samplers.sde import EulerMaruyamaSampler, PCSampler, euler_mar
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 def test_fast_oracle_matches_general_oracle(path: NoisePath) -> None:
     fast, exact = mixture_oracle(path), GaussianMixtureOracle(path, MIXTURE)
-    x = 3 * torch.randn(256, 2, dtype=torch.float64, generator=_gen(0))
+    x = 3 * torch.randn(256, 2, dtype=torch.float64, generator=seeded(0))
     for t in (path.t_min, 0.3, 0.9, path.t_max):
         a, b = fast(x, t), exact(x, t)
         torch.testing.assert_close(a.x0, b.x0, rtol=1e-10, atol=1e-10)
@@ -72,7 +69,7 @@ MIXTURE_CASES = [
 )
 def test_sampler_reproduces_unequal_mixture(sampler: Sampler, path: NoisePath) -> None:
     oracle = mixture_oracle(path)
-    x = sampler(oracle, path, (N, 2), generator=_gen(0))
+    x = sampler(oracle, path, (N, 2), generator=seeded(0))
     check_mixture(oracle, x)
 
 
@@ -85,8 +82,8 @@ def test_plain_langevin_at_small_noise_misses_the_weights() -> None:
     path = VEPath()
     oracle = mixture_oracle(path)
     t = path.time_of_sigma(torch.tensor(0.05, dtype=torch.float64))
-    x = 5 * torch.randn(N, 2, dtype=torch.float64, generator=_gen(0))
-    x = langevin_dynamics(score_at(oracle, path, t), x, 0.01, 500, generator=_gen(1))
+    x = 5 * torch.randn(N, 2, dtype=torch.float64, generator=seeded(0))
+    x = langevin_dynamics(score_at(oracle, path, t), x, 0.01, 500, generator=seeded(1))
     weights = mode_weights(oracle, x)
     assert weights[0] < 0.65, weights
     # Within a mode the chain is right: mean μ_k and std √(0.5² + 0.05²).
@@ -104,17 +101,17 @@ def test_ddpm_step_is_ho_algorithm_2(variance: str, i: int) -> None:
     """One step t = i/T → (i − 1)/T equals Ho et al.'s update with ᾱ and β, in float64."""
     path = DDPMPath()
     oracle = mixture_oracle(path)
-    x = 2 * torch.randn(16, 2, dtype=torch.float64, generator=_gen(0))
+    x = 2 * torch.randn(16, 2, dtype=torch.float64, generator=seeded(0))
     t, s = i / path.num_steps, (i - 1) / path.num_steps
     ts = torch.tensor([t, s], dtype=torch.float64)
-    out = sample_ddpm(oracle, path, x, ts, variance=variance, generator=_gen(1))
+    out = sample_ddpm(oracle, path, x, ts, variance=variance, generator=seeded(1))
 
     beta, abar, abar_prev = path.betas[i - 1], path.alpha_bar[i], path.alpha_bar[i - 1]
     eps = oracle(x, t).eps
     expected = (x - beta / torch.sqrt(1 - abar) * eps) / torch.sqrt(1 - beta)
     if i > 1:  # Ho et al.: z = 0 at t = 1
         var = beta * (1 - abar_prev) / (1 - abar) if variance == "posterior" else beta
-        z = torch.randn(x.shape, generator=_gen(1), dtype=torch.float64)
+        z = torch.randn(x.shape, generator=seeded(1), dtype=torch.float64)
         expected = expected + torch.sqrt(var) * z
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
 
@@ -132,9 +129,9 @@ def test_ddpm_grid_of_t_minus_one_steps_visits_every_training_step() -> None:
 def test_ddim_eta_one_is_ddpm_posterior(path: NoisePath) -> None:
     oracle = mixture_oracle(path)
     ts = uniform_time_grid(path, 20)
-    x = path.prior_sample((64, 2), generator=_gen(0)).double()
-    a = sample_ddim(oracle, path, x, ts, eta=1.0, generator=_gen(1))
-    b = sample_ddpm(oracle, path, x, ts, variance="posterior", generator=_gen(1))
+    x = path.prior_sample((64, 2), generator=seeded(0)).double()
+    a = sample_ddim(oracle, path, x, ts, eta=1.0, generator=seeded(1))
+    b = sample_ddpm(oracle, path, x, ts, variance="posterior", generator=seeded(1))
     torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
@@ -142,7 +139,7 @@ def test_ddim_eta_zero_on_linear_path_is_euler() -> None:
     path = LinearPath()
     oracle = mixture_oracle(path)
     ts = uniform_time_grid(path, 15)
-    x = path.prior_sample((64, 2), generator=_gen(0)).double()
+    x = path.prior_sample((64, 2), generator=seeded(0)).double()
     ddim, euler = sample_ddim(oracle, path, x, ts, eta=0.0), sample_euler(oracle, path, x, ts)
     torch.testing.assert_close(ddim, euler, rtol=0, atol=1e-12)
 
@@ -151,7 +148,7 @@ def test_ddim_eta_zero_on_linear_path_is_euler() -> None:
 def test_clip_x0_bounds_the_final_step(sample) -> None:
     path = VPLinearPath()
     oracle = mixture_oracle(path)  # modes at ±4, so x̂_0 leaves [−1, 1]
-    x = torch.randn(64, 2, dtype=torch.float64, generator=_gen(0))
+    x = torch.randn(64, 2, dtype=torch.float64, generator=seeded(0))
     out = sample(oracle, path, x, torch.tensor([0.5, 0.0], dtype=torch.float64), clip_x0=1.0)
     assert out.abs().max() <= 1.0
     assert sample(oracle, path, x, torch.tensor([0.5, 0.0], dtype=torch.float64)).abs().max() > 2
@@ -160,10 +157,10 @@ def test_clip_x0_bounds_the_final_step(sample) -> None:
 def test_ddim_eta_zero_is_deterministic() -> None:
     path = VPLinearPath()
     oracle = mixture_oracle(path)
-    x = path.prior_sample((32, 2), generator=_gen(0))
+    x = path.prior_sample((32, 2), generator=seeded(0))
     ts = uniform_time_grid(path, 10)
-    a = sample_ddim(oracle, path, x, ts, eta=0.0, generator=_gen(1))
-    b = sample_ddim(oracle, path, x, ts, eta=0.0, generator=_gen(2))
+    a = sample_ddim(oracle, path, x, ts, eta=0.0, generator=seeded(1))
+    b = sample_ddim(oracle, path, x, ts, eta=0.0, generator=seeded(2))
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
