@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -372,6 +373,9 @@ class Denoiser:
         class_labels: optional labels ``[B]`` passed to every call.
     """
 
+    reads: ClassVar[type[Parameterization] | None] = None
+    """The parameterization a subclass needs (None: any)."""
+
     def __init__(
         self,
         net: DenoiserNet,
@@ -379,6 +383,12 @@ class Denoiser:
         parameterization: Parameterization,
         class_labels: Tensor | None = None,
     ) -> None:
+        if self.reads is not None and not isinstance(parameterization, self.reads):
+            raise ValueError(
+                f"a {type(self).__name__} reads what a {self.reads.__name__} predicts: its "
+                f"parameterization must be {self.reads.__name__}, got "
+                f"{type(parameterization).__name__}"
+            )
         self.net, self.path, self.parameterization = net, path, parameterization
         self.class_labels = class_labels
         self.nfe = 0
@@ -411,19 +421,7 @@ class AverageVelocityDenoiser(Denoiser):
     Algorithm 2 (sampling).
     """
 
-    def __init__(
-        self,
-        net: DenoiserNet,
-        path: NoisePath,
-        parameterization: Parameterization,
-        class_labels: Tensor | None = None,
-    ) -> None:
-        if not isinstance(parameterization, AverageVelocityPrediction):
-            raise ValueError(
-                "an AverageVelocityDenoiser reads average velocities: its parameterization "
-                f"must be AverageVelocityPrediction, got {type(parameterization).__name__}"
-            )
-        super().__init__(net, path, parameterization, class_labels)
+    reads = AverageVelocityPrediction
 
     def average_velocity(self, x: Tensor, r: Tensor | float, t: Tensor | float) -> Tensor:
         """u(x, r, t) ``[B, ...]`` for times r ≤ t (scalars or ``[B]``), in ≥ float32."""

@@ -118,14 +118,8 @@ class NoisePath:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> Tensor:
-        """Draw x_{t_max} ~ N(0, σ_{t_max}² I) (α_{t_max} x_0 is negligible by construction).
-
-        Args:
-            shape: ``[B, ...]``.
-            generator: one generator, or one per sample (row k from the k-th).
-            device: device of the sample.
-            dtype: its dtype (default: torch's default dtype).
-        """
+        """Draw x_{t_max} ~ N(0, σ_{t_max}² I) (α_{t_max} x_0 is negligible by construction);
+        the arguments are :func:`~diffusion_pl.randomness.randn`'s."""
         return self.prior_std() * randn(shape, generator, device=device, dtype=dtype)
 
     def prior_logp(self, x: Tensor) -> Tensor:
