@@ -21,7 +21,7 @@ from torch import Tensor
 from diffusion_pl.parameterization import Prediction
 from diffusion_pl.paths import DDPMPath, NoisePath
 from diffusion_pl.randomness import Generators, randn
-from diffusion_pl.samplers.base import DenoiserFn, Sampler, progress_bar
+from diffusion_pl.samplers.base import DenoiserFn, Sampler, denoise, progress_bar
 from diffusion_pl.samplers.grids import (
     Grid,
     LeadingGrid,
@@ -63,8 +63,7 @@ def _predict(
 ) -> Prediction:
     """The denoiser's (x̂_0, ε̂) at scalar time t; with ``clip_x0``, x̂_0 is clamped to
     [−c, c] and ε̂ recomputed from it, (x − α_t x̂_0) / σ_t, so the pair still explains x."""
-    t_batch = t.to(x.dtype).expand(x.shape[0])
-    pred = denoiser(x, t_batch)
+    pred = denoise(denoiser, x, t)
     if clip_x0 is None:
         return pred
     x0 = pred.x0.clamp(-clip_x0, clip_x0)
@@ -109,15 +108,12 @@ def sample_ddpm(
     t_min = 1/T, this is Ho et al.'s Algorithm 2 exactly: α_{t|s}² = 1 − β_t, σ²_{t|s} = β_t and
     the mean (1/√α_t)(x_t − β_t/√(1 − ᾱ_t) ε̂).
 
+    Shared arguments: as in :mod:`diffusion_pl.samplers.base`.
+
     Args:
-        denoiser: ``(x, t) -> Prediction``.
-        path: the noise path.
-        x: samples at ``ts[0]``, ``[B, ...]``.
         ts: decreasing times ``[N + 1]``; a coarser grid than the training one is allowed.
         variance: "posterior" (β̃, Ho et al.'s choice for data that are not N(0, I)) or "beta".
         clip_x0: clamp x̂_0 to [−c, c] before it enters the mean (images in [−1, 1]: c = 1).
-        generator: source of all noise.
-        progress: show a progress bar.
 
     Reference: Ho et al. (2020), "Denoising Diffusion Probabilistic Models", Algorithm 2 and
     Eq. 7; Kingma et al. (2021), "Variational Diffusion Models", Eq. 28–30.
@@ -159,15 +155,12 @@ def sample_ddim(
     of the PF-ODE in (x/σ, α/σ) (equivalently in (x/α, σ/α), DDIM Eq. 14); on the linear path it
     is the Euler step of rectified flow. η = 1 is DDPM with the posterior variance.
 
+    Shared arguments: as in :mod:`diffusion_pl.samplers.base`.
+
     Args:
-        denoiser: ``(x, t) -> Prediction``.
-        path: the noise path.
-        x: samples at ``ts[0]``, ``[B, ...]``.
-        ts: decreasing times ``[N + 1]``.
         eta: η ∈ [0, 1], the share of the posterior std injected as fresh noise.
         clip_x0: clamp x̂_0 to [−c, c] (ε̂ then recomputed from it).
         generator: source of all noise (unused when η = 0).
-        progress: show a progress bar.
 
     Reference: Song, Meng & Ermon (2021), "Denoising Diffusion Implicit Models", Eq. 12 and 16.
     """

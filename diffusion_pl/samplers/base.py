@@ -1,10 +1,23 @@
-"""What every sampler shares: progress bars and the thin config base class.
+"""What every sampler shares: its signature, progress bars and the thin config base class.
 
 Samplers are functions ``sample_x(denoiser, path, x, ts, *, generator, progress) -> Tensor``
 that integrate from ``ts[0]`` down to ``ts[-1]``. The ``Sampler`` classes are thin YAML-facing
 configs (``class_path``/``init_args``) whose constructor is derived from their function: the
 base draws the prior, builds the grid, calls the function with the config's settings and applies
 the final denoising step.
+
+The shared arguments of the sampling functions, documented here once (each function's ``Args:``
+lists its own settings, and a shared argument only where it says more):
+
+Args:
+    denoiser: ``(x, t) -> Prediction``.
+    path: the noise path.
+    x: samples at ``ts[0]``, ``[B, ...]``.
+    ts: decreasing times ``[N + 1]``.
+    generator: the source of all noise beyond ``x``: one generator, or one per sample (row k
+        of all noise from the k-th); a deterministic sampler takes it unused, for the shared
+        signature.
+    progress: show a progress bar.
 """
 
 from __future__ import annotations
@@ -17,18 +30,28 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from diffusion_pl.compat import lazy_class
-from diffusion_pl.parameterization import DenoiserFn
+from diffusion_pl.parameterization import DenoiserFn, Prediction
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.randomness import Generators
 from diffusion_pl.samplers.grids import Grid, UniformGrid
 from diffusion_pl.samplers.signature import Layout, derived_init, solver_settings
 
-__all__ = ["DenoiserFn", "Sampler", "progress_bar"]
+__all__ = ["DenoiserFn", "Sampler", "batch_times", "denoise", "progress_bar"]
 
 
 def progress_bar(items: Iterable, total: int, enabled: bool, desc: str) -> Iterator:
     """A tqdm bar over ``items`` when ``enabled`` (sampling loops are long; show them)."""
     return iter(tqdm(items, total=total, disable=not enabled, desc=desc, leave=False))
+
+
+def batch_times(x: Tensor, t: Tensor) -> Tensor:
+    """The scalar time ``t`` as one time per sample of ``x``, ``[B]`` in ``x``'s dtype."""
+    return t.to(x.dtype).expand(x.shape[0])
+
+
+def denoise(denoiser: DenoiserFn, x: Tensor, t: Tensor) -> Prediction:
+    """The denoiser's (x̂_0, ε̂) at one scalar time ``t`` for the whole batch ``x``."""
+    return denoiser(x, batch_times(x, t))
 
 
 def _show(value: object) -> str:

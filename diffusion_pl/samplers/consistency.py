@@ -42,15 +42,15 @@ def sample_consistency(
     the path's t_max, the prior draw x is rescaled to N(0, σ_{t_0}² I), the same
     approximation (α_{t_0} x_0 dropped, 1/σ̃_0 of the noise) as the prior's at t_max.
 
+    Shared arguments: as in :mod:`diffusion_pl.samplers.base`.
+
     Args:
         denoiser: ``(x, t) -> Prediction``; its ``x0`` is the consistency function.
-        path: the noise path.
         x: the prior draw N(0, σ_{t_max}² I), ``[B, ...]``.
         ts: the evaluation times ``[K]``, decreasing: ``ts[0]`` where ``x`` lies, then one
             per extra step (K network evaluations).
         sigma_min: σ_min of the consistency function (where it is the identity).
         generator: source of the re-noising draws: one generator or one per sample.
-        progress: show a progress bar.
 
     Reference: Song et al. (2023), "Consistency Models", Algorithm 1.
     """

@@ -7,9 +7,9 @@ from torch import Tensor
 
 from diffusion_pl.parameterization import DenoiserFn
 from diffusion_pl.paths import NoisePath
-from diffusion_pl.samplers.base import Sampler, progress_bar
+from diffusion_pl.samplers.base import Sampler, denoise, progress_bar
 from diffusion_pl.samplers.grids import LogSNRGrid
-from diffusion_pl.samplers.multistep import check_order, denoise, schedule, step_order
+from diffusion_pl.samplers.multistep import check_order, schedule, step_order
 
 __all__ = ["DPMSolver3MSampler", "DPMSolverSampler", "sample_dpmpp"]
 
@@ -37,14 +37,10 @@ def sample_dpmpp(
     method second order; ``tests/samplers/test_solvers_order.py`` measures order 3 with it.)
     The first steps warm up at lower order.
 
+    Shared arguments: as in :mod:`diffusion_pl.samplers.base`.
+
     Args:
-        denoiser: ``(x, t) -> Prediction``.
-        path: the noise path.
-        x: samples at ``ts[0]``, ``[B, ...]``.
-        ts: decreasing times ``[N + 1]``.
         order: 1, 2 (DPM-Solver++(2M)) or 3 (3M).
-        generator: unused (deterministic); accepted for the shared sampler signature.
-        progress: show a progress bar.
 
     Reference: Lu et al. (2022b), "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion
     Probabilistic Models", Alg. 2 and App. B.

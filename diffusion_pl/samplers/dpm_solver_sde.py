@@ -10,9 +10,9 @@ from torch import Tensor
 from diffusion_pl.parameterization import DenoiserFn
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.randomness import Generators, randn
-from diffusion_pl.samplers.base import Sampler, progress_bar
+from diffusion_pl.samplers.base import Sampler, denoise, progress_bar
 from diffusion_pl.samplers.grids import LogSNRGrid
-from diffusion_pl.samplers.multistep import denoise, schedule, step_order
+from diffusion_pl.samplers.multistep import schedule, step_order
 
 __all__ = ["DPMSolverSDESampler", "sample_dpmpp_2m_sde"]
 
@@ -42,14 +42,10 @@ def sample_dpmpp_2m_sde(
     (m₀ − m₁) term, as DPM-Solver++(2M) does. η = 0 is DPM-Solver++(2M) exactly; η = 1
     solves the reverse SDE (the noise the step removes is added back, as in DDPM).
 
+    Shared arguments: as in :mod:`diffusion_pl.samplers.base`.
+
     Args:
-        denoiser: ``(x, t) -> Prediction``.
-        path: the noise path.
-        x: samples at ``ts[0]``, ``[B, ...]``.
-        ts: decreasing times ``[N + 1]``.
         eta: η, the share of the reverse SDE's noise (0 ODE, 1 SDE).
-        generator: one generator, or one per sample (row k of all noise from the k-th).
-        progress: show a progress bar.
 
     Reference: Lu et al. (2022b), "DPM-Solver++", Sec. 5 (the SDE solver), in the form of
     k-diffusion's ``sample_dpmpp_2m_sde`` (midpoint), rewritten from σ/α space into x space.

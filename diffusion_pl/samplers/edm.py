@@ -15,7 +15,7 @@ from torch import Tensor
 
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.randomness import Generators, randn
-from diffusion_pl.samplers.base import DenoiserFn, Sampler, progress_bar
+from diffusion_pl.samplers.base import DenoiserFn, Sampler, denoise, progress_bar
 from diffusion_pl.samplers.grids import EDMGrid
 
 __all__ = ["EDMSampler", "sample_edm"]
@@ -52,18 +52,15 @@ def sample_edm(
     with d = ε̂(x̂, σ̂), then Heun's correction with d' at σ̃_{i+1} unless σ̃_{i+1} = 0. A step
     from σ̃ = ∞ (α = 0) is its Euler limit x_s = α_s x̂_0 + σ_s ε̂, without churn.
 
+    Shared arguments: as in :mod:`diffusion_pl.samplers.base`.
+
     Args:
-        denoiser: ``(x, t) -> Prediction``.
-        path: the noise path.
-        x: samples at ``ts[0]``, ``[B, ...]``.
-        ts: decreasing times ``[N + 1]``.
         s_churn: S_churn, total churn over the run (0: deterministic).
         s_min: S_min, lowest σ̃ that gets churn.
         s_max: S_max, highest σ̃ that gets churn.
         s_noise: S_noise, std of the churn noise (slightly above 1 offsets the denoiser's
             loss of detail).
         generator: source of the churn noise: one generator or one per sample.
-        progress: show a progress bar.
 
     Reference: Karras et al. (2022), "Elucidating the Design Space of Diffusion-Based
     Generative Models", Algorithm 2 and Table 5 (S_churn 40–80, S_noise 1.003–1.007 on
@@ -86,11 +83,11 @@ def sample_edm(
             a_hat = float(path.alpha(t_hat.to(torch.float64)))
             z = randn(x.shape, generator, device=x.device, dtype=x.dtype)
             x = (a_hat / float(alpha[i])) * x + a_hat * math.sqrt(s_hat**2 - s_cur**2) * s_noise * z
-        pred = denoiser(x, t_hat.to(x.dtype).expand(x.shape[0]))
+        pred = denoise(denoiser, x, t_hat)
         a_s, s_next = float(alpha[i + 1]), float(sigma_tilde[i + 1])
         x_next = a_s * pred.x0 + float(sigma[i + 1]) * pred.eps
         if s_next > 0 and math.isfinite(s_hat):
-            pred_next = denoiser(x_next, ts[i + 1].to(x.dtype).expand(x.shape[0]))
+            pred_next = denoise(denoiser, x_next, ts[i + 1])
             x_next = x_next + a_s * (s_next - s_hat) * 0.5 * (pred_next.eps - pred.eps)
         x = x_next
     return x

@@ -9,9 +9,9 @@ from torch import Tensor
 
 from diffusion_pl.parameterization import DenoiserFn
 from diffusion_pl.paths import NoisePath
-from diffusion_pl.samplers.base import Sampler, progress_bar
+from diffusion_pl.samplers.base import Sampler, denoise, progress_bar
 from diffusion_pl.samplers.grids import EDMGrid
-from diffusion_pl.samplers.multistep import denoise, schedule
+from diffusion_pl.samplers.multistep import schedule
 
 __all__ = ["IPNDMSampler", "sample_ipndm"]
 
@@ -63,14 +63,10 @@ def sample_ipndm(
 
     (the first two terms are the Euler step), finite at α_t = 0 and σ_s = 0.
 
+    Shared arguments: as in :mod:`diffusion_pl.samplers.base`.
+
     Args:
-        denoiser: ``(x, t) -> Prediction``.
-        path: the noise path.
-        x: samples at ``ts[0]``, ``[B, ...]``.
-        ts: decreasing times ``[N + 1]``.
         max_order: highest Adams–Bashforth order, 1 … 4 (paper: 4).
-        generator: unused (deterministic); accepted for the shared sampler signature.
-        progress: show a progress bar.
 
     Reference: Zhang & Chen (2023), "Fast Sampling of Diffusion Models with Exponential
     Integrator" (DEIS), App. (iPNDM); Liu et al. (2022), "Pseudo Numerical Methods for

@@ -149,14 +149,13 @@ def sample_annealed_langevin(
     t is still a valid annealing from the prior to the data (x is then on the scale of
     α_t x_0 + σ_t ε); the step size keeps the σ_i² scaling.
 
+    Shared arguments: as in :mod:`diffusion_pl.samplers.base`.
+
     Args:
-        denoiser: ``(x, t) -> Prediction``.
-        path: the noise path.
         x: initial samples ``[B, ...]`` (NCSN: uniform noise; the config: the path's prior).
         ts: times of the L levels ``[L]``, σ decreasing; σ(ts[-1]) must be > 0.
         steps_per_level: Langevin steps T per level.
         step_lr: ε, the step size at the smallest level.
-        generator: source of all noise.
         progress: show a progress bar over levels.
 
     Reference: Song & Ermon (2019), "Generative Modeling by Estimating Gradients of the Data

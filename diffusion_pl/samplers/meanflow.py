@@ -46,13 +46,12 @@ def sample_meanflow(
 ) -> Tensor:
     """Mean-flow jumps x ← x − (t_i − t_{i+1}) u(x, t_{i+1}, t_i) over the decreasing grid ``ts``.
 
+    Shared arguments: as in :mod:`diffusion_pl.samplers.base`.
+
     Args:
         denoiser: an :class:`AverageVelocityFn` (a MeanFlow model's denoiser).
         path: the noise path (unused: u is a displacement, whatever the path).
-        x: samples at ``ts[0]``, ``[B, ...]``.
         ts: decreasing times ``[K + 1]``; K network calls.
-        generator: unused (deterministic); accepted for the shared sampler signature.
-        progress: show a progress bar.
 
     Reference: Geng et al. (2025), "Mean Flows for One-step Generative Modeling", Algorithm 2
     (1-step) and Sec. 4.1 (z_r = z_t − (t − r) u(z_t, r, t) for few steps).

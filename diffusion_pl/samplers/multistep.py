@@ -23,10 +23,9 @@ import math
 import torch
 from torch import Tensor
 
-from diffusion_pl.parameterization import DenoiserFn, Prediction
 from diffusion_pl.paths import NoisePath
 
-__all__ = ["check_order", "denoise", "schedule", "step_order"]
+__all__ = ["check_order", "schedule", "step_order"]
 
 
 def schedule(path: NoisePath, ts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -34,11 +33,6 @@ def schedule(path: NoisePath, ts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     with torch.no_grad():
         ts = ts.to("cpu", torch.float64)
         return path.alpha(ts), path.sigma(ts), 0.5 * path.log_snr(ts)
-
-
-def denoise(denoiser: DenoiserFn, x: Tensor, t: Tensor) -> Prediction:
-    """The denoiser's (x̂_0, ε̂) at one time ``t`` for the whole batch."""
-    return denoiser(x, t.to(x.dtype).expand(x.shape[0]))
 
 
 def _usable(lams: list[float], order: int) -> int:

@@ -10,14 +10,14 @@ from torch import Tensor
 
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.randomness import Generators
-from diffusion_pl.samplers.base import DenoiserFn, Sampler, progress_bar
+from diffusion_pl.samplers.base import DenoiserFn, Sampler, batch_times, progress_bar
 
 __all__ = ["EulerSampler", "HeunSampler", "ode_drift", "sample_euler", "sample_heun"]
 
 
 def ode_drift(denoiser: DenoiserFn, path: NoisePath, x: Tensor, t: Tensor) -> Tensor:
     """PF-ODE drift at scalar time ``t``: α'_t x̂_0 + σ'_t ε̂ (docs/math.md, section 4)."""
-    t_batch = t.to(x.dtype).expand(x.shape[0])
+    t_batch = batch_times(x, t)
     return denoiser(x, t_batch).velocity(path.coefficients(t_batch, x.ndim))
 
 
@@ -33,13 +33,7 @@ def sample_euler(
 ) -> Tensor:
     """Euler steps x ← x + (t_{i+1} − t_i) · drift(x, t_i) over the decreasing grid ``ts``.
 
-    Args:
-        denoiser: ``(x, t) -> Prediction``.
-        path: the noise path.
-        x: samples at ``ts[0]``, ``[B, ...]``.
-        ts: decreasing times ``[N + 1]``.
-        generator: unused (deterministic); accepted for the shared sampler signature.
-        progress: show a progress bar.
+    Shared arguments: as in :mod:`diffusion_pl.samplers.base`.
 
     Reference: Liu et al. (2023), "Flow Straight and Fast", Sec. 2 (Euler on the flow ODE).
     """
@@ -61,7 +55,7 @@ def sample_heun(
 ) -> Tensor:
     """Heun's 2nd-order method on the PF-ODE; 2 evaluations per step, 1 on a step to σ = 0.
 
-    Args: as :func:`sample_euler`.
+    Shared arguments: as in :mod:`diffusion_pl.samplers.base`.
 
     Reference: Karras et al. (2022), "Elucidating the Design Space", Algorithm 1.
     """

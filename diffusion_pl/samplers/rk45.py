@@ -189,14 +189,12 @@ def sample_rk45(
     Only the end points of ``ts`` are used; the solver picks its own steps. The number of
     network evaluations is what the denoiser counts (``Denoiser.nfe``).
 
+    Shared arguments: as in :mod:`diffusion_pl.samplers.base`.
+
     Args:
-        denoiser: ``(x, t) -> Prediction``.
-        path: the noise path.
-        x: samples at ``ts[0]``, ``[B, ...]``.
         ts: times whose first and last entries are the start and end, e.g. ``[t_max, t_min]``.
         rtol: relative tolerance.
         atol: absolute tolerance.
-        generator: unused (deterministic); accepted for the shared sampler signature.
         progress: show a progress bar over t.
 
     Reference: Song et al. (2021), "Score-Based Generative Modeling through SDEs", Sec. 4.3

@@ -122,13 +122,10 @@ def sample_euler_maruyama(
     s = −ε̂ / σ_t. The last step adds no noise (it returns its mean), as the reference code's
     ``noise_removal``; one network evaluation per step.
 
+    Shared arguments: as in :mod:`diffusion_pl.samplers.base`.
+
     Args:
-        denoiser: ``(x, t) -> Prediction``.
         path: the noise path; needs finite f and g² on ``ts[:-1]``.
-        x: samples at ``ts[0]``, ``[B, ...]``.
-        ts: decreasing times ``[N + 1]``.
-        generator: source of all noise.
-        progress: show a progress bar.
 
     Reference: Song et al. (2021), "Score-Based Generative Modeling through SDEs", Eq. 6 and
     App. D (Euler–Maruyama predictor).
@@ -171,17 +168,14 @@ def sample_pc(
     is corrected, and correcting the prior sample at t_max repairs its mismatch with p_{t_max}.
     1 + ``corrector_steps`` network evaluations per step.
 
+    Shared arguments: as in :mod:`diffusion_pl.samplers.base`.
+
     Args:
-        denoiser: ``(x, t) -> Prediction``.
         path: the noise path; needs α > 0 on ``ts``.
-        x: samples at ``ts[0]``, ``[B, ...]``.
-        ts: decreasing times ``[N + 1]``.
         predictor: the predictor step: :func:`reverse_diffusion_step` (Eq. 46, the path's
             exact forward step reversed) or :func:`euler_maruyama_step`.
         corrector_steps: Langevin corrector steps M per time (0: predictor only).
         snr: corrector signal-to-noise ratio r (paper: 0.16 on VE, 0.01 on VP).
-        generator: source of all noise.
-        progress: show a progress bar.
 
     Reference: Song et al. (2021), "Score-Based Generative Modeling through SDEs",
     Algorithms 1–5 and Eq. 46–47.

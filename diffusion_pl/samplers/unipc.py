@@ -9,9 +9,9 @@ from torch import Tensor
 
 from diffusion_pl.parameterization import DenoiserFn
 from diffusion_pl.paths import NoisePath
-from diffusion_pl.samplers.base import Sampler, progress_bar
+from diffusion_pl.samplers.base import Sampler, denoise, progress_bar
 from diffusion_pl.samplers.grids import LogSNRGrid
-from diffusion_pl.samplers.multistep import check_order, denoise, schedule, step_order
+from diffusion_pl.samplers.multistep import check_order, schedule, step_order
 
 __all__ = ["UniPCSampler", "sample_unipc"]
 
@@ -58,14 +58,10 @@ def sample_unipc(
     the order-1 corrector use the reference code's fixed ρ = ½; in data-prediction form
     B(h) = e^{−h} − 1 there, with h = λ_s − λ_t.
 
+    Shared arguments: as in :mod:`diffusion_pl.samplers.base`.
+
     Args:
-        denoiser: ``(x, t) -> Prediction``.
-        path: the noise path.
-        x: samples at ``ts[0]``, ``[B, ...]``.
-        ts: decreasing times ``[N + 1]``.
         order: predictor order p (1, 2 or 3; the paper's 2 by default for few steps).
-        generator: unused (deterministic); accepted for the shared sampler signature.
-        progress: show a progress bar.
 
     Reference: Zhao et al. (2023), "UniPC: A Unified Predictor-Corrector Framework for Fast
     Sampling of Diffusion Models", Alg. 1–2 (UniC-p, UniP-p) and Sec. 3.3 (B(h) choices).
