@@ -312,18 +312,19 @@ class DiffusionDataModule(L.LightningDataModule):
             self._datasets[split] = self.source.load(split)
         return self._datasets[split]
 
-    def real_samples(self, split: Split, n: int) -> Tensor:
+    def real_samples(self, split: Split, n: int, name: str = "n") -> Tensor:
         """The first ``n`` examples of a split, un-augmented, stacked to ``[n, *data_shape]``.
 
         Args:
             split: ``"train"`` or ``"val"``.
             n: number of examples, at most the size of the split.
+            name: how an error names ``n`` (a command's option, e.g. ``--num_samples``).
         """
         data = self.dataset(split)
         if isinstance(data, StreamingSplit):
             raise ValueError(f"the {split} split is streamed and has no first n examples: use val")
         if not 0 < n <= len(data):
-            raise ValueError(f"n must be in [1, {len(data)}] for the {split} split, got {n}")
+            raise ValueError(f"{name} must be in [1, {len(data)}] for the {split} split, got {n}")
         return torch.stack([data[i][0] for i in range(n)])
 
     def train_dataloader(self) -> DataLoader[Example]:
