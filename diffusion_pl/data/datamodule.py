@@ -279,7 +279,7 @@ class DiffusionDataModule(L.LightningDataModule):
         self.source.prepare()
 
     def setup(self, stage: str) -> None:
-        """Load the splits a stage needs: train and val to fit, val to validate.
+        """Load the splits a stage needs: train and val to fit, val to validate and to test.
 
         When fitting, set the trainer's ``accumulate_grad_batches`` to A; a config that sets it
         to anything else is refused (the global batch decides it).
@@ -287,7 +287,8 @@ class DiffusionDataModule(L.LightningDataModule):
         Args:
             stage: ``"fit"``, ``"validate"``, ``"test"`` or ``"predict"``.
         """
-        for split in {"fit": ("train", "val"), "validate": ("val",)}.get(stage, ()):
+        needs = {"fit": ("train", "val"), "validate": ("val",), "test": ("val",)}
+        for split in needs.get(stage, ()):
             self.dataset(split)
         if stage == "fit" and self.trainer is not None:
             accumulate = self.accumulate
@@ -365,6 +366,11 @@ class DiffusionDataModule(L.LightningDataModule):
         return DataLoader(
             self.dataset("val"), shuffle=False, drop_last=False, **self._loader_options()
         )
+
+    def test_dataloader(self) -> DataLoader[Example]:
+        """``diffusion-pl test``'s batches: the val split's (the sources have train and val
+        splits only, so ``test`` reports on the held-out val split)."""
+        return self.val_dataloader()
 
     def _loader_options(self) -> dict[str, Any]:
         return {
