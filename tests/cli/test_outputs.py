@@ -17,7 +17,7 @@ COMMANDS = {
     "reflow": "reflow --ckpt_path never-read.ckpt --num_pairs 2",
     "fid": "fid --ckpt_path never-read.ckpt --feature digits",
     "likelihood": "likelihood --ckpt_path never-read.ckpt",
-    "phema": "phema --run no-such-run --sigma_rel 0.05",
+    "phema": "phema --run . --sigma_rel 0.05",
     "encode": f"encode --config {ROOT / 'configs/digits/rectified_flow.yaml'} --autoencoder x",
 }
 
