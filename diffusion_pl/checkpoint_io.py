@@ -1,4 +1,5 @@
-"""Checkpoint files: atomic writes, clear errors on unreadable files, finding the last one.
+"""Checkpoint files: atomic writes (of any result, :func:`write_atomic`), clear errors on
+unreadable files, finding the last one.
 
 Lightning's own ``TorchCheckpointIO`` stages a checkpoint in the system temp folder and moves it
 into place; when that folder is on another file system (node-local ``/tmp``, checkpoints on a
@@ -17,8 +18,9 @@ import pickle
 import re
 import socket
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
@@ -30,6 +32,7 @@ __all__ = [
     "find_last_checkpoint",
     "read_checkpoint",
     "remove_stale_temporaries",
+    "write_atomic",
 ]
 
 Weights = Literal["ema", "raw"]
@@ -164,6 +167,28 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def write_atomic(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
+    """Write a file atomically: a reader sees the old file or the whole new one, never a part.
+
+    ``write`` writes the content to the binary file it is given: a temporary file beside
+    ``path`` (``.NAME.tmp-HOST-PID``, which :func:`remove_stale_temporaries` deletes when its
+    writer was killed), flushed to disk and renamed over ``path`` (``os.replace``); the rename
+    is flushed too. The folder must exist. Returns ``path``.
+    """
+    path = Path(path)
+    tmp = _temporary_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_folder(path.parent)  # the rename itself survives a crash
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` that writes atomically and names the file when it cannot read one.
 
@@ -181,18 +206,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or "://" in str(path):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _temporary_name(path)
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            _fsync_folder(path.parent)  # the rename itself survives a crash
-        finally:
-            tmp.unlink(missing_ok=True)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, lambda f: torch.save(checkpoint, f))
 
     def load_checkpoint(self, path: str | Path, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Load as Lightning does; a corrupt file raises a ValueError that names it."""

@@ -114,8 +114,10 @@ def _run(argv: list[str], args: list[str] | None) -> None:
         args=args,  # None: LightningCLI reads sys.argv itself
         save_config_kwargs={"overwrite": True},
         parser_kwargs={
-            "description": f"Train diffusion models. Also: {', '.join(COMMANDS)}. Bad input "
-            "ends with one error line (exit code 2); DIFFUSION_PL_TRACEBACK=1 shows its traceback."
+            "description": f"Train diffusion models. Also: {', '.join(COMMANDS)}. test, like "
+            "validate, reports the loss on the val split (the data have no other held-out "
+            "split). Bad input ends with one error line (exit code 2); DIFFUSION_PL_TRACEBACK=1 "
+            "shows its traceback."
         },
         # Persistent callbacks, added to every run's own: survive preemption and divergence,
         # report progress in kimg.

@@ -279,7 +279,7 @@ class DiffusionDataModule(L.LightningDataModule):
         self.source.prepare()
 
     def setup(self, stage: str) -> None:
-        """Load the splits a stage needs: train and val to fit, val to validate.
+        """Load the splits a stage needs: train and val to fit, val to validate and to test.
 
         When fitting, set the trainer's ``accumulate_grad_batches`` to A; a config that sets it
         to anything else is refused (the global batch decides it).
@@ -287,7 +287,8 @@ class DiffusionDataModule(L.LightningDataModule):
         Args:
             stage: ``"fit"``, ``"validate"``, ``"test"`` or ``"predict"``.
         """
-        for split in {"fit": ("train", "val"), "validate": ("val",)}.get(stage, ()):
+        needs = {"fit": ("train", "val"), "validate": ("val",), "test": ("val",)}
+        for split in needs.get(stage, ()):
             self.dataset(split)
         if stage == "fit" and self.trainer is not None:
             accumulate = self.accumulate
@@ -312,18 +313,19 @@ class DiffusionDataModule(L.LightningDataModule):
             self._datasets[split] = self.source.load(split)
         return self._datasets[split]
 
-    def real_samples(self, split: Split, n: int) -> Tensor:
+    def real_samples(self, split: Split, n: int, name: str = "n") -> Tensor:
         """The first ``n`` examples of a split, un-augmented, stacked to ``[n, *data_shape]``.
 
         Args:
             split: ``"train"`` or ``"val"``.
             n: number of examples, at most the size of the split.
+            name: how an error names ``n`` (a command's option, e.g. ``--num_samples``).
         """
         data = self.dataset(split)
         if isinstance(data, StreamingSplit):
             raise ValueError(f"the {split} split is streamed and has no first n examples: use val")
         if not 0 < n <= len(data):
-            raise ValueError(f"n must be in [1, {len(data)}] for the {split} split, got {n}")
+            raise ValueError(f"{name} must be in [1, {len(data)}] for the {split} split, got {n}")
         return torch.stack([data[i][0] for i in range(n)])
 
     def train_dataloader(self) -> DataLoader[Example]:
@@ -364,6 +366,11 @@ class DiffusionDataModule(L.LightningDataModule):
         return DataLoader(
             self.dataset("val"), shuffle=False, drop_last=False, **self._loader_options()
         )
+
+    def test_dataloader(self) -> DataLoader[Example]:
+        """``diffusion-pl test``'s batches: the val split's (the sources have train and val
+        splits only, so ``test`` reports on the held-out val split)."""
+        return self.val_dataloader()
 
     def _loader_options(self) -> dict[str, Any]:
         return {

@@ -31,13 +31,33 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from diffusion_pl.data.sources import Example, Source, Split, check_split
+from diffusion_pl.errors import MissingDependency
 
-__all__ = ["METADATA", "Autoencoder", "Latents", "encode_dataset"]
+__all__ = ["METADATA", "Autoencoder", "Latents", "autoencoder_class", "encode_dataset"]
 
 METADATA = "latents.json"
 """The file in a latent dataset's folder that describes it."""
 
 _INSTALL_HINT = "pip install 'diffusion-pl[latent]'"
+
+
+def autoencoder_class(name_or_path: str) -> type[nn.Module]:
+    """``diffusers.AutoencoderKL``; one line with the install command where diffusers is missing.
+
+    Args:
+        name_or_path: the autoencoder asked for (for the message).
+
+    Raises:
+        MissingDependency: diffusers is not installed.
+    """
+    try:
+        from diffusers import AutoencoderKL
+    except ImportError as err:
+        raise MissingDependency(
+            f"the autoencoder {name_or_path!r} needs diffusers, which is not installed: "
+            f"{_INSTALL_HINT}"
+        ) from err
+    return AutoencoderKL
 
 
 class Autoencoder(nn.Module):
@@ -53,12 +73,7 @@ class Autoencoder(nn.Module):
 
     def __init__(self, name_or_path: str, subfolder: str | None = None) -> None:
         super().__init__()
-        try:
-            from diffusers import AutoencoderKL
-        except ImportError as err:
-            raise ImportError(
-                f"the autoencoder {name_or_path!r} needs diffusers: {_INSTALL_HINT}"
-            ) from err
+        autoencoder_kl = autoencoder_class(name_or_path)
         local = Path(name_or_path).expanduser()
         if name_or_path.startswith(("/", ".", "~")):
             if not local.is_dir():
@@ -69,7 +84,7 @@ class Autoencoder(nn.Module):
                 )
             name_or_path = str(local)
         try:
-            self.vae = AutoencoderKL.from_pretrained(name_or_path, subfolder=subfolder)
+            self.vae = autoencoder_kl.from_pretrained(name_or_path, subfolder=subfolder)
         except OSError as err:  # not found locally, hub out of reach, or not an AutoencoderKL
             raise FileNotFoundError(
                 f"could not load the AutoencoderKL {name_or_path!r}"

@@ -170,10 +170,21 @@ class DiffusionModule(GuidedSampling, LightningModule):
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        # A fixed generator per batch makes val/loss comparable from one epoch to the next.
+        return self.held_out_loss("val", batch, batch_idx)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """``diffusion-pl test``: the loss on the data module's test batches (its val split:
+        the data sources have no other held-out split), logged as ``test/loss``."""
+        return self.held_out_loss("test", batch, batch_idx)
+
+    def held_out_loss(self, stage: str, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """The mean training loss of a held-out batch, logged as ``{stage}/loss``.
+
+        A fixed generator per batch makes the loss comparable from one evaluation to the next.
+        """
         generator = torch.Generator(device=self.device).manual_seed(batch_idx)
         loss = self.batch_loss(batch, generator).mean()
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True)
         return loss
 
     def setup(self, stage: str) -> None:

@@ -88,6 +88,16 @@ class NoisyClassifier(LightningModule):
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self.held_out_loss("val", batch, batch_idx)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """``diffusion-pl test``: loss and accuracies on the data module's test batches (its
+        val split), logged under ``test/``."""
+        return self.held_out_loss("test", batch, batch_idx)
+
+    def held_out_loss(self, stage: str, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """Loss, accuracy and accuracy on clean inputs of a held-out batch, logged as
+        ``{stage}/loss``, ``{stage}/acc`` and ``{stage}/acc_clean``."""
         x0, y = batch
         generator = torch.Generator(device=x0.device).manual_seed(batch_idx)
         x_t, t = self.noisy(x0, generator)
@@ -95,9 +105,9 @@ class NoisyClassifier(LightningModule):
         loss = F.cross_entropy(logits, y)
         t_min = torch.full_like(t, self.path.t_min)
         clean = self(self.noisy(x0, generator, t_min)[0], t_min)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
-        self.log("val/acc", (logits.argmax(1) == y).float().mean(), sync_dist=True)
-        self.log("val/acc_clean", (clean.argmax(1) == y).float().mean(), sync_dist=True)
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True)
+        self.log(f"{stage}/acc", (logits.argmax(1) == y).float().mean(), sync_dist=True)
+        self.log(f"{stage}/acc_clean", (clean.argmax(1) == y).float().mean(), sync_dist=True)
         return loss
 
     def configure_optimizers(self):

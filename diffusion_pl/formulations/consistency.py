@@ -14,7 +14,11 @@ from jsonargparse import lazy_instance
 from torch import nn
 
 from diffusion_pl.formulations.base import DiffusionModule
-from diffusion_pl.formulations.consistency_checks import check_same_reading, check_teacher_range
+from diffusion_pl.formulations.consistency_checks import (
+    check_same_reading,
+    check_teacher_kind,
+    check_teacher_range,
+)
 from diffusion_pl.formulations.optim import optimizer_config
 from diffusion_pl.hparams import save_config
 from diffusion_pl.objectives import ConsistencyObjective, Teacher
@@ -155,6 +159,7 @@ class ConsistencyModel(DiffusionModule):
             return
         teacher = self.load_diffusion_model(self.teacher, "teacher")
         who = f"the teacher {self.teacher}"
+        check_teacher_kind(teacher, who)
         check_teacher_range(teacher.path, self.sigma_min, self.sigma_max, who)
         if self.init_from_teacher:
             self.start_from(teacher, f"init_from_teacher {self.teacher}")
@@ -162,8 +167,14 @@ class ConsistencyModel(DiffusionModule):
 
     def load_diffusion_model(self, source: Teacher, key: str) -> DiffusionModule:
         """The diffusion model ``source`` holds (the argument ``key``), frozen, on this model's
-        data shape."""
-        model = source.load()
+        data shape; a missing checkpoint names the argument."""
+        try:
+            model = source.load()
+        except FileNotFoundError as err:
+            raise FileNotFoundError(
+                f"{key} (model.init_args.{key}): {err}: set {key}'s path to a checkpoint that "
+                "`diffusion-pl fit` wrote"
+            ) from err
         if not isinstance(model, DiffusionModule):
             raise ValueError(
                 f"{key} {source} holds a {type(model).__name__}, not a diffusion model: pass a "

@@ -93,3 +93,20 @@ def check_teacher_range(
             f"but the student's levels span [{sigma_min:g}, {sigma_max:g}]: set the model's "
             f"sigma_min >= {lo:.4g} and sigma_max <= {hi:.4g} (and the sampler's sigma_min)"
         )
+
+
+def check_teacher_kind(teacher: DiffusionModule, who: str = "the teacher") -> None:
+    """Refuse a consistency model as a distillation teacher: its x̂_0 is the end of the ODE, not
+    the posterior mean E[x_0 | x_t] that the teacher's ODE step needs (autoguidance refuses
+    mixing the two kinds for the same reason: :func:`diffusion_pl.formulations.check_guide`).
+
+    Args:
+        teacher: the loaded teacher.
+        who: how the error names the teacher (e.g. ``"the teacher RUN.ckpt"``).
+    """
+    if isinstance(teacher.parameterization, ConsistencyPreconditioning):
+        raise ValueError(
+            f"{who} is a consistency model ({name(teacher)}), whose x0 is the end of the ODE, "
+            "not the posterior mean E[x0 | x_t] that distillation's ODE step needs: distill "
+            "from a diffusion model (EDM, VP, rectified flow, ...), or pass it as init"
+        )

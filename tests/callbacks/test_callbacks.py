@@ -127,3 +127,6 @@ def test_fid_command_gives_the_same_score_on_one_or_two_processes(ddp_run: Path)
     one = fid(str(last), feature="digits", num_samples=96, batch_size=32,
               cache_dir=str(ddp_run / "cache"))  # fmt: skip
     assert two["fid"] == pytest.approx(one["fid"], rel=1e-6)
+    assert two["checkpoint"] == str(last) and two["num_samples"] == 96 and two["nfe"] > 0
+    assert two["feature"] == "digits" and two["split"] == "val" and two["seed"] == 0
+    assert two.keys() >= {"sampler", "steps"}  # what was measured, as likelihood records it

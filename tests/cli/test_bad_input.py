@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import datasets as hf
@@ -105,3 +106,25 @@ def test_fid_of_a_classifier_checkpoint_is_one_error_line(
     ckpt = toy_classifier_checkpoint(tmp_path / "classifier.ckpt")
     with cli_error(capsys, r"classifier\.ckpt holds a NoisyClassifier, not a diffusion model"):
         main(f"fid --ckpt_path {ckpt} --feature digits --num_samples 10".split())
+
+
+def test_phema_of_a_missing_run_says_it_does_not_exist(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no-such-run"
+    with cli_error(capsys, rf"^error: --run {missing}: no such folder; pass the run's folder"):
+        main(f"phema --run {missing} --sigma_rel 0.05 --output {tmp_path / 'out'}".split())
+    assert not (tmp_path / "out").exists()
+
+
+def test_encode_without_diffusers_is_one_line_with_the_install_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers: ImportError
+    config = ROOT / "configs/digits/rectified_flow.yaml"
+    expected = (r"^error: the autoencoder 'stabilityai/sd-vae-ft-mse' needs diffusers, which is "
+                r"not installed: pip install 'diffusion-pl\[latent\]'$")  # fmt: skip
+    with cli_error(capsys, expected) as stderr:
+        main(f"encode --config {config} --autoencoder stabilityai/sd-vae-ft-mse "
+             f"--output {tmp_path / 'codes'}".split())  # fmt: skip
+    assert len(stderr) == 1 and not (tmp_path / "codes").exists()  # before any work

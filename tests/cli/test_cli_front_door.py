@@ -195,6 +195,9 @@ def test_likelihood_records_the_t_eps_it_used(
     assert "t_eps=0, the path's t_min)" in printed and "t_eps=0.25, --t_eps)" in printed
     assert results["default"]["t_eps"] == 0.0 and results["given"]["t_eps"] == 0.25
     assert results["given"]["num_samples"] == 2 and results["given"]["split"] == "val"
+    assert results["given"]["checkpoint"] == str(toy_ckpt) and results["given"]["seed"] == 0
+    assert results["given"]["sampler"] == "rk45" and results["given"]["nfe"] > 0
+    assert results["given"].keys() >= {"steps", "feature"}  # as fid --output records them
     # p_0.25 is the data blurred by σ = 0.25: another density, another number
     assert abs(results["given"]["bpd"] - results["default"]["bpd"]) > 1e-3
     with cli_error(capsys, r"^error: t_eps=1.0 is outside \[0, t_max=1.0\) of LinearPath"):
@@ -226,3 +229,11 @@ def test_exit_code_of_bad_input_end_to_end() -> None:
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines()[-1] == "error: --num_samples must be > 0, got 0"
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+@pytest.mark.slow
+def test_likelihood_names_num_samples_beyond_the_split(
+    toy_ckpt: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with cli_error(capsys, r"^error: --num_samples must be in \[1, \d+\] for the val split, got 9"):
+        main(f"likelihood --ckpt_path {toy_ckpt} --num_samples 99999".split())

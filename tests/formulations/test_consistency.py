@@ -17,7 +17,11 @@ from torch import Tensor
 from diffusion_pl.checkpoints import Checkpoint, load_module, read_checkpoint
 from diffusion_pl.cli import main
 from diffusion_pl.formulations import ConsistencyModel, RectifiedFlow
-from diffusion_pl.formulations.consistency_checks import check_same_reading, check_teacher_range
+from diffusion_pl.formulations.consistency_checks import (
+    check_same_reading,
+    check_teacher_kind,
+    check_teacher_range,
+)
 from diffusion_pl.nets import MLP, UNet
 from diffusion_pl.objectives.consistency import (
     ECTLevels,
@@ -310,6 +314,25 @@ def test_distillation_and_training_fit_through_the_cli_and_sample(
                   "--sampler", "consistency", "--steps", steps])  # fmt: skip
             samples = np.load(out)["samples"]
             assert samples.shape == (8, 2) and np.isfinite(samples).all()
+
+
+def test_a_missing_teacher_or_init_names_its_argument(tmp_path: Path) -> None:
+    missing = tmp_path / "no.ckpt"
+    for key in ("teacher", "init"):
+        model = ConsistencyModel(
+            MLP(dim=2, hidden=8, depth=1), (2,), **{key: Checkpoint(str(missing))}
+        )
+        expected = rf"^{key} \(model\.init_args\.{key}\): checkpoint '{missing}' does not exist"
+        with pytest.raises(FileNotFoundError, match=expected):
+            model.setup("fit")
+
+
+def test_a_consistency_model_is_refused_as_a_distillation_teacher() -> None:
+    """Its x̂_0 is the end of the ODE, not the posterior mean the teacher's step needs."""
+    consistency = ConsistencyModel(MLP(dim=2, hidden=8, depth=1), (2,))
+    with pytest.raises(ValueError, match=r"^the teacher c\.ckpt is a consistency model \(Consis"):
+        check_teacher_kind(consistency, "the teacher c.ckpt")
+    check_teacher_kind(RectifiedFlow(MLP(dim=2, hidden=8, depth=1), (2,)))  # a diffusion model
 
 
 @pytest.mark.slow

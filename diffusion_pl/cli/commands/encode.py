@@ -10,7 +10,8 @@ from pathlib import Path
 import yaml
 
 from diffusion_pl.cli.options import check_device, check_positive
-from diffusion_pl.data.latents import encode_dataset
+from diffusion_pl.cli.outputs import check_writable
+from diffusion_pl.data.latents import autoencoder_class, encode_dataset
 from diffusion_pl.errors import UsageError
 
 __all__ = ["encode"]
@@ -39,7 +40,7 @@ def encode(
         data_config: given as ``--config``: a YAML config whose ``data.source`` gives the
             images (e.g. a fit config).
         autoencoder: hub name (``stabilityai/sd-vae-ft-mse``) or local folder of an AutoencoderKL.
-        output: the folder to write.
+        output: the folder to write (checked before any work).
         subfolder: the autoencoder's folder inside a pipeline repository (e.g. ``vae``).
         batch_size: images per encoder call.
         device: torch device, e.g. ``cpu`` or ``cuda``.
@@ -57,6 +58,8 @@ def encode(
             f"--config {data_config} has no data.source with a class_path: give a config whose "
             "data section names the images, e.g. configs/digits/rectified_flow_32.yaml"
         )
+    autoencoder_class(autoencoder)  # diffusers is installed
+    check_writable("output", output, folder=True)
     folder = encode_dataset(
         source, autoencoder, output, subfolder=subfolder, batch_size=batch_size, device=device,
         sample_posterior=sample_posterior, seed=seed,

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Literal
@@ -15,6 +14,8 @@ from diffusion_pl.callbacks import Weights
 from diffusion_pl.checkpoints import load_datamodule, read_checkpoint
 from diffusion_pl.cli.loading import SamplingOptions, load_for_sampling
 from diffusion_pl.cli.options import check_feature, check_positive, lists_samplers
+from diffusion_pl.cli.outputs import check_writable, json_writer, measurement, save_results
+from diffusion_pl.generate import counting_calls
 from diffusion_pl.metrics import FIDEvaluator
 from diffusion_pl.metrics.features import resolve_extractor
 from diffusion_pl.metrics.fid import require_images
@@ -66,7 +67,9 @@ def fid(
         cache_dir: reference statistics cache; default ``~/.cache/diffusion-pl/fid``.
         seed: seed of the sampling generators.
         device: ``cpu`` or ``cuda`` (under torchrun each process takes ``cuda:LOCAL_RANK``).
-        output: optional JSON file for the scores.
+        output: optional JSON file (checked before any work) for the scores and how they were
+            measured: checkpoint, split, num_samples, seed, sampler, steps, nfe (network
+            evaluations per sample), feature, weights, guide.
         guidance_scale: classifier-free guidance scale w of a class-conditional model (default:
             the checkpoint's); with ``--guide_ckpt``, autoguidance's w (required).
         guide_ckpt: checkpoint of a weaker model of the same data, path and conditioning, for
@@ -76,6 +79,8 @@ def fid(
     options.check(device)
     check_positive(batch_size=batch_size)
     check_feature(feature, feature_weights)
+    if output is not None:
+        check_writable("output", output)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         if device.startswith("cuda"):
@@ -91,8 +96,10 @@ def fid(
         extractor, split, num_samples, batch_size, kid=kid, cache_dir=cache_dir,
         reference=reference, seed=seed, progress=rank_zero,
     )  # fmt: skip
-    scores = evaluator.evaluate(module, load_datamodule(ckpt_path), chosen, guide=guide,
-                                guidance_scale=guidance_scale)  # fmt: skip
+    with counting_calls(module.net) as calls:
+        scores = evaluator.evaluate(module, load_datamodule(ckpt_path), chosen, guide=guide,
+                                    guidance_scale=guidance_scale)  # fmt: skip
+    nfe = calls[0] / max(1, len(list(evaluator.chunks())))
     if distributed:
         dist.destroy_process_group()
     if rank_zero:
@@ -100,8 +107,13 @@ def fid(
         print(f"{split} ({num_samples} samples, {chosen}{guided}, {feature} features): "
               + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), flush=True)  # fmt: skip
         if output is not None:
-            Path(output).parent.mkdir(parents=True, exist_ok=True)
-            Path(output).write_text(json.dumps(scores, indent=2) + "\n")
+            record = measurement(
+                ckpt_path, split=split, num_samples=num_samples, seed=seed, sampler=str(chosen),
+                steps=chosen.arguments().get("steps"), nfe=nfe, feature=feature,
+                weights=weights, guide_ckpt=guide_ckpt, guidance_scale=guidance_scale, **scores,
+            )  # fmt: skip
+            save_results("output", {Path(output): json_writer(record)})
+            print(f"wrote {output}", flush=True)
     return scores
 
 
@@ -140,10 +152,13 @@ def fid_sweep(
     result = {"step": read_checkpoint(paths[0], mmap=True)["global_step"], "feature": feature,
               "split": split, "num_samples": num_samples, "sampler": str(chosen),
               "results": rows, "best": best}  # fmt: skip
-    (output / "fid_vs_sigma_rel.json").write_text(json.dumps(result, indent=2) + "\n")
-    picture = save_curve([r["sigma_rel"] for r in rows], [r["fid"] for r in rows],
-                         output / "fid_vs_sigma_rel.png", "sigma_rel", f"FID ({feature})",
-                         f"post-hoc EMA at step {result['step']}")  # fmt: skip
-    print(f"best sigma_rel {best['sigma_rel']:g} (FID {best['fid']:.4f}); wrote "
-          f"{output / 'fid_vs_sigma_rel.json'} and {picture}", flush=True)  # fmt: skip
+    table, picture = output / "fid_vs_sigma_rel.json", output / "fid_vs_sigma_rel.png"
+    save_results("output", {
+        table: json_writer(result),
+        picture: lambda f: save_curve([r["sigma_rel"] for r in rows], [r["fid"] for r in rows],
+                                      f, "sigma_rel", f"FID ({feature})",
+                                      f"post-hoc EMA at step {result['step']}"),
+    })  # fmt: skip
+    print(f"best sigma_rel {best['sigma_rel']:g} (FID {best['fid']:.4f}); wrote {table} and "
+          f"{picture}", flush=True)  # fmt: skip
     return result

@@ -3,7 +3,6 @@ dimension (Song et al. 2021, "Score-Based Generative Modeling through SDEs", App
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Literal
@@ -14,6 +13,7 @@ from tqdm.auto import tqdm
 from diffusion_pl.checkpoints import load_datamodule
 from diffusion_pl.cli.loading import load_diffusion_module
 from diffusion_pl.cli.options import check_device, check_positive
+from diffusion_pl.cli.outputs import check_writable, json_writer, measurement, save_results
 from diffusion_pl.likelihood import bits_per_dim, check_t_eps, dequantize, log_likelihood
 
 __all__ = ["likelihood"]
@@ -31,7 +31,7 @@ def likelihood(
     seed: int = 0,
     device: str = "cpu",
     output: str | None = None,
-) -> dict[str, float | int | str]:
+) -> dict[str, object]:
     """PF-ODE negative log-likelihood of a data split under a checkpoint, in bits per dimension.
 
     Discrete data (images, digits) are uniformly dequantized and the result is a bound on the
@@ -52,10 +52,15 @@ def likelihood(
             flow's linear path; the others' papers report no PF-ODE likelihood).
         seed: seed of dequantization noise and Hutchinson probes.
         device: torch device, e.g. ``cpu`` or ``cuda``.
-        output: optional JSON file for the result (bits/dim, t_eps, NFE, split, examples).
+        output: optional JSON file (checked before any work) for the result and how it was
+            measured, as ``fid --output`` records it: checkpoint, split, num_samples, seed,
+            sampler (the rk45 solver), steps (None: adaptive), nfe (per example), feature
+            (None), then bpd, nfe_per_batch, t_eps, divergence, rtol, atol.
     """
     check_positive(num_samples=num_samples, batch_size=batch_size, rtol=rtol, atol=atol)
     check_device(device)
+    if output is not None:
+        check_writable("output", output)
     module = load_diffusion_module(ckpt_path, device)
     origin = "--t_eps"
     if t_eps is None:
@@ -64,7 +69,7 @@ def likelihood(
         t_eps, origin = module.path.t_min, "the path's t_min"
     check_t_eps(module.path, t_eps)
     datamodule = load_datamodule(ckpt_path)
-    data = datamodule.real_samples(split, num_samples).to(device)
+    data = datamodule.real_samples(split, num_samples, "--num_samples").to(device)
     levels = datamodule.num_levels
     generator = torch.Generator(device=device).manual_seed(seed)
     bpd, nfe = [], 0
@@ -80,13 +85,15 @@ def likelihood(
             bpd.append(-logp / (x[0].numel() * math.log(2)))
         else:
             bpd.append(bits_per_dim(logp, tuple(x.shape), levels))
-    result = {"bpd": float(torch.cat(bpd).mean()), "nfe_per_batch": nfe / len(bpd),
-              "t_eps": t_eps, "split": split, "num_samples": len(data)}  # fmt: skip
+    result = measurement(
+        ckpt_path, split=split, num_samples=len(data), seed=seed, sampler="rk45", steps=None,
+        nfe=nfe / len(bpd), feature=None, bpd=float(torch.cat(bpd).mean()),
+        nfe_per_batch=nfe / len(bpd), t_eps=t_eps, divergence=divergence, rtol=rtol, atol=atol,
+    )  # fmt: skip
     print(f"{split}: {result['bpd']:.4f} bits/dim over {len(data)} examples "
           f"({result['nfe_per_batch']:.0f} network evaluations per batch; "
           f"t_eps={t_eps:g}, {origin})", flush=True)  # fmt: skip
     if output is not None:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(json.dumps(result, indent=2) + "\n")
+        save_results("output", {Path(output): json_writer(result)})
         print(f"wrote {output}", flush=True)
     return result

@@ -19,6 +19,7 @@ from diffusion_pl.cli.options import (
     check_sampler_options,
     lists_samplers,
 )
+from diffusion_pl.cli.outputs import check_writable
 from diffusion_pl.errors import UsageError
 from diffusion_pl.metrics.fid import require_images
 from diffusion_pl.phema import (
@@ -67,7 +68,7 @@ def phema(
             ``phema/`` folder below it is read, so a resumed run's version folders count too.
         sigma_rel: widths to rebuild, each in (0, 0.3003): ``0.05 0.08 0.12`` or
             ``[0.05,0.08,0.12]``.
-        output: folder for the checkpoints (and the sweep's results).
+        output: folder for the checkpoints (and the sweep's results); checked before any work.
         at_step: rebuild the averages as of this step (a snapshot's); default: the last one.
         run_id: which run, where ``--run`` holds snapshots of several (the error lists them).
         ckpt_path: checkpoint whose model and data config (and buffers) the outputs take;
@@ -97,6 +98,10 @@ def phema(
         check_positive(num_samples=num_samples, batch_size=batch_size)
         check_device(device)
         check_feature(feature, feature_weights)
+    if not Path(run).is_dir():
+        raise FileNotFoundError(f"--run {run}: no such folder; pass the run's folder (its "
+                                "trainer.default_root_dir or a log dir under it)")  # fmt: skip
+    check_writable("output", output, folder=True)
     snapshots = select_run(find_snapshots(run), run, run_id)
     taken = [s.step for s in snapshots]
     step = taken[-1] if at_step is None else at_step

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from diffusion_pl.checkpoints import load_module
 from diffusion_pl.cli.options import check_device, check_positive
+from diffusion_pl.cli.outputs import check_writable, save_results
 from diffusion_pl.formulations import RectifiedFlow
 from diffusion_pl.reflow import flow_pairs
 
@@ -34,7 +35,7 @@ def reflow(
     Args:
         ckpt_path: checkpoint of a rectified flow written by ``diffusion-pl fit``.
         num_pairs: number of (noise, sample) pairs (> 0).
-        output: path of the ``.pt`` file to write.
+        output: path of the ``.pt`` file to write (checked before any work).
         steps: Euler steps of the flow ODE per pair.
         seed: seed of the noise.
         batch_size: pairs per network batch.
@@ -42,6 +43,8 @@ def reflow(
     """
     check_positive(num_pairs=num_pairs, steps=steps, batch_size=batch_size)
     check_device(device)
+    out = Path(output)
+    check_writable("output", out)
     module = load_module(ckpt_path, map_location=device)
     if not isinstance(module, RectifiedFlow):
         raise ValueError(
@@ -57,8 +60,7 @@ def reflow(
         x, s = flow_pairs(module.denoiser(), module.path, chunk, steps)
         samples.append(x.cpu())
         straightness.append(s * len(chunk))
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"noise": noise.cpu(), "samples": torch.cat(samples)}, out)
+    pairs = {"noise": noise.cpu(), "samples": torch.cat(samples)}
+    save_results("output", {out: lambda f: torch.save(pairs, f)})
     print(f"wrote {out}: {num_pairs} pairs; straightness {sum(straightness) / num_pairs:.4f}")
     return out

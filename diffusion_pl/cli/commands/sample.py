@@ -13,6 +13,7 @@ from diffusion_pl.callbacks import Weights
 from diffusion_pl.checkpoints import load_datamodule, load_module
 from diffusion_pl.cli.loading import SamplingOptions, load_for_sampling
 from diffusion_pl.cli.options import check_positive, lists_samplers
+from diffusion_pl.cli.outputs import check_writable, save_results
 from diffusion_pl.errors import UsageError
 from diffusion_pl.formulations import NoisyClassifier
 from diffusion_pl.generate import counting_calls, cycle_labels, generate
@@ -56,7 +57,8 @@ def sample(
         ckpt_path: checkpoint written by ``diffusion-pl fit``.
         num_samples: number of samples N (> 0); the array has shape (N, ...).
         output: where to write: the samples go to OUTPUT.npz and the picture to OUTPUT.png (a
-            trailing .npz or .png of OUTPUT is dropped first); both paths are printed.
+            trailing .npz or .png of OUTPUT is dropped first); both paths are printed. Checked
+            before sampling; a file that cannot be written after it is kept elsewhere (named).
         seed: seed of the sampling generator.
         sampler: sampler name, one of SAMPLER_NAMES; default: the checkpoint's formulation's.
         steps: the sampler's steps (default: the sampler's own): time steps of the grid for
@@ -88,6 +90,8 @@ def sample(
     if classifier_scale is not None and classifier_ckpt is None:
         raise UsageError("--classifier_scale scales a classifier's gradient: add --classifier_ckpt")
     options.check(device)
+    out, picture = output_paths(output)
+    check_writable("output", out)
     loaded = load_for_sampling(ckpt_path, options, device)
     module, guide, chosen = loaded.module, loaded.guide, loaded.sampler
     classifier = None
@@ -116,11 +120,11 @@ def sample(
         extra["latents"] = samples.numpy()
         data = load_datamodule(ckpt_path)
         samples = torch.cat([data.decode(z.to(device)).cpu() for z in samples.split(batch_size)])
-    out, picture = output_paths(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, samples=samples.numpy(), **extra)
-    save_samples_figure(samples[:256], picture, title=str(chosen))
     print(f"{chosen}: {nfe:g} network evaluations per sample{guide_nfe}", flush=True)
+    save_results("output", {
+        out: lambda f: np.savez(f, samples=samples.numpy(), **extra),
+        picture: lambda f: save_samples_figure(samples[:256], f, title=str(chosen)),
+    })  # fmt: skip
     print(f"wrote {out} (samples: {tuple(samples.shape)}) and {picture}", flush=True)
     return out
 
