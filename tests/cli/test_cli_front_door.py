@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 from cli_runs import cli_error
-from run_helpers import toy_overrides
 
 from diffusion_pl.cli import main, output_paths, pick_sampler
 from diffusion_pl.cli.commands import sample as sample_command
@@ -25,15 +24,6 @@ from diffusion_pl.visualize import save_scatter
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def toy_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny rectified flow (MLP of width 32) fitted for 3 steps through the real CLI."""
-    root = tmp_path_factory.mktemp("toy")
-    main(["fit", *toy_overrides(root, 3)])
-    (ckpt,) = root.rglob("last.ckpt")
-    return ckpt
 
 
 @pytest.mark.parametrize(

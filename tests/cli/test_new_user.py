@@ -18,15 +18,6 @@ from diffusion_pl.cli import main
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
-@pytest.fixture(scope="module")
-def toy_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny rectified flow fitted for 2 steps through the real CLI."""
-    root = tmp_path_factory.mktemp("toy")
-    main(["fit", *toy_overrides(root, 2)])
-    (ckpt,) = root.rglob("last.ckpt")
-    return ckpt
-
-
 @contextmanager
 def short_error(capsys: pytest.CaptureFixture[str], match: str) -> Iterator[None]:
     """The CLI call in the block fails as bad input does (:func:`cli_error`), and what it
@@ -54,7 +45,7 @@ def test_the_test_command_reports_the_loss(
     toy_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     capsys.readouterr()
-    main(["test", *toy_overrides(tmp_path, 2), "--ckpt_path", str(toy_ckpt)])
+    main(["test", *toy_overrides(tmp_path, 3), "--ckpt_path", str(toy_ckpt)])
     assert "test/loss" in capsys.readouterr().out
 
 
