@@ -39,6 +39,7 @@ from diffusion_pl.cli.commands.reflow import reflow
 from diffusion_pl.cli.commands.sample import output_paths, sample
 from diffusion_pl.cli.lightning_cli import DiffusionCLI, Parser, check_labels
 from diffusion_pl.cli.loading import SamplingOptions, load_for_sampling, pick_sampler
+from diffusion_pl.cli.parse_errors import ShortErrors, check_config_files
 from diffusion_pl.data import DiffusionDataModule
 from diffusion_pl.errors import UsageError, bad_input, show_tracebacks
 
@@ -95,11 +96,12 @@ def main(args: list[str] | None = None) -> None:
 
 def _command_options(name: str) -> dict[str, object]:
     """jsonargparse options of the command ``name`` of :data:`COMMANDS`."""
-    return {"prog": f"diffusion-pl {name}", "as_positional": False}
+    return {"prog": f"diffusion-pl {name}", "as_positional": False, "parser_class": ShortErrors}
 
 
 def _run(argv: list[str], args: list[str] | None) -> None:
     """Run the command of ``argv``: one of :data:`COMMANDS`, or LightningCLI's."""
+    check_config_files(argv)
     if argv[:1] and argv[0] in COMMANDS:
         rest = command_args(argv[0], argv[1:])
         CLI(COMMANDS[argv[0]], args=rest, **_command_options(argv[0]))
@@ -114,10 +116,11 @@ def _run(argv: list[str], args: list[str] | None) -> None:
         args=args,  # None: LightningCLI reads sys.argv itself
         save_config_kwargs={"overwrite": True},
         parser_kwargs={
+            "prog": "diffusion-pl",
             "description": f"Train diffusion models. Also: {', '.join(COMMANDS)}. test, like "
             "validate, reports the loss on the val split (the data have no other held-out "
             "split). Bad input ends with one error line (exit code 2); DIFFUSION_PL_TRACEBACK=1 "
-            "shows its traceback."
+            "shows its traceback.",
         },
         # Persistent callbacks, added to every run's own: survive preemption and divergence,
         # report progress in kimg.

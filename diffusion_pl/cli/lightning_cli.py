@@ -3,8 +3,6 @@ DataModule, with the links between the data and the model and the checks before 
 
 from __future__ import annotations
 
-from typing import NoReturn
-
 import yaml
 from jsonargparse import Namespace
 from jsonargparse.typing import import_object
@@ -16,6 +14,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from diffusion_pl import formulations
 from diffusion_pl.callbacks import TrainingDiverged
 from diffusion_pl.checkpoints import AtomicCheckpointIO
+from diffusion_pl.cli.parse_errors import ShortErrors
 from diffusion_pl.compat import LightningCLIHooks
 from diffusion_pl.data import DiffusionDataModule
 from diffusion_pl.formulations import VDM, DiffusionModule
@@ -31,34 +30,20 @@ from diffusion_pl.runs import (
 __all__ = ["DiffusionCLI", "Parser", "check_labels"]
 
 
-def _names_a_class(message: str) -> bool:
-    """Whether the first ``class_path '…'`` of a jsonargparse error imports (the error is then
-    about its init args, not the class)."""
-    marker = "Problem with given class_path '"
-    if marker not in message:
-        return False
-    class_path = message.split(marker, 1)[1].split("'", 1)[0]
-    try:
-        import_object(class_path)
-    except (ImportError, AttributeError, ValueError):
-        return False
-    return True
+class Parser(LightningArgumentParser, ShortErrors):
+    """LightningCLI's parser with one-line errors (:class:`~.parse_errors.ShortErrors`); a
+    model class that is not found lists the formulations to choose from."""
 
-
-class Parser(LightningArgumentParser):
-    """LightningCLI's parser; an error about the model's class lists the formulations to choose
-    from (not one about the init args of a class that was found)."""
-
-    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        if 'key "model"' in message and not _names_a_class(message):
+    def explain(self, line: str) -> str:
+        if line.startswith("--model: there is no class") and "did you mean" not in line:
             classes = [getattr(formulations, n) for n in formulations.__all__]
             choices = ", ".join(
                 f"diffusion_pl.formulations.{c.__name__}"
                 for c in classes
                 if isinstance(c, type) and c is not DiffusionModule
             )
-            message += f"\nSet model.class_path to one of: {choices}"
-        super().error(message, ex)
+            line += f". Set model.class_path to one of: {choices}"
+        return line
 
 
 class DiffusionCLI(LightningCLIHooks):
