@@ -11,7 +11,7 @@ from cli_runs import cli_error
 from run_helpers import TOY
 
 from diffusion_pl.cli import main
-from diffusion_pl.cli.parse_errors import shorten
+from diffusion_pl.config_errors import shorten
 
 FIT = ["fit", "--config", str(TOY), "--trainer.max_steps", "1"]
 
