@@ -51,6 +51,7 @@ from diffusion_pl.checkpoints import (
     read_checkpoint,
     remove_stale_temporaries,
 )
+from diffusion_pl.signals import EXIT_PREEMPTED
 
 __all__ = [
     "EXIT_PREEMPTED",
@@ -64,10 +65,6 @@ __all__ = [
     "print_outputs",
     "resume_hint",
 ]
-
-EXIT_PREEMPTED = 75
-"""Exit status of a ``fit`` stopped by SIGTERM after saving ``last.ckpt``: ``EX_TEMPFAIL`` of
-sysexits.h, "temporary failure, retry"; configs/slurm/train.sbatch requeues the job on it."""
 
 RESUMABLE_MODEL_KEYS = ("sampler", "guidance_scale")
 """Model init args a resume may change: they choose how the model samples, not what it learns."""

@@ -42,6 +42,7 @@ from diffusion_pl.cli.loading import SamplingOptions, load_for_sampling, pick_sa
 from diffusion_pl.cli.parse_errors import ShortErrors, check_config_files
 from diffusion_pl.data import DiffusionDataModule
 from diffusion_pl.errors import UsageError, bad_input, show_tracebacks
+from diffusion_pl.signals import Preempted, preempted_exit, sigterm_rule
 
 __all__ = [
     "COMMANDS",
@@ -79,11 +80,16 @@ def main(args: list[str] | None = None) -> None:
     line on stderr, after the command's usage for a bad option of ``sample``, ``reflow``,
     ``likelihood``, ``fid``, ``phema`` or ``encode`` (:class:`~diffusion_pl.errors.UsageError`),
     and exit code 2; ``DIFFUSION_PL_TRACEBACK=1`` raises it with its traceback instead. Other
-    exceptions keep their tracebacks.
+    exceptions keep their tracebacks. SIGTERM ends any command with exit code 75
+    (:mod:`diffusion_pl.signals`; ``fit`` first prints its outputs and state).
     """
     argv = sys.argv[1:] if args is None else list(args)
     try:
-        _run(argv, args)
+        with sigterm_rule():
+            _run(argv, args)
+    except Preempted:
+        what = f"`diffusion-pl {argv[0]}`" if argv else "diffusion-pl"
+        raise preempted_exit(f"during {what}: nothing was written") from None
     except Exception as raised:
         error = bad_input(raised)
         if error is None or show_tracebacks():

@@ -26,6 +26,7 @@ from diffusion_pl.runs import (
     print_outputs,
     resume_hint,
 )
+from diffusion_pl.signals import Preempted
 
 __all__ = ["DiffusionCLI", "Parser", "check_labels"]
 
@@ -140,20 +141,34 @@ class DiffusionCLI(LightningCLIHooks):
     def run_subcommand(self, subcommand: str) -> None:
         """Run it; a run stopped by SIGTERM or divergence prints its outputs and how it ended.
 
-        After SIGTERM (``last.ckpt`` is written by then) the process exits with
-        :data:`~.runs.EXIT_PREEMPTED`, so a retry loop can tell preemption from completion.
+        SIGTERM (:mod:`diffusion_pl.signals`) ends the command with
+        :data:`~.runs.EXIT_PREEMPTED`, so a retry loop can tell preemption from completion: in
+        the training loop after ``last.ckpt`` is written, before it with nothing trained, after
+        it (the final grid or FID of ``on_fit_end``) with the final checkpoint written.
         """
         try:
             super().run_subcommand(subcommand)
-        except SIGTERMException:
+        except (SIGTERMException, Preempted) as stopped:
             if subcommand == "fit":
-                state = f"stopped by SIGTERM at step {self.trainer.global_step}"
-                state += f" (exit code {EXIT_PREEMPTED}); resume with: {resume_hint(self.trainer)}"
-                print_outputs(self.trainer, state)
+                print_outputs(self.trainer, self._stopped(isinstance(stopped, Preempted)))
             raise SystemExit(EXIT_PREEMPTED) from None
         except TrainingDiverged:
             print_outputs(self.trainer, f"diverged at step {self.trainer.global_step} (below)")
             raise
+
+    def _stopped(self, outside_the_loop: bool) -> str:
+        """The state of a fit stopped by SIGTERM, and how to go on."""
+        step, code = self.trainer.global_step, f"exit code {EXIT_PREEMPTED}"
+        if not outside_the_loop:
+            return f"stopped by SIGTERM at step {step} ({code}); resume with: " + resume_hint(
+                self.trainer
+            )
+        if self.trainer.fit_loop.done:  # on_fit_end: the final grid or FID
+            return (
+                f"stopped by SIGTERM after training finished at step {step} ({code}), before "
+                "its final samples; the final checkpoint is written"
+            )
+        return f"stopped by SIGTERM before training, at step {step} ({code}); run it again"
 
     def before_fit(self) -> None:
         check_labels(self.model, self.datamodule)
@@ -163,8 +178,13 @@ class DiffusionCLI(LightningCLIHooks):
         check_labels(self.model, self.datamodule)
 
     def after_fit(self) -> None:
-        """Say where the run's outputs are."""
-        print_outputs(self.trainer, f"finished at step {self.trainer.global_step}")
+        """Say where the run's outputs are; a SIGTERM that came while the loop was ending (so
+        the run finished) still ends the command with exit code 75."""
+        step = self.trainer.global_step
+        if self.trainer.received_sigterm:
+            print_outputs(self.trainer, f"finished at step {step}, then stopped by SIGTERM")
+            raise SystemExit(EXIT_PREEMPTED)
+        print_outputs(self.trainer, f"finished at step {step}")
 
 
 def check_labels(model: LightningModule, datamodule: DiffusionDataModule) -> None:
