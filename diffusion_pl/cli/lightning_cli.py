@@ -21,6 +21,7 @@ from diffusion_pl.formulations import VDM, DiffusionModule
 from diffusion_pl.hparams import record_config
 from diffusion_pl.runs import (
     EXIT_PREEMPTED,
+    RunComplete,
     check_fit,
     prepare_checkpoint,
     print_outputs,
@@ -126,7 +127,8 @@ class DiffusionCLI(LightningCLIHooks):
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """Parse; then resolve ``ckpt_path`` and check it against the config
         (:func:`~.runs.prepare_checkpoint`); a fit first clears its run directory of stale
-        temporary files. A checkpoint the config cannot resume is refused, naming the keys. The
+        temporary files. A checkpoint the config cannot resume is refused, naming the keys; one
+        of a finished run ends the command (exit code 0) before anything is created. The
         config then runs as given: the checkpoint's hparams are not read over it
         (:class:`~diffusion_pl.compat.LightningCLIHooks`).
         """
@@ -136,7 +138,11 @@ class DiffusionCLI(LightningCLIHooks):
         if config is None or (config.get("ckpt_path") is None and subcommand != "fit"):
             return
         given = yaml.safe_load(parser.dump(self.config, skip_link_targets=False, skip_none=False))
-        config.ckpt_path = prepare_checkpoint(given[subcommand], subcommand)
+        try:
+            config.ckpt_path = prepare_checkpoint(given[subcommand], subcommand)
+        except RunComplete as complete:
+            print(complete, flush=True)
+            raise SystemExit(0) from None
 
     def run_subcommand(self, subcommand: str) -> None:
         """Run it; a run stopped by SIGTERM or divergence prints its outputs and how it ended.

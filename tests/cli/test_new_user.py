@@ -107,3 +107,31 @@ def test_a_checkpoint_of_another_version_is_one_line(
     )
     with short_error(capsys, expected):
         main(f"sample --ckpt_path {old} --num_samples 2 --output {tmp_path / 's.npz'}".split())
+
+
+def test_resuming_a_finished_run_does_nothing_and_creates_nothing(
+    toy_ckpt: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = toy_ckpt.parents[3]
+    before = sorted(root.rglob("*"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main(["fit", *toy_overrides(root, 3), "--ckpt_path", "last"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert f"the run is complete: {toy_ckpt} is at step 3 and trainer.max_steps is 3" in out
+    assert sorted(root.rglob("*")) == before  # no new version folder, grid or config
+
+
+def test_a_schedule_longer_than_the_run_is_said_and_a_scatter_shows_every_point(
+    toy_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    T_max = "--model.init_args.lr_scheduler.init_args.T_max"
+    main(["fit", *toy_overrides(tmp_path, 1), T_max, "3000"])
+    expected = (
+        "warning: the CosineAnnealingLR schedule is 3000 steps long (T_max) but "
+        f"trainer.max_steps is 1; to anneal over this run set {T_max} 1"
+    )
+    assert expected in capsys.readouterr().out
+    main(f"sample --ckpt_path {toy_ckpt} --num_samples 300 --output {tmp_path / 's'}".split())
+    assert "the first" not in capsys.readouterr().out  # a scatter plot shows every point
