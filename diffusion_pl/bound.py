@@ -26,6 +26,7 @@ __all__ = [
     "bound_steps",
     "bound_times",
     "diffusion_loss",
+    "diffusion_loss_sum",
     "discretized_gaussian_log_prob",
     "elbo_weight",
     "prior_kl",
@@ -154,6 +155,44 @@ def diffusion_loss(
     return elbo_weight(path, t, steps) * (eps_hat - eps).flatten(1).pow(2).sum(1)
 
 
+def diffusion_loss_sum(
+    denoiser: DenoiserFn,
+    path: NoisePath,
+    x0: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    max_batch: int = 512,
+) -> Tensor:
+    """A discrete path's diffusion loss summed over all its N steps, nats ``[B]``.
+
+    Σ_{i=1}^{N} ½ (SNR(t_{i−1})/SNR(t_i) − 1) ‖ε_i − ε̂(z_{t_i})‖², one ε_i per step and example:
+    the terms L_{i−1} of Ho et al. (2020, Eq. 5) summed as they compute them, i.e. Kingma et al.
+    (2021, Eq. 13) without the draw of i, so its only randomness is ε. Costs N network calls
+    per example, batched over steps (``max_batch`` examples per call).
+
+    Raises:
+        ValueError: the path is continuous (its diffusion loss is an integral: estimate it
+            with :func:`diffusion_loss`).
+    """
+    steps = bound_steps(path)
+    if steps is None:
+        raise ValueError(
+            f"{type(path).__name__} is continuous: its diffusion loss is an integral over t, "
+            "not a sum over steps; use the one-sample estimate (all_steps=False)"
+        )
+    b = x0.shape[0]
+    per_call = max(1, max_batch // b)
+    total = torch.zeros(b, dtype=x0.dtype, device=x0.device)
+    for first in range(1, steps + 1, per_call):
+        i = torch.arange(first, min(first + per_call, steps + 1), device=x0.device)
+        t = (path.t_min + (path.t_max - path.t_min) * i / steps).to(x0.dtype)
+        x = x0.repeat(len(i), *([1] * (x0.ndim - 1)))
+        eps = randn(x.shape, generator, device=x0.device, dtype=x0.dtype)
+        terms = diffusion_loss(denoiser, path, x, t.repeat_interleave(b), eps, steps) / steps
+        total += terms.view(len(i), b).sum(0)
+    return total
+
+
 @dataclass(frozen=True)
 class VariationalBound:
     """The three terms of −log p(x_0) ≤ prior + diffusion + reconstruction, nats ``[B]``."""
@@ -187,12 +226,15 @@ def variational_bound(
     low_discrepancy: bool = True,
     generator: Generators = None,
     eps: Tensor | None = None,
+    all_steps: bool = False,
 ) -> VariationalBound:
     """Unbiased one-sample estimate of VDM's bound for each example of ``x0`` ``[B, ...]``.
 
     One t (:func:`bound_times`) and two independent noises per example (one for z_t, one for
     z_0), all drawn from ``generator``; the prior term is exact. Discrete on a discrete path
-    (:func:`bound_steps`), continuous otherwise.
+    (:func:`bound_steps`), continuous otherwise. With ``all_steps`` (discrete paths) the
+    diffusion loss is summed over every step (:func:`diffusion_loss_sum`) instead of read at
+    one drawn step: no variance over t, at N network calls per example.
 
     Args:
         denoiser: ``(x, t) -> Prediction``.
@@ -202,22 +244,28 @@ def variational_bound(
         low_discrepancy: spread the batch's times evenly (VDM, App. I.1).
         generator: source of t and both noises, drawn in that order.
         eps: the noise of z_t ``[B, ...]`` (coupled to ``x0``); drawn when None.
+        all_steps: sum over all the steps of a discrete path (``generator``: one
+            ``torch.Generator`` or None).
 
     Reference: Kingma et al. (2021), "Variational Diffusion Models", Eq. 11–17.
     """
-    t = bound_times(
-        path,
-        x0.shape[0],
-        low_discrepancy=low_discrepancy,
-        generator=generator,
-        device=x0.device,
-        dtype=x0.dtype,
-    )
-    if eps is None:
-        eps = randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)
+    if all_steps:
+        diffusion = diffusion_loss_sum(denoiser, path, x0, generator=generator)
+    else:
+        t = bound_times(
+            path,
+            x0.shape[0],
+            low_discrepancy=low_discrepancy,
+            generator=generator,
+            device=x0.device,
+            dtype=x0.dtype,
+        )
+        if eps is None:
+            eps = randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)
+        diffusion = diffusion_loss(denoiser, path, x0, t, eps, bound_steps(path))
     eps0 = randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)
     return VariationalBound(
         prior=prior_kl(path, x0),
-        diffusion=diffusion_loss(denoiser, path, x0, t, eps, bound_steps(path)),
+        diffusion=diffusion,
         reconstruction=reconstruction_nll(denoiser, path, x0, eps0, num_levels),
     )

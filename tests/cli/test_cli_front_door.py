@@ -208,15 +208,18 @@ def test_the_scatter_title_is_not_clipped(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_exit_code_of_bad_input_end_to_end() -> None:
-    """The installed command exits with 2 and prints the usage and one error line, no
-    traceback."""
+    """The installed command exits with 2 and prints one error line and the --help tip, no
+    usage, no traceback."""
     result = subprocess.run(
         [sys.executable, "-m", "diffusion_pl", "sample", "--ckpt_path", "x.ckpt",
          "--num_samples", "0", "--output", "o.npz"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
-    assert result.stderr.splitlines()[-1] == "error: --num_samples must be > 0, got 0"
+    assert result.stderr.splitlines() == [
+        "error: --num_samples must be > 0, got 0",
+        "tip: `diffusion-pl sample --help` lists every option",
+    ]
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 

@@ -8,9 +8,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
+import torch
 from torch import Tensor
 
-from diffusion_pl.checkpoints import AtomicCheckpointIO, read_checkpoint
+from diffusion_pl.checkpoint_io import VERSION_KEY, package_version
+from diffusion_pl.checkpoints import read_checkpoint
 from diffusion_pl.cli.commands.fid import fid_sweep
 from diffusion_pl.cli.options import (
     check_device,
@@ -19,7 +21,7 @@ from diffusion_pl.cli.options import (
     check_sampler_options,
     lists_samplers,
 )
-from diffusion_pl.cli.outputs import check_writable
+from diffusion_pl.cli.outputs import check_writable, save_results
 from diffusion_pl.errors import UsageError
 from diffusion_pl.metrics.fid import require_images
 from diffusion_pl.phema import (
@@ -121,7 +123,8 @@ def phema(
         path = Path(output) / f"phema-sigma_rel{value:g}-step{step}.ckpt"
         info = {"sigma_rel": value, "step": step, "run_id": used[-1].run_id,
                 "snapshots": len(used), "profile_error": error}  # fmt: skip
-        AtomicCheckpointIO().save_checkpoint(averaged_checkpoint(template, params, info), path)
+        checkpoint = {**averaged_checkpoint(template, params, info), VERSION_KEY: package_version()}
+        save_results("output", {path: lambda f, c=checkpoint: torch.save(c, f)})
         paths.append(path)
         print(f"sigma_rel {value:g} at step {step}: wrote {path} (from {len(used)} snapshots of "
               f"sigma_rel {tracked}; profile error {error:.2%})", flush=True)  # fmt: skip
