@@ -25,6 +25,7 @@ from lightning import LightningModule
 
 from diffusion_pl.callbacks import (
     FinalCheckpoint,
+    SaveAdapters,
     SigtermCheckpoint,
     StepSeed,
     StopOnNonFinite,
@@ -120,7 +121,7 @@ def _run(argv: list[str], args: list[str] | None) -> None:
             "shows its traceback."
         },
         # Persistent callbacks, added to every run's own: survive preemption and divergence,
-        # report progress in kimg.
+        # report progress in kimg, write a LoRA run's adapters file.
         trainer_defaults={
             "callbacks": [
                 SigtermCheckpoint(),
@@ -128,6 +129,7 @@ def _run(argv: list[str], args: list[str] | None) -> None:
                 StopOnNonFinite(),
                 FinalCheckpoint(),
                 Throughput(),
+                SaveAdapters(),
             ]
         },
     )
