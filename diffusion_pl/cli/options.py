@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
@@ -19,6 +20,7 @@ __all__ = [
     "check_positive",
     "check_sampler_options",
     "lists_samplers",
+    "parse_lora",
 ]
 
 P = ParamSpec("P")
@@ -76,3 +78,30 @@ def lists_samplers(command: Callable[P, R]) -> Callable[P, R]:
     (its ``--help``) says ``SAMPLER_NAMES``, so the help lists every registered sampler."""
     command.__doc__ = (command.__doc__ or "").replace("SAMPLER_NAMES", ", ".join(SAMPLERS))
     return command
+
+
+def parse_lora(values: Sequence[str]) -> list[tuple[str, float]]:
+    """``--lora PATH[:SCALE]`` values as ``(path, λ)`` pairs (λ = 1 without SCALE); a bad SCALE
+    or a missing file is refused, naming the value."""
+    chosen = []
+    for value in values:
+        path, sep, tail = value.rpartition(":")
+        if not sep or Path(value).is_file():
+            path, scale = value, 1.0
+        else:
+            try:
+                scale = float(tail)
+            except ValueError:
+                scale = math.nan
+            if not math.isfinite(scale):
+                raise UsageError(
+                    f"--lora {value}: the SCALE after the last ':' must be a finite number, "
+                    f"e.g. {path}:0.5"
+                )
+        if not Path(path).is_file():
+            raise UsageError(
+                f"--lora {value}: no file {path}; give an adapters file (a fit with lora: writes "
+                "adapters.pt beside its logs), optionally with :SCALE"
+            )
+        chosen.append((path, scale))
+    return chosen

@@ -263,6 +263,7 @@ def merge_adapters(net: nn.Module) -> nn.Module:
         if isinstance(module, peft_lora().tuners.lora.LoraLayer):
             parent, _, child = key.rpartition(".")
             setattr(net.get_submodule(parent), child, module.get_base_layer())
-    if hasattr(net, "peft_config"):
-        del net.peft_config
+    for module in net.modules():
+        if "peft_config" in vars(module):
+            del module.peft_config
     return net
