@@ -117,7 +117,7 @@ def target_names(net: nn.Module, targets: tuple[str, ...] | None) -> list[str]:
     Raises:
         ValueError: a target names no ``nn.Linear`` or ``nn.Conv2d`` of the net.
     """
-    layers = [n for n, m in net.named_modules() if type(m) in (nn.Linear, nn.Conv2d)]
+    layers = _layers(net)
     if targets is None:
         return layers
     chosen = []
@@ -131,6 +131,19 @@ def target_names(net: nn.Module, targets: tuple[str, ...] | None) -> list[str]:
             )
         chosen += [n for n in found if n not in chosen]
     return chosen
+
+
+def _layers(net: nn.Module) -> list[str]:
+    """The names of the net's ``nn.Linear`` and ``nn.Conv2d`` layers; a layer that already has
+    adapters counts as the layer it wraps (its peft parts are not layers of the net)."""
+    names = []
+    for name, module in net.named_modules():
+        inner = getattr(module, _BASE_PART, None)
+        kind = type(inner) if isinstance(inner, nn.Module) else type(module)
+        inside = {_BASE_PART, *_ADAPTER_PARTS} & set(name.split("."))
+        if kind in (nn.Linear, nn.Conv2d) and not inside:
+            names.append(name)
+    return names
 
 
 def add_adapter(net: nn.Module, lora: LoRA, name: str, targets: list[str] | None = None) -> None:
