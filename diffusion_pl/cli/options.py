@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ParamSpec, TypeVar
@@ -11,6 +10,7 @@ from typing import ParamSpec, TypeVar
 import torch
 
 from diffusion_pl.errors import UsageError
+from diffusion_pl.lora import parse_adapters
 from diffusion_pl.metrics.features import default_inception_weights, inception_weights_missing
 from diffusion_pl.samplers import SAMPLERS
 
@@ -81,27 +81,9 @@ def lists_samplers(command: Callable[P, R]) -> Callable[P, R]:
 
 
 def parse_lora(values: Sequence[str]) -> list[tuple[str, float]]:
-    """``--lora PATH[:SCALE]`` values as ``(path, λ)`` pairs (λ = 1 without SCALE); a bad SCALE
-    or a missing file is refused, naming the value."""
-    chosen = []
-    for value in values:
-        path, sep, tail = value.rpartition(":")
-        if not sep or Path(value).is_file():
-            path, scale = value, 1.0
-        else:
-            try:
-                scale = float(tail)
-            except ValueError:
-                scale = math.nan
-            if not math.isfinite(scale):
-                raise UsageError(
-                    f"--lora {value}: the SCALE after the last ':' must be a finite number, "
-                    f"e.g. {path}:0.5"
-                )
-        if not Path(path).is_file():
-            raise UsageError(
-                f"--lora {value}: no file {path}; give an adapters file (a fit with lora: writes "
-                "adapters.pt beside its logs), optionally with :SCALE"
-            )
-        chosen.append((path, scale))
-    return chosen
+    """``--lora PATH[:SCALE]`` values as ``(path, λ)`` pairs (:func:`~diffusion_pl.lora.
+    parse_adapters`); a bad SCALE or a missing file is a :class:`UsageError` naming the value."""
+    try:
+        return parse_adapters(values, "--lora")
+    except ValueError as err:
+        raise UsageError(str(err)) from None

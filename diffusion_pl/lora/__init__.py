@@ -18,7 +18,14 @@ from diffusion_pl.lora.adapters import (
     peft_lora,
     target_names,
 )
-from diffusion_pl.lora.files import FORMAT, Adapters, apply_adapters, read_adapters, weights_sha256
+from diffusion_pl.lora.files import (
+    FORMAT,
+    Adapters,
+    apply_adapters,
+    parse_adapters,
+    read_adapters,
+    weights_sha256,
+)
 
 __all__ = [
     "FORMAT",
@@ -33,6 +40,7 @@ __all__ = [
     "load_adapter_state",
     "load_base_state",
     "merge_adapters",
+    "parse_adapters",
     "peft_lora",
     "read_adapters",
     "target_names",

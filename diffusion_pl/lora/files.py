@@ -10,6 +10,7 @@ of other weights with one line naming both hashes.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,14 @@ from diffusion_pl.lora.adapters import (
     load_adapter_state,
 )
 
-__all__ = ["FORMAT", "Adapters", "apply_adapters", "read_adapters", "weights_sha256"]
+__all__ = [
+    "FORMAT",
+    "Adapters",
+    "apply_adapters",
+    "parse_adapters",
+    "read_adapters",
+    "weights_sha256",
+]
 
 FORMAT = "diffusion-pl LoRA adapters 1"
 """The ``format`` entry of an adapters file."""
@@ -146,3 +154,35 @@ def apply_adapters(
         scales[name] = scale
     activate(net, scales)
     return scales
+
+
+def parse_adapters(values: Sequence[str], option: str) -> list[tuple[str, float]]:
+    """``PATH[:SCALE]`` values (``--lora``, a callback's ``lora``) as ``(path, λ)`` pairs, λ = 1
+    without SCALE.
+
+    Raises:
+        ValueError: a SCALE that is not a finite number, or no file at PATH (``option`` and the
+            value named).
+    """
+    chosen = []
+    for value in values:
+        path, sep, tail = value.rpartition(":")
+        if not sep or Path(value).is_file():
+            path, scale = value, 1.0
+        else:
+            try:
+                scale = float(tail)
+            except ValueError:
+                scale = math.nan
+            if not math.isfinite(scale):
+                raise ValueError(
+                    f"{option} {value}: the SCALE after the last ':' must be a finite number, "
+                    f"e.g. {path}:0.5"
+                )
+        if not Path(path).is_file():
+            raise ValueError(
+                f"{option} {value}: no file {path}; give an adapters file (a fit with lora: "
+                "writes adapters.pt beside its logs), optionally with :SCALE"
+            )
+        chosen.append((path, scale))
+    return chosen

@@ -12,11 +12,13 @@ import torch
 from cli_runs import cli_error
 from run_helpers import toy_overrides
 
+from diffusion_pl.callbacks import SampleGrid
 from diffusion_pl.checkpoints import load_module, read_checkpoint
 from diffusion_pl.cli import main
 from diffusion_pl.cli.argv import gather_repeated
 from diffusion_pl.cli.options import parse_lora
 from diffusion_pl.errors import UsageError
+from diffusion_pl.generate import generate
 from diffusion_pl.lora import read_adapters, weights_sha256
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -107,6 +109,16 @@ def test_lora_fit_sample_and_merge(
     ]
     assert not any("lora_" in k or "base_layer" in k for k in checkpoint["state_dict"])
     np.testing.assert_allclose(_sample(merged, tmp_path / "merged"), with_lora, rtol=0, atol=1e-5)
+
+    # The sampling callbacks add adapters to a copy of the model's net while they sample.
+    grid = SampleGrid(lora=[f"{adapters}:2"])
+    base.eval()
+    with grid.adapters.applied(base):
+        drawn = generate(base, 32, seed=3, batch_size=32).numpy()
+    np.testing.assert_allclose(drawn, twice, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(generate(base, 32, seed=3, batch_size=32).numpy(), plain)
+    with pytest.raises(ValueError, match=r"SampleGrid: the model being trained has other weights"):
+        grid.adapters.check(load_module(merged))
 
     # Adapters on a base of other weights (here the merged one): one error line with the hashes.
     with cli_error(capsys, rf"the adapters {adapters} were trained on {toy_ckpt} \(base weights "
