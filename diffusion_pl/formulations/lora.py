@@ -24,7 +24,14 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from diffusion_pl.lora import Adapters, LoRA, add_adapter, base_state, load_base_state
+from diffusion_pl.lora import (
+    Adapters,
+    LoRA,
+    adapter_names,
+    add_adapter,
+    base_state,
+    load_base_state,
+)
 from diffusion_pl.objectives import Teacher
 
 __all__ = ["ADAPTER", "LoRATraining"]
@@ -78,6 +85,12 @@ class LoRATraining:
             raise ValueError(
                 f"base_ckpt {self.base_ckpt} holds a {type(base).__name__}, which has no net to "
                 "adapt: pass a diffusion model's checkpoint"
+            )
+        if adapter_names(net):
+            raise ValueError(
+                f"base_ckpt {self.base_ckpt} is a LoRA run's checkpoint (its net holds adapters): "
+                "merge them into a plain checkpoint first (diffusion-pl lora merge) and make "
+                "that the base"
             )
         load_base_state(self.net, base_state(net), f"base_ckpt {self.base_ckpt}")
 

@@ -230,6 +230,11 @@ def test_settings_and_targets_are_checked() -> None:
     with pytest.raises(ValueError, match="base_ckpt in-memory base holds a net whose layers or "
                        "shapes differ from this model's UNet"):  # fmt: skip
         tuned.setup("fit")
+    lora_run = VDM(digits_unet(), (1, 8, 8), lora=LoRA(), base_ckpt=base)
+    tuned = VDM(digits_unet(), (1, 8, 8), lora=LoRA(), base_ckpt=InMemory(lora_run))
+    with pytest.raises(ValueError, match="is a LoRA run's checkpoint .*: merge them into a plain "
+                       r"checkpoint first \(diffusion-pl lora merge\)"):  # fmt: skip
+        tuned.setup("fit")
 
 
 def test_missing_peft_is_one_line_with_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
