@@ -19,6 +19,7 @@ import re
 import socket
 import zipfile
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -27,13 +28,27 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 __all__ = [
+    "VERSION_KEY",
     "AtomicCheckpointIO",
     "Weights",
     "find_last_checkpoint",
+    "package_version",
     "read_checkpoint",
     "remove_stale_temporaries",
     "write_atomic",
 ]
+
+VERSION_KEY = "diffusion_pl_version"
+"""The checkpoint entry that records the version of diffusion-pl that wrote it."""
+
+
+def package_version() -> str:
+    """This installation's version of diffusion-pl (``unknown`` when it is not installed)."""
+    try:
+        return metadata.version("diffusion-pl")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
 
 Weights = Literal["ema", "raw"]
 """Which weights of a checkpoint or a run: ``ema`` (the moving average when the run had the EMA
@@ -196,13 +211,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     (``.NAME.tmp-HOST-PID``), flushed to disk, and renamed over the target (``os.replace``),
     and the rename is flushed too; remote paths (``s3://`` …) keep Lightning's behaviour. A
     writer killed mid-write leaves the temporary file, which :func:`remove_stale_temporaries`
-    deletes when the next run starts.
+    deletes when the next run starts. Every checkpoint records the version of diffusion-pl that
+    wrote it (:data:`VERSION_KEY`), which errors about its config name.
     """
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
     ) -> None:
         """Write ``checkpoint`` to ``path``: a reader sees the old file or the whole new one."""
+        checkpoint = {**checkpoint, VERSION_KEY: package_version()}
         if storage_options is not None or "://" in str(path):
             super().save_checkpoint(checkpoint, path, storage_options)
             return

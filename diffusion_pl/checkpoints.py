@@ -11,7 +11,9 @@ re-exported here).
 
 from __future__ import annotations
 
+from argparse import ArgumentError
 from pathlib import Path
+from typing import Any
 
 import torch
 from jsonargparse.typing import import_object
@@ -19,12 +21,15 @@ from lightning import LightningModule
 from lightning.pytorch.cli import instantiate_module
 
 from diffusion_pl.checkpoint_io import (
+    VERSION_KEY,
     AtomicCheckpointIO,
     Weights,
     find_last_checkpoint,
+    package_version,
     read_checkpoint,
     remove_stale_temporaries,
 )
+from diffusion_pl.config_errors import shorten
 from diffusion_pl.data import DiffusionDataModule
 from diffusion_pl.objectives import Teacher
 
@@ -90,7 +95,7 @@ def load_module(
             f"{ckpt_path} has no model class_path in its hyper_parameters: "
             "use a checkpoint written by `diffusion-pl fit`"
         )
-    module = instantiate_module(import_object(class_path), hparams)
+    module = _rebuild(ckpt_path, checkpoint, "hyper_parameters", class_path, hparams)
     key = "current_model_state" if weights == "raw" else "state_dict"
     module.load_state_dict(checkpoint.get(key, checkpoint["state_dict"]))
     return module.to(map_location)
@@ -130,4 +135,37 @@ def load_datamodule(ckpt_path: str | Path) -> DiffusionDataModule:
         # loaders need a batch size, not the training one.
         hparams["global_batch_size"] = hparams.pop("batch_size")
         hparams.pop("drop_last", None)
-    return instantiate_module(DiffusionDataModule, hparams)
+    checkpoint = read_checkpoint(ckpt_path, mmap=True)
+    return _rebuild(ckpt_path, checkpoint, "datamodule_hyper_parameters", None, hparams)
+
+
+def _rebuild(
+    path: str | Path,
+    checkpoint: dict[str, Any],
+    section: str,
+    class_path: str | None,
+    config: dict[str, Any],
+) -> Any:
+    """The module (``class_path``, or the DataModule when None) that ``config``, the saved
+    ``section`` of the checkpoint at ``path``, describes.
+
+    Raises:
+        ValueError: the saved config does not fit this version's classes (a renamed class, an
+            argument added or dropped since): one line naming the file, the key, the version
+            that wrote the checkpoint and this one.
+    """
+    try:
+        cls = DiffusionDataModule if class_path is None else import_object(class_path)
+        return instantiate_module(cls, config)
+    except (ArgumentError, ImportError, AttributeError) as err:
+        if isinstance(err, ArgumentError):
+            reason = f"{section}." + shorten(str(err)).replace("--module.", "").removeprefix("--")
+        else:
+            reason = f"{section}: its class {class_path} is not found ({err})"
+        written = checkpoint.get(VERSION_KEY)
+        written = f"diffusion-pl {written}" if written else "an unknown version"
+        raise ValueError(
+            f"checkpoint {str(path)!r} (written by {written}) does not load in diffusion-pl "
+            f"{package_version()}: {reason}; load it with the version that wrote it, or fix "
+            "that key in the checkpoint"
+        ) from None

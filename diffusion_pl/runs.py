@@ -51,12 +51,14 @@ from diffusion_pl.checkpoints import (
     read_checkpoint,
     remove_stale_temporaries,
 )
+from diffusion_pl.signals import EXIT_PREEMPTED
 
 __all__ = [
     "EXIT_PREEMPTED",
     "RESUMABLE_DATA_KEYS",
     "RESUMABLE_MODEL_KEYS",
     "Difference",
+    "RunComplete",
     "check_fit",
     "checkpoint_folders",
     "differences",
@@ -64,10 +66,6 @@ __all__ = [
     "print_outputs",
     "resume_hint",
 ]
-
-EXIT_PREEMPTED = 75
-"""Exit status of a ``fit`` stopped by SIGTERM after saving ``last.ckpt``: ``EX_TEMPFAIL`` of
-sysexits.h, "temporary failure, retry"; configs/slurm/train.sbatch requeues the job on it."""
 
 RESUMABLE_MODEL_KEYS = ("sampler", "guidance_scale")
 """Model init args a resume may change: they choose how the model samples, not what it learns."""
@@ -77,6 +75,11 @@ RESUMABLE_DATA_KEYS = ("num_workers", "pin_memory", "prefetch_factor", "max_devi
 
 # Linked from the data, and so compared through it.
 _LINKED_MODEL_KEYS = ("data_shape", "num_levels", "clip_samples")
+
+
+class RunComplete(Exception):
+    """``fit --ckpt_path`` names a checkpoint at or past ``max_steps``: nothing to train, and
+    the command stops before it creates anything (no new log version, no redrawn grid)."""
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,7 @@ def prepare_checkpoint(given: dict[str, Any], subcommand: str) -> str | None:
 
     Raises:
         ValueError: the checkpoint is another run's (the message names each key and the fix).
+        RunComplete: a ``fit`` from a checkpoint at or past ``max_steps``.
     """
     folders = checkpoint_folders(given["trainer"])
     if subcommand == "fit":
@@ -254,13 +258,13 @@ def _compare(path: Path, given: dict[str, Any], subcommand: str, found_by_last: 
     if honoured:
         lines[0] += ", with these changes from that run (checkpoint -> this config):"
         lines += [f"  {d}" for d in honoured]
-    max_steps = given["trainer"].get("max_steps")
-    if subcommand == "fit" and max_steps is not None and 0 <= max_steps <= step:
-        lines.append(
-            f"the checkpoint is at step {step} and trainer.max_steps is {max_steps}: the run is "
-            "complete and this fit trains nothing; raise --trainer.max_steps to train on"
-        )
     _say("\n".join(lines))
+    max_steps = given["trainer"].get("max_steps")
+    if subcommand == "fit" and max_steps is not None and 0 < max_steps <= step:
+        raise RunComplete(
+            f"the run is complete: {path} is at step {step} and trainer.max_steps is "
+            f"{max_steps}, so nothing was done; raise --trainer.max_steps to train on"
+        )
 
 
 def _why(key: str) -> str:
@@ -284,7 +288,8 @@ def check_fit(trainer: Trainer, module: LightningModule) -> None:
     """Refuse a fit that would train nothing, and bad optimizer arguments, before it starts.
 
     The optimizer and LR schedule are built once from the module's config, so torch's checks
-    (a negative learning rate, betas outside [0, 1)…) fail here, naming the config key.
+    (a negative learning rate, betas outside [0, 1)…) fail here, naming the config key; an LR
+    schedule whose length is not ``max_steps`` is a one-line warning.
     """
     for key in ("max_steps", "max_epochs"):
         if getattr(trainer, key) == 0:
@@ -298,11 +303,33 @@ def check_fit(trainer: Trainer, module: LightningModule) -> None:
     if isinstance(lr, (int, float)) and not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"model.init_args.optimizer.init_args.lr must be > 0, got {lr}")
     try:
-        module.configure_optimizers()
+        built = module.configure_optimizers()
     except (ValueError, TypeError) as err:
         raise ValueError(
             f"model.init_args.optimizer or lr_scheduler: {err}. Fix their init_args in the config"
         ) from err
+    if isinstance(built, dict) and trainer.max_steps > 0:
+        _check_horizon(built["lr_scheduler"]["scheduler"], trainer.max_steps)
+
+
+_HORIZONS = ("T_max", "total_steps")
+"""Scheduler attributes (and init args) that are the schedule's length in steps."""
+
+
+def _check_horizon(scheduler: object, max_steps: int) -> None:
+    """Warn in one line when the LR schedule's length (a cosine's ``T_max``, one-cycle's
+    ``total_steps``) is not the run's ``max_steps``: shorter, the cosine climbs back up; longer,
+    the learning rate stays near its start (e.g. ``--trainer.max_steps 200`` on a config made
+    for 3,000 steps)."""
+    for arg in _HORIZONS:
+        horizon = getattr(scheduler, arg, None)
+        if isinstance(horizon, int) and horizon != max_steps:
+            name = type(scheduler).__name__
+            _say(
+                f"warning: the {name} schedule is {horizon} steps long ({arg}) but "
+                f"trainer.max_steps is {max_steps}; to anneal over this run set "
+                f"--model.init_args.lr_scheduler.init_args.{arg} {max_steps}"
+            )
 
 
 def resume_hint(trainer: Trainer) -> str:

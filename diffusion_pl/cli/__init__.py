@@ -42,8 +42,10 @@ from diffusion_pl.cli.commands.reflow import reflow
 from diffusion_pl.cli.commands.sample import output_paths, sample
 from diffusion_pl.cli.lightning_cli import DiffusionCLI, Parser, check_labels
 from diffusion_pl.cli.loading import SamplingOptions, load_for_sampling, pick_sampler
+from diffusion_pl.cli.parse_errors import ShortErrors, check_config_files
 from diffusion_pl.data import DiffusionDataModule
 from diffusion_pl.errors import UsageError, bad_input, show_tracebacks
+from diffusion_pl.signals import Preempted, preempted_exit, sigterm_rule
 
 __all__ = [
     "COMMANDS",
@@ -83,11 +85,16 @@ def main(args: list[str] | None = None) -> None:
     line on stderr, after the command's usage for a bad option of ``sample``, ``reflow``,
     ``likelihood``, ``fid``, ``phema`` or ``encode`` (:class:`~diffusion_pl.errors.UsageError`),
     and exit code 2; ``DIFFUSION_PL_TRACEBACK=1`` raises it with its traceback instead. Other
-    exceptions keep their tracebacks.
+    exceptions keep their tracebacks. SIGTERM ends any command with exit code 75
+    (:mod:`diffusion_pl.signals`; ``fit`` first prints its outputs and state).
     """
     argv = sys.argv[1:] if args is None else list(args)
     try:
-        _run(argv, args)
+        with sigterm_rule():
+            _run(argv, args)
+    except Preempted:
+        what = f"`diffusion-pl {argv[0]}`" if argv else "diffusion-pl"
+        raise preempted_exit(f"during {what}: nothing was written") from None
     except Exception as raised:
         error = bad_input(raised)
         if error is None or show_tracebacks():
@@ -100,11 +107,12 @@ def main(args: list[str] | None = None) -> None:
 
 def _command_options(name: str) -> dict[str, object]:
     """jsonargparse options of the command ``name`` of :data:`COMMANDS`."""
-    return {"prog": f"diffusion-pl {name}", "as_positional": False}
+    return {"prog": f"diffusion-pl {name}", "as_positional": False, "parser_class": ShortErrors}
 
 
 def _run(argv: list[str], args: list[str] | None) -> None:
     """Run the command of ``argv``: one of :data:`COMMANDS`, or LightningCLI's."""
+    check_config_files(argv)
     if argv[:1] and argv[0] in COMMANDS:
         rest = command_args(argv[0], argv[1:])
         CLI(COMMANDS[argv[0]], args=rest, **_command_options(argv[0]))
@@ -119,10 +127,11 @@ def _run(argv: list[str], args: list[str] | None) -> None:
         args=args,  # None: LightningCLI reads sys.argv itself
         save_config_kwargs={"overwrite": True},
         parser_kwargs={
+            "prog": "diffusion-pl",
             "description": f"Train diffusion models. Also: {', '.join(COMMANDS)}. test, like "
             "validate, reports the loss on the val split (the data have no other held-out "
             "split). Bad input ends with one error line (exit code 2); DIFFUSION_PL_TRACEBACK=1 "
-            "shows its traceback."
+            "shows its traceback.",
         },
         # Persistent callbacks, added to every run's own: survive preemption and divergence,
         # report progress in kimg, write a LoRA run's adapters file.

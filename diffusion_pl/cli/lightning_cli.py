@@ -3,8 +3,6 @@ DataModule, with the links between the data and the model and the checks before 
 
 from __future__ import annotations
 
-from typing import NoReturn
-
 import yaml
 from jsonargparse import Namespace
 from jsonargparse.typing import import_object
@@ -16,49 +14,38 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from diffusion_pl import formulations
 from diffusion_pl.callbacks import TrainingDiverged
 from diffusion_pl.checkpoints import AtomicCheckpointIO
+from diffusion_pl.cli.parse_errors import ShortErrors
 from diffusion_pl.compat import LightningCLIHooks
 from diffusion_pl.data import DiffusionDataModule
 from diffusion_pl.formulations import VDM, DiffusionModule
 from diffusion_pl.hparams import record_config
 from diffusion_pl.runs import (
     EXIT_PREEMPTED,
+    RunComplete,
     check_fit,
     prepare_checkpoint,
     print_outputs,
     resume_hint,
 )
+from diffusion_pl.signals import Preempted
 
 __all__ = ["DiffusionCLI", "Parser", "check_labels"]
 
 
-def _names_a_class(message: str) -> bool:
-    """Whether the first ``class_path '…'`` of a jsonargparse error imports (the error is then
-    about its init args, not the class)."""
-    marker = "Problem with given class_path '"
-    if marker not in message:
-        return False
-    class_path = message.split(marker, 1)[1].split("'", 1)[0]
-    try:
-        import_object(class_path)
-    except (ImportError, AttributeError, ValueError):
-        return False
-    return True
+class Parser(LightningArgumentParser, ShortErrors):
+    """LightningCLI's parser with one-line errors (:class:`~.parse_errors.ShortErrors`); a
+    model class that is not found lists the formulations to choose from."""
 
-
-class Parser(LightningArgumentParser):
-    """LightningCLI's parser; an error about the model's class lists the formulations to choose
-    from (not one about the init args of a class that was found)."""
-
-    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        if 'key "model"' in message and not _names_a_class(message):
+    def explain(self, line: str) -> str:
+        if line.startswith("--model: there is no class") and "did you mean" not in line:
             classes = [getattr(formulations, n) for n in formulations.__all__]
             choices = ", ".join(
                 f"diffusion_pl.formulations.{c.__name__}"
                 for c in classes
                 if isinstance(c, type) and c is not DiffusionModule
             )
-            message += f"\nSet model.class_path to one of: {choices}"
-        super().error(message, ex)
+            line += f". Set model.class_path to one of: {choices}"
+        return line
 
 
 class DiffusionCLI(LightningCLIHooks):
@@ -140,7 +127,8 @@ class DiffusionCLI(LightningCLIHooks):
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """Parse; then resolve ``ckpt_path`` and check it against the config
         (:func:`~.runs.prepare_checkpoint`); a fit first clears its run directory of stale
-        temporary files. A checkpoint the config cannot resume is refused, naming the keys. The
+        temporary files. A checkpoint the config cannot resume is refused, naming the keys; one
+        of a finished run ends the command (exit code 0) before anything is created. The
         config then runs as given: the checkpoint's hparams are not read over it
         (:class:`~diffusion_pl.compat.LightningCLIHooks`).
         """
@@ -150,25 +138,43 @@ class DiffusionCLI(LightningCLIHooks):
         if config is None or (config.get("ckpt_path") is None and subcommand != "fit"):
             return
         given = yaml.safe_load(parser.dump(self.config, skip_link_targets=False, skip_none=False))
-        config.ckpt_path = prepare_checkpoint(given[subcommand], subcommand)
+        try:
+            config.ckpt_path = prepare_checkpoint(given[subcommand], subcommand)
+        except RunComplete as complete:
+            print(complete, flush=True)
+            raise SystemExit(0) from None
 
     def run_subcommand(self, subcommand: str) -> None:
         """Run it; a run stopped by SIGTERM or divergence prints its outputs and how it ended.
 
-        After SIGTERM (``last.ckpt`` is written by then) the process exits with
-        :data:`~.runs.EXIT_PREEMPTED`, so a retry loop can tell preemption from completion.
+        SIGTERM (:mod:`diffusion_pl.signals`) ends the command with
+        :data:`~.runs.EXIT_PREEMPTED`, so a retry loop can tell preemption from completion: in
+        the training loop after ``last.ckpt`` is written, before it with nothing trained, after
+        it (the final grid or FID of ``on_fit_end``) with the final checkpoint written.
         """
         try:
             super().run_subcommand(subcommand)
-        except SIGTERMException:
+        except (SIGTERMException, Preempted) as stopped:
             if subcommand == "fit":
-                state = f"stopped by SIGTERM at step {self.trainer.global_step}"
-                state += f" (exit code {EXIT_PREEMPTED}); resume with: {resume_hint(self.trainer)}"
-                print_outputs(self.trainer, state)
+                print_outputs(self.trainer, self._stopped(isinstance(stopped, Preempted)))
             raise SystemExit(EXIT_PREEMPTED) from None
         except TrainingDiverged:
             print_outputs(self.trainer, f"diverged at step {self.trainer.global_step} (below)")
             raise
+
+    def _stopped(self, outside_the_loop: bool) -> str:
+        """The state of a fit stopped by SIGTERM, and how to go on."""
+        step, code = self.trainer.global_step, f"exit code {EXIT_PREEMPTED}"
+        if not outside_the_loop:
+            return f"stopped by SIGTERM at step {step} ({code}); resume with: " + resume_hint(
+                self.trainer
+            )
+        if self.trainer.fit_loop.done:  # on_fit_end: the final grid or FID
+            return (
+                f"stopped by SIGTERM after training finished at step {step} ({code}), before "
+                "its final samples; the final checkpoint is written"
+            )
+        return f"stopped by SIGTERM before training, at step {step} ({code}); run it again"
 
     def before_fit(self) -> None:
         check_labels(self.model, self.datamodule)
@@ -178,8 +184,13 @@ class DiffusionCLI(LightningCLIHooks):
         check_labels(self.model, self.datamodule)
 
     def after_fit(self) -> None:
-        """Say where the run's outputs are."""
-        print_outputs(self.trainer, f"finished at step {self.trainer.global_step}")
+        """Say where the run's outputs are; a SIGTERM that came while the loop was ending (so
+        the run finished) still ends the command with exit code 75."""
+        step = self.trainer.global_step
+        if self.trainer.received_sigterm:
+            print_outputs(self.trainer, f"finished at step {step}, then stopped by SIGTERM")
+            raise SystemExit(EXIT_PREEMPTED)
+        print_outputs(self.trainer, f"finished at step {step}")
 
 
 def check_labels(model: LightningModule, datamodule: DiffusionDataModule) -> None:

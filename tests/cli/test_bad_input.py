@@ -55,7 +55,7 @@ def test_unknown_formulation_lists_the_formulations(capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(TOY), "--model.class_path", "diffusion_pl.formulations.Nope"])
     err = capsys.readouterr().err
-    assert "'diffusion_pl.formulations.Nope'" in err
+    assert "there is no class diffusion_pl.formulations.Nope" in err
     assert "Set model.class_path to one of: " in err and "formulations.RectifiedFlow" in err
 
 
@@ -73,7 +73,7 @@ def test_sample_rejects_bad_values_before_loading(
 ) -> None:
     with cli_error(capsys, match) as stderr:
         main(f"sample --ckpt_path unused.ckpt --output o.npz {args}".split())
-    assert stderr[0].startswith("usage: diffusion-pl sample")  # a bad option: usage first
+    assert len(stderr) <= 2  # the error and the --help tip, no usage
 
 
 @pytest.mark.slow

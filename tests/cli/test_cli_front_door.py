@@ -37,15 +37,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
         ("sample --num_samples 1 --output o --device gpu", r"--device 'gpu' is not a torch device"),
     ],
 )  # fmt: skip
-def test_a_bad_option_is_the_usage_and_one_error_line(
+def test_a_bad_option_is_one_error_line_and_the_help_tip(
     args: str, match: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     command = args.split()[0]
     with cli_error(capsys, match) as stderr:
         main([*args.split(), "--ckpt_path", "never-read.ckpt"])
-    assert stderr[0].startswith(f"usage: diffusion-pl {command} ")
-    assert stderr[-1].startswith("error: ")  # usage, the --help tip, the error: 12 lines at most
-    assert len(stderr) <= 12
+    assert stderr[0].startswith("error: ")  # no usage: it stays behind --help
+    assert stderr[1:] in ([], [f"tip: `diffusion-pl {command} --help` lists every option"])
 
 
 def test_cuda_without_a_cuda_device_says_so(

@@ -1,4 +1,4 @@
-"""What a new user trips on, end to end (issue 28, items 1, 3, 5 and 8): every mistake is at
+"""What a new user trips on, end to end (issue 28, items 1, 3, 4, 5 and 8): every mistake is at
 most 3 lines on stderr, exit code 2, no traceback, and no finished work is thrown away; ``test``
 reports the model's loss."""
 
@@ -10,9 +10,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 from cli_runs import ROOT, cli_error
 from run_helpers import toy_overrides
 
+from diffusion_pl.checkpoint_io import VERSION_KEY, package_version
 from diffusion_pl.cli import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
@@ -77,3 +79,59 @@ def test_a_missing_optional_dependency_is_the_install_command(
     config = ROOT / "configs/digits/rectified_flow.yaml"
     with short_error(capsys, r"needs diffusers, which is not installed: pip install 'diffusion"):
         main(f"encode --config {config} --autoencoder x --output {tmp_path / 'z'}".split())
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda h: h["net"]["init_args"].update(width=3),
+         r"hyper_parameters\.net\.init_args\.width: diffusion_pl\.nets\.MLP has no option 'width'"),
+        (lambda h: h["sampler"].update(class_path="diffusion_pl.samplers.EulerSolver"),
+         r"hyper_parameters\.sampler: there is no class diffusion_pl\.samplers\.EulerSolver; did "
+         r"you mean 'diffusion_pl\.samplers\.EulerSampler'"),
+    ],
+    ids=["new-net-argument", "renamed-sampler"],
+)  # fmt: skip
+def test_a_checkpoint_of_another_version_is_one_line(
+    edit, match: str, toy_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = torch.load(toy_ckpt, weights_only=True)
+    assert checkpoint[VERSION_KEY] == package_version()  # the CLI's checkpoints record it
+    checkpoint[VERSION_KEY] = "0.0.9"
+    edit(checkpoint["hyper_parameters"])
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    expected = (
+        rf"^error: checkpoint '{old}' \(written by diffusion-pl 0\.0\.9\) does not load in "
+        rf"diffusion-pl {package_version()}: {match}.*; load it with the version that wrote it"
+    )
+    with short_error(capsys, expected):
+        main(f"sample --ckpt_path {old} --num_samples 2 --output {tmp_path / 's.npz'}".split())
+
+
+def test_resuming_a_finished_run_does_nothing_and_creates_nothing(
+    toy_ckpt: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = toy_ckpt.parents[3]
+    before = sorted(root.rglob("*"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main(["fit", *toy_overrides(root, 3), "--ckpt_path", "last"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert f"the run is complete: {toy_ckpt} is at step 3 and trainer.max_steps is 3" in out
+    assert sorted(root.rglob("*")) == before  # no new version folder, grid or config
+
+
+def test_a_schedule_longer_than_the_run_is_said_and_a_scatter_shows_every_point(
+    toy_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    T_max = "--model.init_args.lr_scheduler.init_args.T_max"
+    main(["fit", *toy_overrides(tmp_path, 1), T_max, "3000"])
+    expected = (
+        "warning: the CosineAnnealingLR schedule is 3000 steps long (T_max) but "
+        f"trainer.max_steps is 1; to anneal over this run set {T_max} 1"
+    )
+    assert expected in capsys.readouterr().out
+    main(f"sample --ckpt_path {toy_ckpt} --num_samples 300 --output {tmp_path / 's'}".split())
+    assert "the first" not in capsys.readouterr().out  # a scatter plot shows every point

@@ -125,10 +125,20 @@ def phema(
         paths.append(path)
         print(f"sigma_rel {value:g} at step {step}: wrote {path} (from {len(used)} snapshots of "
               f"sigma_rel {tracked}; profile error {error:.2%})", flush=True)  # fmt: skip
+        if error > PROFILE_ERROR_WARNING:
+            print(f"warning: sigma_rel {value:g}: the profile fit error {error:.0%} is over "
+                  f"{PROFILE_ERROR_WARNING:.0%}, so this average is far from the one asked for; "
+                  f"ask for widths near the tracked ones ({tracked}) or keep denser snapshots",
+                  flush=True)  # fmt: skip
     if sweep:
         fid_sweep(paths, sigma_rel, Path(output), feature, feature_weights, num_samples, split,
                   sampler, steps, batch_size, cache_dir, seed, device)  # fmt: skip
     return paths
+
+
+PROFILE_ERROR_WARNING = 0.10
+"""A rebuilt average whose relative profile error is over this is warned about: at 10 % its
+weighting of the steps is visibly another width's (the fits of the tracked range are < 1 %)."""
 
 
 def find_snapshots(run: str | Path) -> list[Snapshot]:

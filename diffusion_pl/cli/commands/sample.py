@@ -130,12 +130,18 @@ def sample(
         data = load_datamodule(ckpt_path)
         samples = torch.cat([data.decode(z.to(device)).cpu() for z in samples.split(batch_size)])
     print(f"{chosen}: {nfe:g} network evaluations per sample{guide_nfe}", flush=True)
+    shown = len(samples) if samples.ndim == 2 else min(len(samples), GRID_IMAGES)  # points: all
     save_results("output", {
         out: lambda f: np.savez(f, samples=samples.numpy(), **extra),
-        picture: lambda f: save_samples_figure(samples[:256], f, title=str(chosen)),
+        picture: lambda f: save_samples_figure(samples[:shown], f, title=str(chosen)),
     })  # fmt: skip
-    print(f"wrote {out} (samples: {tuple(samples.shape)}) and {picture}", flush=True)
+    drawn = "" if shown == len(samples) else f" (the first {shown} of {len(samples)})"
+    print(f"wrote {out} (samples: {tuple(samples.shape)}) and {picture}{drawn}", flush=True)
     return out
+
+
+GRID_IMAGES = 256
+"""Images in ``sample``'s picture (a 16 × 16 grid); a scatter plot of points shows them all."""
 
 
 def output_paths(output: str) -> tuple[Path, Path]:
