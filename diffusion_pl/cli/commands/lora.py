@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from diffusion_pl.callbacks import Weights
+from diffusion_pl.checkpoint_io import VERSION_KEY, package_version
 from diffusion_pl.checkpoints import read_checkpoint
 from diffusion_pl.cli.loading import load_diffusion_module
 from diffusion_pl.cli.options import parse_lora
@@ -55,6 +56,7 @@ def merge(ckpt_path: str, lora: list[str], output: str, weights: Weights = "ema"
     merged |= {
         "state_dict": {k: v.detach().clone() for k, v in module.state_dict().items()},
         "hyper_parameters": hparams,
+        VERSION_KEY: package_version(),  # as every checkpoint written by fit
         "lora_merged": [
             {"path": path, "scale": scale, "base_sha256": read_adapters(path).base_sha256}
             for path, scale in chosen
