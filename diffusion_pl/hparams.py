@@ -21,7 +21,8 @@ def save_config(obj: HyperparametersMixin) -> None:
     ``diffusion-pl fit`` records their YAML config afterwards (:func:`record_config`).
     """
     frame = inspect.currentframe().f_back  # the caller's __init__, for Lightning's `frame`
-    objects = [k for k, v in frame.f_locals.items() if not isinstance(v, _PLAIN)]
+    given = {**frame.f_locals, **frame.f_locals.get("kwargs", {})}  # **kwargs passed on, too
+    objects = [k for k, v in given.items() if not isinstance(v, _PLAIN)]
     obj.save_hyperparameters(ignore=objects, frame=frame)
 
 

@@ -44,7 +44,7 @@ from lightning import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
-from diffusion_pl.callbacks import PostHocEMA, SampleGrid, run_dir
+from diffusion_pl.callbacks import PostHocEMA, SampleGrid, SaveAdapters, run_dir
 from diffusion_pl.checkpoints import (
     check_checkpoint_fits,
     find_last_checkpoint,
@@ -358,4 +358,7 @@ def print_outputs(trainer: Trainer, state: str) -> None:
         if isinstance(callback, PostHocEMA) and callback.written:
             lines.append(f"phema:       {callback.written[-1].parent} (post-hoc EMA snapshots; "
                          "rebuild any width with `diffusion-pl phema`)")  # fmt: skip
+        if isinstance(callback, SaveAdapters) and callback.path is not None:
+            lines.append(f"adapters:    {callback.path} (LoRA adapters alone: sample with "
+                         "--ckpt_path BASE --lora PATH)")  # fmt: skip
     print("\n".join(["", "diffusion-pl outputs", *lines]), flush=True)

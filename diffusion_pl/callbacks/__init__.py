@@ -1,5 +1,5 @@
 """Cross-cutting training work: weight averaging (EMA, post-hoc EMA), sample pictures, FID,
-fault tolerance, throughput."""
+fault tolerance, throughput, a LoRA run's adapters file."""
 
 from diffusion_pl.callbacks.compile import CompileNet
 from diffusion_pl.callbacks.ema import EMA, Weights, find_ema, weights_in_use
@@ -13,6 +13,7 @@ from diffusion_pl.callbacks.fault_tolerance import (
     last_checkpoint_path,
 )
 from diffusion_pl.callbacks.fid import FID
+from diffusion_pl.callbacks.lora import SaveAdapters
 from diffusion_pl.callbacks.phema import PostHocEMA
 from diffusion_pl.callbacks.sample_grid import SampleGrid, run_dir
 from diffusion_pl.callbacks.throughput import Throughput
@@ -24,6 +25,7 @@ __all__ = [
     "FinalCheckpoint",
     "PostHocEMA",
     "SampleGrid",
+    "SaveAdapters",
     "SigtermCheckpoint",
     "StepSeed",
     "StopOnLossSpike",

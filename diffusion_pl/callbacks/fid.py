@@ -7,6 +7,7 @@ from torch import nn
 
 from diffusion_pl.callbacks.ema import Weights, weights_in_use, weights_list
 from diffusion_pl.callbacks.guide import CallbackGuide
+from diffusion_pl.callbacks.lora_sampling import CallbackAdapters
 from diffusion_pl.data.sources import Split
 from diffusion_pl.metrics.fid import FIDEvaluator
 from diffusion_pl.objectives import Teacher
@@ -40,6 +41,10 @@ class FID(Callback):
             diffusion_pl.checkpoints.Checkpoint, init_args: {path: RUN.ckpt}}``: the FID is
             then the guided samples'; None scores the model as it samples by itself.
         guidance_scale: autoguidance's w; required with ``guide`` and only with it.
+        lora: LoRA adapters added to the model for its samples, ``PATH[:SCALE]`` each as
+            ``diffusion-pl sample --lora`` (e.g. an LCM-LoRA on a style LoRA being trained);
+            each trained on the model's base weights (checked when training starts). None:
+            the model as it is.
     """
 
     def __init__(
@@ -56,11 +61,13 @@ class FID(Callback):
         seed: int = 0,
         guide: Teacher | None = None,
         guidance_scale: float | None = None,
+        lora: list[str] | None = None,
     ) -> None:
         if every_n_validations <= 0:
             raise ValueError(f"every_n_validations must be > 0, got {every_n_validations}")
         weights = weights_list(weights)
         self.guide = CallbackGuide(guide, guidance_scale, "FID")
+        self.adapters = CallbackAdapters(lora, "FID")
         self.evaluator = FIDEvaluator(
             feature, split, num_samples, batch_size, kid=kid, cache_dir=cache_dir, seed=seed
         )
@@ -71,6 +78,9 @@ class FID(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.guide.load(pl_module)
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.adapters.check(pl_module)
+
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
             return
@@ -79,7 +89,7 @@ class FID(Callback):
             return
         for i, weights in enumerate(self.weights):
             suffix = "" if i == 0 else f"_{weights}"
-            with weights_in_use(trainer, pl_module, weights):
+            with weights_in_use(trainer, pl_module, weights), self.adapters.applied(pl_module):
                 scores = self.evaluator.evaluate(
                     pl_module, trainer.datamodule, self.sampler, **self.guide.sampling()
                 )

@@ -10,6 +10,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from diffusion_pl.callbacks.ema import Weights, weights_in_use, weights_list
 from diffusion_pl.callbacks.guide import CallbackGuide
+from diffusion_pl.callbacks.lora_sampling import CallbackAdapters
 from diffusion_pl.generate import every_class, generate
 from diffusion_pl.objectives import Teacher
 from diffusion_pl.visualize import save_samples_figure
@@ -49,6 +50,10 @@ class SampleGrid(Callback):
             diffusion_pl.checkpoints.Checkpoint, init_args: {path: RUN.ckpt}}``; None draws
             the model as it samples by itself.
         guidance_scale: autoguidance's w; required with ``guide`` and only with it.
+        lora: LoRA adapters added to the model for its samples, ``PATH[:SCALE]`` each as
+            ``diffusion-pl sample --lora`` (e.g. an LCM-LoRA on a style LoRA being trained);
+            each trained on the model's base weights (checked when training starts). None:
+            the model as it is.
     """
 
     def __init__(
@@ -59,6 +64,7 @@ class SampleGrid(Callback):
         weights: list[Weights] | None = None,
         guide: Teacher | None = None,
         guidance_scale: float | None = None,
+        lora: list[str] | None = None,
     ) -> None:
         if num_samples <= 0:
             raise ValueError(f"num_samples must be > 0, got {num_samples}")
@@ -70,6 +76,7 @@ class SampleGrid(Callback):
         self.num_samples, self.every_n_steps, self.seed = num_samples, every_n_steps, seed
         self.weights = weights
         self.guide = CallbackGuide(guide, guidance_scale, "SampleGrid")
+        self.adapters = CallbackAdapters(lora, "SampleGrid")
         self.last_path: Path | None = None
         self._step_seen = 0
 
@@ -85,7 +92,7 @@ class SampleGrid(Callback):
             reference = datamodule.real_samples("val", min(2000, len(datamodule.dataset("val"))))
         for i, weights in enumerate(self.weights):
             suffix = "" if i == 0 else f"_{weights}"
-            with weights_in_use(trainer, pl_module, weights):
+            with weights_in_use(trainer, pl_module, weights), self.adapters.applied(pl_module):
                 n, classes = self.num_samples, every_class(pl_module)
                 x = generate(
                     pl_module, n, seed=self.seed, batch_size=n, class_labels=classes,
@@ -111,6 +118,7 @@ class SampleGrid(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._step_seen = trainer.global_step  # 0, or the step a resumed run starts from
+        self.adapters.check(pl_module)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
         step = trainer.global_step

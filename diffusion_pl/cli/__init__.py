@@ -1,11 +1,12 @@
 """The ``diffusion-pl`` command: Lightning's fit/validate/test, and sample, reflow, likelihood,
-fid, phema, encode.
+fid, phema, encode, lora.
 
 diffusion-pl fit --config configs/toy2d/rectified_flow.yaml [--trainer.max_steps 200 ...]
 diffusion-pl sample --ckpt_path RUN.ckpt --num_samples N --seed S --output FILE.npz
 diffusion-pl fid --ckpt_path RUN.ckpt --feature digits --num_samples 2000  (torchrun: any ranks)
 diffusion-pl phema --run RUN_DIR --sigma_rel 0.05 0.08 0.12 --output DIR [--sweep true]
 diffusion-pl encode --config CFG --autoencoder stabilityai/sd-vae-ft-mse --output DIR  (latents)
+diffusion-pl lora merge --ckpt_path BASE.ckpt --lora A.pt --lora B.pt:0.5 --output merged.ckpt
 
 Bad input ends the command with one ``error:`` line and exit code 2 (:mod:`diffusion_pl.errors`;
 ``DIFFUSION_PL_TRACEBACK=1`` shows the traceback).
@@ -25,6 +26,7 @@ from lightning import LightningModule
 
 from diffusion_pl.callbacks import (
     FinalCheckpoint,
+    SaveAdapters,
     SigtermCheckpoint,
     StepSeed,
     StopOnNonFinite,
@@ -34,6 +36,7 @@ from diffusion_pl.cli.argv import command_args
 from diffusion_pl.cli.commands.encode import encode
 from diffusion_pl.cli.commands.fid import fid, fid_sweep
 from diffusion_pl.cli.commands.likelihood import likelihood
+from diffusion_pl.cli.commands.lora import LORA_COMMANDS
 from diffusion_pl.cli.commands.phema import phema
 from diffusion_pl.cli.commands.reflow import reflow
 from diffusion_pl.cli.commands.sample import output_paths, sample
@@ -69,8 +72,10 @@ COMMANDS = {
     "fid": fid,
     "phema": phema,
     "encode": encode,
+    "lora": LORA_COMMANDS,
 }
-"""Commands beside LightningCLI's fit/validate/test, each a typed function."""
+"""Commands beside LightningCLI's fit/validate/test, each a typed function (``lora``: a table of
+subcommands, ``diffusion-pl lora merge``)."""
 
 
 def main(args: list[str] | None = None) -> None:
@@ -129,7 +134,7 @@ def _run(argv: list[str], args: list[str] | None) -> None:
             "shows its traceback.",
         },
         # Persistent callbacks, added to every run's own: survive preemption and divergence,
-        # report progress in kimg.
+        # report progress in kimg, write a LoRA run's adapters file.
         trainer_defaults={
             "callbacks": [
                 SigtermCheckpoint(),
@@ -137,6 +142,7 @@ def _run(argv: list[str], args: list[str] | None) -> None:
                 StopOnNonFinite(),
                 FinalCheckpoint(),
                 Throughput(),
+                SaveAdapters(),
             ]
         },
     )

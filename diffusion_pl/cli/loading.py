@@ -2,8 +2,8 @@
 the options to a model, its guide and its sampler.
 
 Validate the options (:meth:`SamplingOptions.check`) → load the checkpoint → check that it
-holds a diffusion model → load the guide of autoguidance → choose the sampler
-(:func:`load_for_sampling`).
+holds a diffusion model → add its LoRA adapters → load the guide of autoguidance → choose the
+sampler (:func:`load_for_sampling`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import torch
 from diffusion_pl.callbacks import Weights
 from diffusion_pl.callbacks.guide import load_guide
 from diffusion_pl.checkpoints import Checkpoint, load_module
-from diffusion_pl.cli.options import check_device, check_sampler_options
+from diffusion_pl.cli.options import check_device, check_sampler_options, parse_lora
 from diffusion_pl.formulations import DiffusionModule
 from diffusion_pl.generate import choose_sampler
+from diffusion_pl.lora import apply_adapters
 from diffusion_pl.samplers import Sampler
 
 __all__ = [
@@ -33,7 +34,8 @@ __all__ = [
 @dataclass(frozen=True)
 class SamplingOptions:
     """How a command samples a checkpoint: its options ``--sampler``, ``--steps``, ``--grid``,
-    ``--weights``, ``--guide_ckpt`` and ``--guidance_scale`` (see ``diffusion-pl sample``).
+    ``--weights``, ``--guide_ckpt``, ``--guidance_scale`` and ``--lora`` (see ``diffusion-pl
+    sample``).
 
     Attributes:
         sampler: a key of :data:`~diffusion_pl.samplers.SAMPLERS`; None: the checkpoint's.
@@ -42,6 +44,7 @@ class SamplingOptions:
         weights: ``ema`` or ``raw`` weights of the model (and of the guide).
         guide_ckpt: checkpoint of the guide of autoguidance; None: no guide.
         guidance_scale: classifier-free guidance's w, or autoguidance's with ``guide_ckpt``.
+        lora: ``PATH[:SCALE]`` of each LoRA adapters file added to the model (not the guide).
     """
 
     sampler: str | None = None
@@ -50,6 +53,7 @@ class SamplingOptions:
     weights: Weights = "ema"
     guide_ckpt: str | None = None
     guidance_scale: float | None = None
+    lora: tuple[str, ...] = ()
 
     def check(self, device: str) -> None:
         """Refuse bad options (and ``--device``) before anything is loaded.
@@ -61,6 +65,7 @@ class SamplingOptions:
         """
         check_sampler_options(self.sampler, self.steps)
         check_device(device)
+        parse_lora(self.lora)
 
 
 @dataclass(frozen=True)
@@ -86,10 +91,17 @@ def load_diffusion_module(
 def load_for_sampling(
     ckpt_path: str, options: SamplingOptions, device: str | torch.device = "cpu"
 ) -> ForSampling:
-    """Load ``ckpt_path``'s diffusion model, the guide of ``options`` checked against it, and
-    the sampler ``options`` choose (options checked first by :meth:`SamplingOptions.check`).
+    """Load ``ckpt_path``'s diffusion model with the LoRA adapters of ``options`` (each checked
+    against its base weights, :func:`~diffusion_pl.lora.apply_adapters`), the guide of
+    ``options`` checked against it, and the sampler ``options`` choose (options checked first by
+    :meth:`SamplingOptions.check`).
     """
     module = load_diffusion_module(ckpt_path, device, options.weights)
+    if options.lora:
+        chosen = parse_lora(options.lora)
+        apply_adapters(module.net, chosen, f"--ckpt_path {ckpt_path}")
+        added = " + ".join(f"{scale:g} × {path}" for path, scale in chosen)
+        print(f"LoRA adapters: {added}", file=sys.stderr, flush=True)
     guide = None
     if options.guide_ckpt is not None:
         guide = load_guide(Checkpoint(options.guide_ckpt, options.weights), module,

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import torch
 
 from diffusion_pl.errors import UsageError
+from diffusion_pl.lora import parse_adapters
 from diffusion_pl.metrics.features import default_inception_weights, inception_weights_missing
 from diffusion_pl.samplers import SAMPLERS
 
@@ -19,6 +20,7 @@ __all__ = [
     "check_positive",
     "check_sampler_options",
     "lists_samplers",
+    "parse_lora",
 ]
 
 P = ParamSpec("P")
@@ -76,3 +78,12 @@ def lists_samplers(command: Callable[P, R]) -> Callable[P, R]:
     (its ``--help``) says ``SAMPLER_NAMES``, so the help lists every registered sampler."""
     command.__doc__ = (command.__doc__ or "").replace("SAMPLER_NAMES", ", ".join(SAMPLERS))
     return command
+
+
+def parse_lora(values: Sequence[str]) -> list[tuple[str, float]]:
+    """``--lora PATH[:SCALE]`` values as ``(path, λ)`` pairs (:func:`~diffusion_pl.lora.
+    parse_adapters`); a bad SCALE or a missing file is a :class:`UsageError` naming the value."""
+    try:
+        return parse_adapters(values, "--lora")
+    except ValueError as err:
+        raise UsageError(str(err)) from None

@@ -19,10 +19,12 @@ from torch import Tensor, nn
 from diffusion_pl.compat import attached_trainer
 from diffusion_pl.formulations.classifier import NoisyClassifier
 from diffusion_pl.formulations.guided import GuidedSampling
+from diffusion_pl.formulations.lora import LoRATraining
 from diffusion_pl.formulations.optim import optimizer_config
 from diffusion_pl.guidance import ClassifierFreeGuidance
+from diffusion_pl.lora import LoRA
 from diffusion_pl.nets.protocol import DenoiserNet
-from diffusion_pl.objectives import Objective, mean_flat
+from diffusion_pl.objectives import Objective, Teacher, mean_flat
 from diffusion_pl.parameterization import Denoiser, Parameterization
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.randomness import ExampleNoise, Generators, rand
@@ -31,13 +33,13 @@ from diffusion_pl.samplers import Sampler
 __all__ = ["DiffusionModule", "mean_flat"]
 
 
-class DiffusionModule(GuidedSampling, LightningModule):
+class DiffusionModule(GuidedSampling, LoRATraining, LightningModule):
     """Trains a net with an objective and samples it with a sampler.
 
     The named formulations are presets: they take ``net``, ``data_shape``, their own choices
     and ``sampler``, build the objective, and pass every other argument below
-    (``optimizer``, ``lr_scheduler``, ``p_uncond``, ``guidance_scale``, ``clip_samples``) on to
-    this class, where alone they are documented.
+    (``optimizer``, ``lr_scheduler``, ``p_uncond``, ``guidance_scale``, ``clip_samples``,
+    ``lora``, ``base_ckpt``) on to this class, where alone they are documented.
 
     Args:
         net: a :class:`~diffusion_pl.nets.protocol.DenoiserNet`, ``net(x, noise_labels [B],
@@ -61,6 +63,12 @@ class DiffusionModule(GuidedSampling, LightningModule):
             callbacks, never read from here.)
         clip_samples: clip samples of images (``data_shape`` (C, H, W)) to [−1, 1]; False for
             autoencoder codes, which are not confined to it (linked from the data).
+        lora: train LoRA adapters (rank, alpha, target modules, dropout) instead of the net,
+            whose weights come from ``base_ckpt`` and stay frozen; the adapters alone are
+            also written to ``adapters.pt`` at the end of the fit
+            (:class:`~diffusion_pl.formulations.lora.LoRATraining`). Needs peft.
+        base_ckpt: the base of ``lora``: a checkpoint whose net has the same layers, e.g.
+            ``{class_path: diffusion_pl.checkpoints.Checkpoint, init_args: {path: BASE.ckpt}}``.
     """
 
     denoiser_type: ClassVar[type[Denoiser]] = Denoiser
@@ -86,6 +94,8 @@ class DiffusionModule(GuidedSampling, LightningModule):
         p_uncond: float = 0.0,
         guidance_scale: float = 1.0,
         clip_samples: bool = True,
+        lora: LoRA | None = None,
+        base_ckpt: Teacher | None = None,
     ) -> None:
         if not isinstance(net, DenoiserNet):
             raise ValueError(
@@ -116,6 +126,7 @@ class DiffusionModule(GuidedSampling, LightningModule):
         """Source of the next training batch's draws, set by the ``StepSeed`` callback before
         each batch (None: torch's global generator)."""
         self.clip_samples = clip_samples
+        self.init_lora(lora, base_ckpt)
 
     @property
     def num_classes(self) -> int | None:
@@ -188,14 +199,16 @@ class DiffusionModule(GuidedSampling, LightningModule):
         return loss
 
     def setup(self, stage: str) -> None:
-        """Tell the objective the run's length (the trainer's ``max_steps``; None without one)."""
+        """Tell the objective the run's length (the trainer's ``max_steps``; None without one);
+        load the base of LoRA adapters (a resumed run restores its own weights over it)."""
+        self.load_lora_base()
         trainer = attached_trainer(self)
         max_steps = None if trainer is None else trainer.max_steps
         self.objective.set_training_length(max_steps if max_steps and max_steps >= 1 else None)
 
     def configure_optimizers(self):
         return optimizer_config(
-            self.parameters(), self.optimizer_factory, self.lr_scheduler_factory
+            self.trainable_parameters(), self.optimizer_factory, self.lr_scheduler_factory
         )
 
     # --- sampling -------------------------------------------------------------------------

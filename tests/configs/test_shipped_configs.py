@@ -35,6 +35,7 @@ LOADS_A_RUN = {
     "digits/consistency_distill.yaml": ("teacher", "digits/rectified_flow.yaml"),
     "toy2d/consistency_distill.yaml": ("teacher", "toy2d/rectified_flow.yaml"),
     "digits/consistency_tune.yaml": ("init", "digits/edm.yaml"),
+    "digits/lora_finetune.yaml": ("base_ckpt", "digits/vdm_cond.yaml"),
     "toy2d/consistency_tune.yaml": ("init", "toy2d/edm.yaml"),
     "toy2d/reflow.yaml": ("init_from", "toy2d/rectified_flow.yaml"),
 }
@@ -42,7 +43,8 @@ LOADS_A_RUN = {
 
 def checkpoint_value(key: str, ckpt: Path) -> Any:
     """What the ``LOADS_A_RUN`` key ``key`` holds to load the run saved in ``ckpt``: a
-    consistency model's teacher or start is a ``Teacher`` object, reflow's run a path."""
+    consistency model's teacher or start and a LoRA run's base are ``Teacher`` objects,
+    reflow's run a path."""
     if key == "init_from":
         return str(ckpt)
     return {"class_path": "diffusion_pl.checkpoints.Checkpoint", "init_args": {"path": str(ckpt)}}

@@ -44,6 +44,7 @@ def fid(
     output: str | None = None,
     guidance_scale: float | None = None,
     guide_ckpt: str | None = None,
+    lora: list[str] | None = None,
 ) -> dict[str, float]:
     """FID (and KID) of a checkpoint's samples against a split of its training data.
 
@@ -69,13 +70,21 @@ def fid(
         device: ``cpu`` or ``cuda`` (under torchrun each process takes ``cuda:LOCAL_RANK``).
         output: optional JSON file (checked before any work) for the scores and how they were
             measured: checkpoint, split, num_samples, seed, sampler, steps, nfe (network
-            evaluations per sample), feature, weights, guide.
+            evaluations per sample), feature, weights, guide, LoRA adapters.
         guidance_scale: classifier-free guidance scale w of a class-conditional model (default:
             the checkpoint's); with ``--guide_ckpt``, autoguidance's w (required).
         guide_ckpt: checkpoint of a weaker model of the same data, path and conditioning, for
             autoguidance (as for ``diffusion-pl sample``).
+        lora: LoRA adapters added to the model, ``PATH[:SCALE]``, the option repeated for
+            several (``--lora style.pt --lora lcm.pt:0.8``): each adapters file (a fit with
+            ``lora:`` writes ``adapters.pt``) acts with its weight λ (default 1), together:
+            W + Σ λ_i ΔW_i (LCM-LoRA's combination). Each must have been trained on this
+            checkpoint's weights (checked by their hash). ``diffusion-pl lora merge`` writes
+            the sum into a checkpoint.
     """
-    options = SamplingOptions(sampler, steps, grid, weights, guide_ckpt, guidance_scale)
+    options = SamplingOptions(
+        sampler, steps, grid, weights, guide_ckpt, guidance_scale, tuple(lora or ())
+    )
     options.check(device)
     check_positive(batch_size=batch_size)
     check_feature(feature, feature_weights)
@@ -110,7 +119,8 @@ def fid(
             record = measurement(
                 ckpt_path, split=split, num_samples=num_samples, seed=seed, sampler=str(chosen),
                 steps=chosen.arguments().get("steps"), nfe=nfe, feature=feature,
-                weights=weights, guide_ckpt=guide_ckpt, guidance_scale=guidance_scale, **scores,
+                weights=weights, guide_ckpt=guide_ckpt, guidance_scale=guidance_scale,
+                lora=list(lora or ()), **scores,
             )  # fmt: skip
             save_results("output", {Path(output): json_writer(record)})
             print(f"wrote {output}", flush=True)

@@ -39,6 +39,7 @@ def sample(
     classifier_ckpt: str | None = None,
     classifier_scale: float | None = None,
     guide_ckpt: str | None = None,
+    lora: list[str] | None = None,
 ) -> Path:
     """Draw samples from a checkpoint into an ``.npz`` (key ``samples``), plus a PNG beside it.
 
@@ -82,9 +83,17 @@ def sample(
         guide_ckpt: checkpoint of a weaker model of the same data, path and conditioning for
             autoguidance: an earlier checkpoint of the same run, or a smaller net trained the
             same way (loaded with the same ``--weights``); both see the same class labels.
+        lora: LoRA adapters added to the model, ``PATH[:SCALE]``, the option repeated for
+            several (``--lora style.pt --lora lcm.pt:0.8``): each adapters file (a fit with
+            ``lora:`` writes ``adapters.pt``) acts with its weight λ (default 1), together:
+            W + Σ λ_i ΔW_i (LCM-LoRA's combination). Each must have been trained on this
+            checkpoint's weights (checked by their hash). ``diffusion-pl lora merge`` writes
+            the sum into a checkpoint.
     """
     check_positive(num_samples=num_samples, batch_size=batch_size)
-    options = SamplingOptions(sampler, steps, grid, weights, guide_ckpt, guidance_scale)
+    options = SamplingOptions(
+        sampler, steps, grid, weights, guide_ckpt, guidance_scale, tuple(lora or ())
+    )
     if class_labels is not None and not class_labels:
         raise UsageError("--class_labels is empty; give at least one class, e.g. [0]")
     if classifier_scale is not None and classifier_ckpt is None:
