@@ -84,7 +84,8 @@ class LatentConsistencyModel(ConsistencyBase):
         timestep_scaling: s of LCM's boundary scalings (10).
         teacher: the frozen class-conditional (or unconditional) model to distil.
         teacher_step: the teacher's solver step (``EulerStep`` = DDIM, ``DPMSolverStep``).
-        init_from_teacher: start the student's net from the teacher's (as LCM does).
+        init_from_teacher: start the student's net from the teacher's (as LCM does; without a
+            teacher, a model built only to sample, it has no effect).
         init: another diffusion model to start the student from instead.
         levels: the timestep pairs (``SkippingSteps``, k = 20 of T = 1000).
         loss_weighting: λ (``Unweighted``).
@@ -98,6 +99,8 @@ class LatentConsistencyModel(ConsistencyBase):
     Reference: Luo et al. (2023), "Latent Consistency Models", Algorithm 1, Sec. 4.2–4.3 and
     the paper's code (boundary scalings, skipping step, guidance-scale embedding).
     """
+
+    net_noise_labels = 2  # (t, ω); a net of one label is distilled at a fixed ω
 
     def __init__(
         self,
@@ -122,11 +125,6 @@ class LatentConsistencyModel(ConsistencyBase):
         guidance_scale: float | None = None,
         **kwargs,
     ) -> None:
-        if teacher is None and init_from_teacher:
-            raise ValueError(
-                "LatentConsistencyModel distils a teacher: set teacher (a checkpoint that "
-                "`diffusion-pl fit` wrote, e.g. of configs/digits/vdm_cond.yaml)"
-            )
         labels = net.num_noise_labels if isinstance(net, MultiLabelDenoiserNet) else 1
         if labels > 2:
             raise ValueError(
@@ -153,13 +151,22 @@ class LatentConsistencyModel(ConsistencyBase):
             sampler,
             teacher=teacher,
             init=init,
-            init_from_teacher=init_from_teacher,
+            init_from_teacher=init_from_teacher and teacher is not None,
             target_ema=target_ema,
             guidance_scale=omega,
             **kwargs,
         )
         self.omega_min, self.omega_max, self.takes_omega = omega_min, omega_max, takes_omega
         save_config(self)
+
+    def setup(self, stage: str) -> None:
+        """Load the teacher before fitting or validating (there is no LCM without one)."""
+        if self.teacher is None and stage in ("fit", "validate"):
+            raise ValueError(
+                "LatentConsistencyModel distils a teacher: set teacher (model.init_args.teacher: "
+                "a checkpoint that `diffusion-pl fit` wrote, e.g. of configs/digits/vdm_cond.yaml)"
+            )
+        super().setup(stage)
 
     def denoiser(
         self, class_labels: Tensor | None = None, guidance_scale: float | None = None
