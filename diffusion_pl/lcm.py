@@ -49,7 +49,9 @@ class Timesteps:
     @classmethod
     def of(cls, path: NoisePath, num: int | None = None) -> Timesteps:
         """The timesteps of ``path``: its own ``num_steps`` where it is discrete, else ``num``
-        (default 1000) evenly spaced on [t_min, t_max]."""
+        (default 1000) evenly spaced on [t_min, t_max]; an end where the path has σ = 0 or
+        α = 0 (the linear path's t = 0 and 1, where σ/α is 0 or ∞) moves inwards by
+        (t_max − t_min)/T."""
         path.prior_std()  # (a jsonargparse lazy path initialises at its first call)
         own = path.num_steps
         if own is not None and num not in (None, own):
@@ -60,7 +62,12 @@ class Timesteps:
         count = own or num or 1000
         if count < 2:
             raise ValueError(f"num_timesteps must be >= 2, got {count}")
-        return cls(float(path.t_min), float(path.t_max), int(count))
+        lo, hi = float(path.t_min), float(path.t_max)
+        gap = (hi - lo) / count
+        with torch.no_grad():
+            ends = torch.tensor([lo, hi], dtype=torch.float64)
+            sigma_lo, alpha_hi = float(path.sigma(ends[:1])), float(path.alpha(ends[1:]))
+        return cls(lo + gap * (sigma_lo <= 0), hi - gap * (alpha_hi <= 0), int(count))
 
     def times(self) -> Tensor:
         """t_τ for τ = 0 … T − 1, float64 ``[T]``."""

@@ -247,6 +247,6 @@ def teacher_levels(path: NoisePath, timesteps: Timesteps) -> Span:
         raise ValueError(
             f"{type(path).__name__} has sigma/alpha in [{bottom:g}, {top:g}] on the timesteps "
             f"t in [{timesteps.t_min:g}, {timesteps.t_max:g}]: LCM needs alpha > 0 and sigma > 0 "
-            "at every timestep (a VP, DDPM or VE path)"
+            "at every timestep"
         )
     return Span(bottom, top, levels=levels.cpu())

@@ -27,8 +27,14 @@ from diffusion_pl.objectives.consistency import (
     EulerStep,
     consistency_loss,
 )
-from diffusion_pl.parameterization import EpsilonPrediction, Prediction
-from diffusion_pl.paths import DDPMPath, LinearPath, NoisePath, VPLinearPath
+from diffusion_pl.parameterization import (
+    EpsilonPrediction,
+    Prediction,
+    VelocityPrediction,
+    VPrediction,
+    X0Prediction,
+)
+from diffusion_pl.paths import DDPMPath, LinearPath, NoisePath, VPCosinePath, VPLinearPath
 from diffusion_pl.samplers import LCMSampler, lcm_timesteps
 from diffusion_pl.samplers.rk45 import solve_ode_rk45
 from diffusion_pl.tensors import append_dims
@@ -132,19 +138,33 @@ def test_boundary_scalings_are_the_papers_and_exact_at_the_first_timestep() -> N
         assert (float(c_skip[i]), float(c_out[i])) == pytest.approx(theirs, rel=1e-12, abs=1e-15)
 
 
-@pytest.mark.parametrize("path", [DDPMPath(), VPLinearPath()], ids=["ddpm", "vp"])
-def test_the_boundary_condition_holds_bit_for_bit_for_any_weights(path: NoisePath) -> None:
+READINGS = {
+    "ddpm-eps": (DDPMPath(), EpsilonPrediction()),
+    "vp-v": (VPLinearPath(), VPrediction()),
+    "cosine-x0": (VPCosinePath(), X0Prediction()),
+    "linear-velocity": (LinearPath(), VelocityPrediction()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(READINGS))
+def test_the_boundary_condition_holds_bit_for_bit_for_any_weights(name: str) -> None:
+    """f(x, t_0) = x exactly at the first timestep, for random weights, every ω, float32 and
+    float64; the next timestep already moves x. On the linear path the timesteps stop short of
+    t = 0 and 1 (σ/α = 0 and ∞) by 1/T."""
+    path, reading = READINGS[name]
     torch.manual_seed(0)
     net = MLP(dim=2, hidden=16, depth=1, num_classes=2, num_noise_labels=2)
-    model = LatentConsistencyModel(net, (2,), path=path, init_from_teacher=False)
+    model = LatentConsistencyModel(net, (2,), path=path, parameterization=reading)
     for p in model.parameters():
         p.data.normal_()  # weights far from the initialisation, ω's route included
+    first, second = model.parameterization.timesteps.times()[:2].tolist()
+    assert first == pytest.approx(1e-3, abs=1e-15)
     x, y = 3.0 * torch.randn(64, 2), torch.arange(64) % 3
     for omega in (0.0, 1.0, 6.5):
-        assert torch.equal(model.denoiser(y, omega)(x, path.t_min).x0, x)
+        assert torch.equal(model.denoiser(y, omega)(x, first).x0, x)
     model = model.double()
-    assert torch.equal(model.denoiser(y, 2.0)(x.double(), path.t_min).x0, x.double())
-    assert not torch.equal(model.denoiser(y, 2.0)(x.double(), 2 * path.t_min).x0, x.double())
+    assert torch.equal(model.denoiser(y, 2.0)(x.double(), first).x0, x.double())
+    assert not torch.allclose(model.denoiser(y, 2.0)(x.double(), second).x0, x.double())
 
 
 def test_a_zero_initialised_omega_input_leaves_the_teachers_net_bit_identical() -> None:
@@ -350,8 +370,6 @@ def test_what_lcm_cannot_do_is_refused_naming_the_fix() -> None:
     def mlp(labels: int = 2, classes: int | None = 2) -> MLP:
         return MLP(dim=2, hidden=8, depth=1, num_classes=classes, num_noise_labels=labels)
 
-    with pytest.raises(ValueError, match="needs alpha > 0 and sigma > 0 at every timestep"):
-        LatentConsistencyModel(mlp(), (2,), path=LinearPath())
     with pytest.raises(ValueError, match="set the net's num_noise_labels: 2"):
         LatentConsistencyModel(mlp(labels=1), (2,), omega_min=1.0, omega_max=3.0)
     with pytest.raises(ValueError, match="distils a teacher: set teacher"):
