@@ -378,9 +378,12 @@ def test_what_lcm_cannot_do_is_refused_naming_the_fix() -> None:
     assert fixed.guidance_scale == 2.0
     with pytest.raises(ValueError, match=r"fixed guidance scale 2\.0"):
         fixed.sample(2, class_labels=torch.tensor([0, 1]), guidance_scale=3.0)
+    with pytest.raises(ValueError, match="the student's net is unconditional: set its"):
+        LatentConsistencyModel(mlp(classes=None), (2,), omega_max=3.0)
     unconditional = VDM(mlp(labels=1, classes=None), (2,), path=VP)
-    student = LatentConsistencyModel(mlp(classes=None), (2,), path=VP, omega_max=3.0,
-                                     teacher=InMemory(unconditional))  # fmt: skip
+    student = LatentConsistencyModel(
+        mlp(), (2,), path=VP, omega_max=3.0, teacher=InMemory(unconditional)
+    )
     with pytest.raises(ValueError, match="unconditional, so there is no guidance to distil"):
         student.setup("fit")
     with pytest.raises(ValueError, match="discrete with 1000 steps, but num_timesteps=50"):
