@@ -5,6 +5,7 @@ its loss are checked on them."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from diffusion_pl.parameterization import (
     X0Prediction,
 )
 from diffusion_pl.paths import DDPMPath, LinearPath, NoisePath, VPCosinePath, VPLinearPath
+from diffusion_pl.randomness import rand, randn
 from diffusion_pl.samplers import LCMSampler, lcm_timesteps
 from diffusion_pl.samplers.rk45 import solve_ode_rk45
 from diffusion_pl.tensors import append_dims
@@ -264,6 +266,44 @@ def test_the_lcm_sampler_on_the_exact_consistency_function_draws_the_guided_dist
         return
     assert (guided[:, 0].abs() > 1.3).all() and (guided[:, 1] < 0.5).all()
     assert (guided[:, 0].abs() < ref[:, 0].abs() - 0.05).all()
+
+
+def test_the_objective_draws_levels_z_omega_and_steps_the_guided_teacher() -> None:
+    """The module's loss, rebuilt by hand from the same generator: τ_{n+k} = 20 j − 1 from
+    one uniform, z, then ω ~ U[1, 4]; one DDIM step of the exact guided pair (mixed here, not
+    by the objective's guidance) from x_{n+k} = α (x_0 + σ̃ z) to τ_n = max(τ_{n+k} − 20, 0);
+    the student and its EMA target (equal at the start) read with ω as the net's second label;
+    pseudo-Huber with c = 0.00054 √2. Equal to float32 rounding."""
+    torch.manual_seed(0)
+    net = MLP(dim=2, hidden=16, depth=1, num_classes=2, num_noise_labels=2)
+    for p in net.parameters():
+        p.data.normal_(0, 0.5)
+    model = LatentConsistencyModel(net, (2,), path=VP, omega_min=1.0, omega_max=4.0,
+                                   teacher=InMemory(exact_teacher(VP)), init_from_teacher=False)  # fmt: skip
+    model.setup("fit")
+    x0, y = CLASSES.sample(64, torch.Generator().manual_seed(1))
+    x0, y = x0.float(), y.long()
+    loss = model.loss(x0, y, torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(2)
+    u = rand((64,), g, dtype=torch.float64)
+    z = randn((64, 2), g)
+    omega = 1.0 + 3.0 * rand((64,), g, dtype=torch.float64)
+    hi = (torch.floor(u * 50).long() + 1) * 20 - 1
+    lo = (hi - 20).clamp_min(0)
+    times = Timesteps.of(VP).times()
+    t_hi, t_lo = times[hi], times[lo]
+    level = torch.exp(-0.5 * VP.log_snr(times))
+    x_hi = x0.double() + level[hi][:, None] * z.double()
+    pair = guided_pair(VP, y, omega)(x_hi, level[hi])
+    x_lo = pair.x0 + level[lo][:, None] * pair.eps
+    student = model.denoiser(y, omega.float())
+    alpha_hi, alpha_lo = VP.alpha(t_hi)[:, None], VP.alpha(t_lo)[:, None]
+    f_hi = student((alpha_hi * x_hi).float(), t_hi).x0
+    f_lo = student((alpha_lo * x_lo).float(), t_lo).x0
+    c = 0.00054 * math.sqrt(2)
+    expected = torch.sqrt((f_hi - f_lo).pow(2).sum(1) + c**2) - c
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-6)
+    assert set(lo[hi == 19].tolist()) <= {0} and (omega >= 1).all() and (omega < 4).all()
 
 
 def test_the_lcm_loss_of_the_exact_function_vanishes_at_the_teacher_steps_order() -> None:
