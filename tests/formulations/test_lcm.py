@@ -278,8 +278,9 @@ def test_the_objective_draws_levels_z_omega_and_steps_the_guided_teacher() -> No
     net = MLP(dim=2, hidden=16, depth=1, num_classes=2, num_noise_labels=2)
     for p in net.parameters():
         p.data.normal_(0, 0.5)
-    model = LatentConsistencyModel(net, (2,), path=VP, omega_min=1.0, omega_max=4.0,
-                                   teacher=InMemory(exact_teacher(VP)), init_from_teacher=False)  # fmt: skip
+    teacher = InMemory(exact_teacher(VP))
+    model = LatentConsistencyModel(net, (2,), path=VP, omega_max=4.0, teacher=teacher,
+                                   init_from_teacher=False)  # fmt: skip
     model.setup("fit")
     x0, y = CLASSES.sample(64, torch.Generator().manual_seed(1))
     x0, y = x0.float(), y.long()
