@@ -1,127 +1,43 @@
 """Latent consistency models against exact answers: a class-conditional Gaussian mixture (class
 = component) gives the exact guided teacher, and its guided PF-ODE solved by RK45 the exact
-guided consistency function f*_ω; LCM's boundary, its zero-initialised ω input, its sampler and
-its loss are checked on them."""
+guided consistency function f*_ω; LCM's boundary, its zero-initialised ω input, its sampler,
+its objective and its loss are checked on them (tests/helpers/guided_mixture.py)."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
-from cli_runs import ROOT, fit_config
-from mixture_checks import IsotropicMixtureOracle, OracleNet
+from guided_mixture import (
+    CLASSES,
+    VP,
+    InMemory,
+    TrueLCMDenoiser,
+    class_moments,
+    exact_teacher,
+    guided_pair,
+    true_lcm,
+)
 from torch import Tensor
 
-from diffusion_pl.checkpoints import load_module, read_checkpoint
-from diffusion_pl.cli import main
 from diffusion_pl.formulations import VDM, LatentConsistencyModel
 from diffusion_pl.lcm import Timesteps, lcm_scalings
-from diffusion_pl.mixture import GaussianMixtureSpec
 from diffusion_pl.nets import MLP, UNet
-from diffusion_pl.objectives import Teacher
-from diffusion_pl.objectives.consistency import (
-    DPMSolverStep,
-    EulerStep,
-    consistency_loss,
-)
+from diffusion_pl.objectives.consistency import DPMSolverStep, EulerStep, consistency_loss
 from diffusion_pl.parameterization import (
     EpsilonPrediction,
-    Prediction,
     VelocityPrediction,
     VPrediction,
     X0Prediction,
 )
-from diffusion_pl.paths import DDPMPath, LinearPath, NoisePath, VPCosinePath, VPLinearPath
+from diffusion_pl.paths import DDPMPath, LinearPath, VPCosinePath, VPLinearPath
 from diffusion_pl.randomness import rand, randn
 from diffusion_pl.samplers import LCMSampler, lcm_timesteps
-from diffusion_pl.samplers.rk45 import solve_ode_rk45
 from diffusion_pl.tensors import append_dims
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-VP = VPLinearPath()
-# Two overlapping classes, so that guidance moves the samples: class k = component k.
-CLASSES = GaussianMixtureSpec.isotropic([[-1.0, 0.0], [1.0, 0.0]], 0.6, [0.5, 0.5])
-
-
-class InMemory(Teacher):
-    """A model already in memory, handed to training as a teacher."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
-
-    def load(self, map_location: str | torch.device = "cpu") -> torch.nn.Module:
-        return self.model.eval().requires_grad_(False)
-
-    def __str__(self) -> str:
-        return "in-memory"
-
-
-def exact_teacher(path: NoisePath) -> VDM:
-    """The exact class-conditional mixture as an ε-prediction VDM on ``path``."""
-    net = OracleNet(IsotropicMixtureOracle(path, CLASSES), EpsilonPrediction())
-    return VDM(net, (2,), path=path, p_uncond=0.1)
-
-
-def guided_pair(path: NoisePath, y: Tensor, omega: Tensor) -> callable:
-    """The exact guided pair x̂_∅ + ω (x̂_y − x̂_∅) (ε̂ alike) at x̃, σ̃ in scaled space."""
-    oracle = IsotropicMixtureOracle(path, CLASSES)
-    null = torch.full_like(y, CLASSES.num_components)
-
-    def call(x: Tensor, sigma: Tensor) -> Prediction:
-        t = path.time_of_log_snr(-2.0 * torch.log(sigma.to(torch.float64)))
-        alpha = append_dims(path.alpha(t), x.ndim)
-        cond, uncond = oracle(alpha * x, t, y), oracle(alpha * x, t, null)
-        w = append_dims(omega, x.ndim)
-        return Prediction(cond.x0 * w + uncond.x0 * (1 - w), cond.eps * w + uncond.eps * (1 - w))
-
-    return call
-
-
-def true_lcm(path: NoisePath, y: Tensor, omega: Tensor, tol: float = 1e-7) -> callable:
-    """f*_ω(x̃, σ̃ [B]) in LCM's reading: the guided PF-ODE dx̃/dσ̃ = ε̂_ω solved by RK45 from each
-    example's σ̃ down to σ̃(t_min), returned as the point x = α(t_min) x̃ there (LCM's boundary
-    is f(x, t_min) = x). One clock s ∈ [0, 1], σ̃(s) = σ̃^{1−s} σ̃_min^s."""
-    pair = guided_pair(path, y, omega)
-    t_min = torch.tensor(path.t_min, dtype=torch.float64)
-    sigma_min = float(path.sigma(t_min) / path.alpha(t_min))
-    alpha_min = float(path.alpha(t_min))
-
-    def f(x: Tensor, sigma: Tensor) -> Tensor:
-        log_ratio = torch.log(sigma_min / sigma.to(torch.float64))
-
-        def drift(z: Tensor, s: Tensor) -> Tensor:
-            level = sigma * torch.exp(s * log_ratio)
-            return pair(z, level).eps * (level * log_ratio)[:, None]
-
-        end = solve_ode_rk45(drift, x.to(torch.float64), 0.0, 1.0, rtol=tol, atol=tol)[0]
-        return alpha_min * end
-
-    return f
-
-
-class TrueLCMDenoiser:
-    """f*_ω as a denoiser ``(x, t) -> Prediction`` on ``path`` (x̂_0 = f*, what samplers read)."""
-
-    def __init__(self, path: NoisePath, y: Tensor, omega: float) -> None:
-        self.path = path
-        self.f = true_lcm(path, y, torch.full(y.shape, omega, dtype=torch.float64), tol=1e-6)
-
-    def __call__(self, x: Tensor, t: Tensor | float) -> Prediction:
-        t = torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0])
-        alpha, sigma = self.path.alpha(t)[:, None], self.path.sigma(t)[:, None]
-        x0 = self.f(x.to(torch.float64) / alpha, (sigma / alpha)[:, 0])
-        return Prediction(x0=x0, eps=(x - alpha * x0) / sigma)
-
-
-def class_moments(x: Tensor, y: Tensor) -> Tensor:
-    """Per class: mean of the first coordinate, and std of each coordinate ``[K, 3]``."""
-    rows = [torch.stack([x[y == k, 0].mean(), *x[y == k].std(0)]) for k in range(2)]
-    return torch.stack(rows)
 
 
 def test_boundary_scalings_are_the_papers_and_exact_at_the_first_timestep() -> None:
@@ -350,82 +266,3 @@ def test_the_lcm_loss_of_the_exact_function_vanishes_at_the_teacher_steps_order(
     ddim_slopes, dpm_slopes = np.diff(np.log2(ddim)), np.diff(np.log2(dpm))
     assert ((ddim_slopes < -3.7) & (ddim_slopes > -4.8)).all()
     assert ((dpm_slopes < -5.7) & (dpm_slopes > -7.2)).all()
-
-
-def lcm_config(teacher: Path, out: Path) -> Path:
-    """A toy LCM config: the toy VDM's MLP (8 classes) with ω's input, distilled from
-    ``teacher`` with ω ~ U[1, 3], 2-step LCM sampling."""
-    config = {
-        "seed_everything": 0,
-        "trainer": {"max_steps": 4, "logger": False, "enable_model_summary": False,
-                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                                   "init_args": {"save_last": True}}]},
-        "model": {"class_path": "diffusion_pl.formulations.LatentConsistencyModel", "init_args": {
-            "net": {"class_path": "diffusion_pl.nets.MLP",
-                    "init_args": {"dim": 2, "hidden": 32, "depth": 2, "num_classes": 8,
-                                  "num_noise_labels": 2}},
-            "path": {"class_path": "diffusion_pl.paths.VPLinearPath"},
-            "omega_min": 1.0, "omega_max": 3.0, "p_uncond": 0.1,
-            "teacher": {"class_path": "diffusion_pl.checkpoints.Checkpoint",
-                        "init_args": {"path": str(teacher)}},
-            "sampler": {"class_path": "diffusion_pl.samplers.LCMSampler",
-                        "init_args": {"steps": 2}},
-        }},
-        "data": {"source": {"class_path": "diffusion_pl.data.Toy2D",
-                            "init_args": {"name": "8gaussians", "num_train": 64, "num_val": 32}},
-                 "global_batch_size": 32},
-    }  # fmt: skip
-    out.write_text(yaml.safe_dump(config))
-    return out
-
-
-@pytest.mark.slow
-def test_a_toy_lcm_fits_through_the_cli_and_samples_one_call_per_step(tmp_path: Path) -> None:
-    """A class-conditional toy VDM (8 classes, p_uncond 0.2) fitted a few steps is distilled by
-    LCM through the CLI; `sample --sampler lcm` reads the checkpoint with class labels and ω;
-    the model samples with one net call of the batch (not the doubled CFG batch) per step."""
-    teacher = fit_config(ROOT / "configs/toy2d/vdm.yaml", tmp_path / "teacher",
-                         "--trainer.max_steps", "3", "--data.global_batch_size", "32",
-                         "--data.source.init_args.num_train", "64",
-                         "--data.source.init_args.num_val", "32",
-                         "--model.init_args.net.init_args.hidden", "32",
-                         "--model.init_args.net.init_args.depth", "2",
-                         "--model.init_args.net.init_args.num_classes", "8",
-                         "--model.init_args.p_uncond", "0.2")  # fmt: skip
-    ckpt = fit_config(lcm_config(teacher, tmp_path / "lcm.yaml"), tmp_path / "lcm")
-    state = read_checkpoint(ckpt)
-    assert all(k.startswith(("net.", "target_net.")) for k in state["state_dict"])
-    out = tmp_path / "samples.npz"
-    main(["sample", "--ckpt_path", str(ckpt), "--num_samples", "6", "--output", str(out),
-          "--sampler", "lcm", "--steps", "3", "--class_labels", "[0,5]",
-          "--guidance_scale", "2.5"])  # fmt: skip
-    samples = np.load(out)["samples"]
-    assert samples.shape == (6, 2) and np.isfinite(samples).all()
-    model, batches = load_module(ckpt), []
-    model.net.register_forward_hook(lambda m, args, out: batches.append(args[0].shape[0]))
-    model.sample(6, class_labels=torch.tensor([0, 5] * 3), guidance_scale=2.5)
-    assert batches == [6, 6]
-
-
-def test_what_lcm_cannot_do_is_refused_naming_the_fix() -> None:
-    def mlp(labels: int = 2, classes: int | None = 2) -> MLP:
-        return MLP(dim=2, hidden=8, depth=1, num_classes=classes, num_noise_labels=labels)
-
-    with pytest.raises(ValueError, match="set the net's num_noise_labels: 2"):
-        LatentConsistencyModel(mlp(labels=1), (2,), omega_min=1.0, omega_max=3.0)
-    with pytest.raises(ValueError, match="distils a teacher: set teacher"):
-        LatentConsistencyModel(mlp(), (2,)).setup("fit")
-    fixed = LatentConsistencyModel(mlp(labels=1), (2,), omega_min=2.0, omega_max=2.0)
-    assert fixed.guidance_scale == 2.0
-    with pytest.raises(ValueError, match=r"fixed guidance scale 2\.0"):
-        fixed.sample(2, class_labels=torch.tensor([0, 1]), guidance_scale=3.0)
-    with pytest.raises(ValueError, match="the student's net is unconditional: set its"):
-        LatentConsistencyModel(mlp(classes=None), (2,), omega_max=3.0)
-    unconditional = VDM(mlp(labels=1, classes=None), (2,), path=VP)
-    student = LatentConsistencyModel(
-        mlp(), (2,), path=VP, omega_max=3.0, teacher=InMemory(unconditional)
-    )
-    with pytest.raises(ValueError, match="unconditional, so there is no guidance to distil"):
-        student.setup("fit")
-    with pytest.raises(ValueError, match="discrete with 1000 steps, but num_timesteps=50"):
-        LatentConsistencyModel(mlp(), (2,), num_timesteps=50)
