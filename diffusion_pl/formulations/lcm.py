@@ -131,7 +131,7 @@ class LatentConsistencyModel(ConsistencyBase):
                 f"the student's net takes {labels} noise labels; LCM's takes 1 (t), or 2 (t and "
                 "omega): set model.init_args.net.init_args.num_noise_labels: 2"
             )
-        if net.num_classes is None and (omega_min, omega_max) != (1.0, 1.0):
+        if getattr(net, "num_classes", None) is None and (omega_min, omega_max) != (1.0, 1.0):
             raise ValueError(
                 f"omega in [{omega_min}, {omega_max}] guides towards class labels, but the "
                 "student's net is unconditional: set its num_classes to the teacher's, or "
