@@ -106,9 +106,10 @@ class ConsistencyObjective(Objective):
     step given, z is the noise. Draws: label dropout, the levels, z, in that order. The frozen
     teacher (a loaded diffusion model, set in :attr:`teacher` before the first loss of a
     distillation) and the EMA target net θ⁻ (:attr:`target_net`; None: θ without gradient) are
-    handed in by the module that owns them; an objective of another teacher (LCM's guided
-    teacher on its own discrete times) is another :class:`LevelSampling` and
-    :class:`TeacherStep` over this same loss.
+    handed in by the module that owns them. LCM's objective
+    (:class:`~.lcm.LatentConsistencyObjective`) is this loss with another
+    :class:`LevelSampling` (the teacher's own timesteps) and other functions compared
+    (:meth:`functions`: ω drawn per example, the teacher guided by it, the student fed it).
 
     Args:
         span: the levels' range (σ_min, σ_max, ρ).
