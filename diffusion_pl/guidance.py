@@ -144,7 +144,7 @@ def classifier_gradient(classifier: ClassifierFn, x: Tensor, t: Tensor, y: Tenso
     return grad.to(x.dtype)
 
 
-def _mix(base: Tensor, target: Tensor, scale: float) -> Tensor:
+def _mix(base: Tensor, target: Tensor, scale: float | Tensor) -> Tensor:
     """base + w (target − base): CFG's ∅ → y, autoguidance's guide → main model."""
     return base + scale * (target - base)
 
@@ -160,7 +160,8 @@ class ClassifierFreeGuidance(Denoiser):
         path: the noise path the net was trained on.
         parameterization: how to read the net's output.
         class_labels: ``[B]`` int64 in [0, num_classes).
-        scale: w; 1 conditional, 0 unconditional, > 1 sharper.
+        scale: w; 1 conditional, 0 unconditional, > 1 sharper; or one w per example, shaped to
+            broadcast against x (``[B, 1, …]``: LCM's teacher draws ω per example).
 
     Reference: Ho & Salimans (2022), "Classifier-Free Diffusion Guidance", Eq. 6, Algorithm 2.
     """
@@ -171,7 +172,7 @@ class ClassifierFreeGuidance(Denoiser):
         path: NoisePath,
         parameterization: Parameterization,
         class_labels: Tensor,
-        scale: float,
+        scale: float | Tensor,
     ) -> None:
         null = net.num_classes
         if null is None:

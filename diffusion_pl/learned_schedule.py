@@ -162,4 +162,5 @@ class LearnedVPPath(nn.Module, NoisePath):
             sigma=append_dims(sigma, ndim),
             d_alpha=append_dims(-0.5 * dg * sigma2 * alpha, ndim),
             d_sigma=append_dims(0.5 * dg * alpha2 * sigma, ndim),
+            t=append_dims(t, ndim),
         )

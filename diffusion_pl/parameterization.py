@@ -393,11 +393,16 @@ class Denoiser:
         self.class_labels = class_labels
         self.nfe = 0
 
+    def noise_labels(self, t: Tensor, c: PathCoefficients) -> Tensor:
+        """What the net sees of the noise level at times t ``[B]``: the parameterization's label
+        (a subclass may add labels of its own, as LCM's guidance scale ω)."""
+        return self.parameterization.noise_label(t, c)
+
     def __call__(self, x: Tensor, t: Tensor | float) -> Prediction:
         dtype = torch.promote_types(x.dtype, torch.float32)
         t = batch_times(t, x)
         c = self.path.coefficients(t.to(dtype), x.ndim)
-        labels = self.parameterization.noise_label(t, c)
+        labels = self.noise_labels(t, c)
         net_in = (x * self.parameterization.input_scale(c)).to(x.dtype)
         out = self.net(net_in, labels.to(x.dtype), self.class_labels).to(dtype)
         self.nfe += 1

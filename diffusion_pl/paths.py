@@ -33,12 +33,14 @@ __all__ = [
 
 @dataclass(frozen=True)
 class PathCoefficients:
-    """α_t, σ_t, dα_t/dt, dσ_t/dt, already broadcastable against ``x``."""
+    """α_t, σ_t, dα_t/dt, dσ_t/dt, already broadcastable against ``x``, and the time t they
+    were taken at (shaped alike; None where a caller built them without it)."""
 
     alpha: Tensor
     sigma: Tensor
     d_alpha: Tensor
     d_sigma: Tensor
+    t: Tensor | None = None
 
 
 class NoisePath:
@@ -92,6 +94,7 @@ class NoisePath:
             sigma=append_dims(self.sigma(t), ndim),
             d_alpha=append_dims(self.d_alpha(t), ndim),
             d_sigma=append_dims(self.d_sigma(t), ndim),
+            t=append_dims(t, ndim),
         )
 
     def marginal(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:

@@ -8,6 +8,7 @@ from diffusion_pl.formulations.classifier import NoisyClassifier
 from diffusion_pl.formulations.consistency import ConsistencyModel
 from diffusion_pl.formulations.edm import EDM
 from diffusion_pl.formulations.guided import check_guide
+from diffusion_pl.formulations.lcm import LatentConsistencyModel
 from diffusion_pl.formulations.meanflow import MeanFlow, meanflow_target
 from diffusion_pl.formulations.ncsn import NCSN
 from diffusion_pl.formulations.optim import optimizer_config
@@ -23,6 +24,7 @@ FORMULATIONS: dict[str, type[DiffusionModule]] = {
     "reflow": Reflow,
     "edm": EDM,
     "consistency": ConsistencyModel,
+    "lcm": LatentConsistencyModel,
     "meanflow": MeanFlow,
 }
 """Every named formulation (a preset of :class:`DiffusionModule`), by its short name."""
@@ -34,6 +36,7 @@ __all__ = [
     "VDM",
     "ConsistencyModel",
     "DiffusionModule",
+    "LatentConsistencyModel",
     "MeanFlow",
     "NoisyClassifier",
     "RectifiedFlow",

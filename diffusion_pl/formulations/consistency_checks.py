@@ -9,6 +9,7 @@ import torch
 
 from diffusion_pl.compat import class_name as name
 from diffusion_pl.formulations.base import DiffusionModule
+from diffusion_pl.lcm import LCMPreconditioning
 from diffusion_pl.objectives.consistency import scaled_denoiser
 from diffusion_pl.parameterization import ConsistencyPreconditioning, Denoiser
 from diffusion_pl.paths import NoisePath
@@ -104,7 +105,7 @@ def check_teacher_kind(teacher: DiffusionModule, who: str = "the teacher") -> No
         teacher: the loaded teacher.
         who: how the error names the teacher (e.g. ``"the teacher RUN.ckpt"``).
     """
-    if isinstance(teacher.parameterization, ConsistencyPreconditioning):
+    if isinstance(teacher.parameterization, (ConsistencyPreconditioning, LCMPreconditioning)):
         raise ValueError(
             f"{who} is a consistency model ({name(teacher)}), whose x0 is the end of the ODE, "
             "not the posterior mean E[x0 | x_t] that distillation's ODE step needs: distill "

@@ -15,6 +15,7 @@ from diffusion_pl.guidance import (
     check_class_labels,
     check_same_path,
 )
+from diffusion_pl.lcm import LCMPreconditioning
 from diffusion_pl.parameterization import ConsistencyPreconditioning
 from diffusion_pl.samplers import DenoiserFn
 
@@ -159,7 +160,8 @@ def check_guide(
             f"{conditioning(main.num_classes)}: autoguidance evaluates both with the same label, "
             "so the guide needs the main model's conditioning"
         )
-    kinds = [isinstance(m.parameterization, ConsistencyPreconditioning) for m in (main, guide)]
+    consistency = (ConsistencyPreconditioning, LCMPreconditioning)
+    kinds = [isinstance(m.parameterization, consistency) for m in (main, guide)]
     if kinds[0] != kinds[1]:
         names = [f"{n} ({class_name(m)})" for n, m in ((model, main), (other, guide))]
         consistency, diffusion = names if kinds[0] else names[::-1]

@@ -152,6 +152,25 @@ class NoiseEmbedding(nn.Module):
                 NoiseEmbedding(features, features_dim, out_dim) for _ in range(num_noise_labels - 1)
             )
 
+    def zero_extra_labels(self) -> None:
+        """Zero the last layer (weights and bias) of every label after the first, so that those
+        labels add exactly 0 to the embedding until training moves them: a net given a new
+        input this way (LCM's guidance scale ω) computes, bit for bit, what the net without it
+        computes, for any value of the input.
+
+        Reference: Luo et al. (2023), "Latent Consistency Models", Sec. 4.2 (ω as an input of
+        the student through an embedding added to the time embedding).
+        """
+        if self.more_labels is None:
+            raise ValueError(
+                "this embedding has one noise label: there is no second label to zero "
+                "(set the net's num_noise_labels: 2)"
+            )
+        with torch.no_grad():
+            for extra in self.more_labels:
+                extra.fc2.weight.zero_()
+                extra.fc2.bias.zero_()
+
     def forward(
         self, noise_labels: Tensor | float, class_labels: Tensor | None, batch_size: int
     ) -> Tensor:

@@ -34,6 +34,7 @@ from diffusion_pl.samplers.langevin import (
     sample_annealed_langevin,
     score_at,
 )
+from diffusion_pl.samplers.lcm import LCMSampler, lcm_timesteps, sample_lcm
 from diffusion_pl.samplers.meanflow import AverageVelocityFn, MeanFlowSampler, sample_meanflow
 from diffusion_pl.samplers.ode import (
     EulerSampler,
@@ -100,6 +101,7 @@ __all__ = [
     "Grid",
     "HeunSampler",
     "IPNDMSampler",
+    "LCMSampler",
     "LeadingGrid",
     "LinspaceGrid",
     "LogSNRGrid",
@@ -114,6 +116,7 @@ __all__ = [
     "karras_sigmas",
     "langevin_corrector",
     "langevin_dynamics",
+    "lcm_timesteps",
     "ode_drift",
     "sample_annealed_langevin",
     "sample_consistency",
@@ -125,6 +128,7 @@ __all__ = [
     "sample_euler_maruyama",
     "sample_heun",
     "sample_ipndm",
+    "sample_lcm",
     "sample_meanflow",
     "sample_pc",
     "sample_rk45",

@@ -32,6 +32,8 @@ CONFIGS = sorted(p.relative_to(ROOT / "configs").as_posix() for p in ROOT.glob("
 # `checkpoint_value` writes what each key holds.
 LOADS_A_RUN = {
     "cifar10/consistency_distill.yaml": ("teacher", "cifar10/edm.yaml"),
+    "cifar10/lcm.yaml": ("teacher", "cifar10/vdm.yaml"),
+    "digits/lcm.yaml": ("teacher", "digits/vdm_cond.yaml"),
     "digits/consistency_distill.yaml": ("teacher", "digits/rectified_flow.yaml"),
     "toy2d/consistency_distill.yaml": ("teacher", "toy2d/rectified_flow.yaml"),
     "digits/consistency_tune.yaml": ("init", "digits/edm.yaml"),

@@ -1,5 +1,7 @@
-"""Consistency distillation and training (CD / CT / iCT / ECT) as one objective of small parts."""
+"""Consistency distillation and training (CD / CT / iCT / ECT / LCM) as one objective of small
+parts."""
 
+from diffusion_pl.objectives.consistency.lcm import LatentConsistencyObjective, SkippingSteps
 from diffusion_pl.objectives.consistency.levels import (
     ECTLevels,
     KarrasIntervals,
@@ -22,6 +24,7 @@ from diffusion_pl.objectives.consistency.loss import (
 from diffusion_pl.objectives.consistency.parts import (
     L2,
     Distance,
+    DPMSolverStep,
     EulerStep,
     HeunStep,
     InverseGap,
@@ -38,18 +41,21 @@ __all__ = [
     "L2",
     "ConsistencyFn",
     "ConsistencyObjective",
+    "DPMSolverStep",
     "Distance",
     "ECTLevels",
     "EulerStep",
     "HeunStep",
     "InverseGap",
     "KarrasIntervals",
+    "LatentConsistencyObjective",
     "LevelSampling",
     "LevelWeighting",
     "LognormalIntervals",
     "Progress",
     "PseudoHuber",
     "ScaledDenoiser",
+    "SkippingSteps",
     "Span",
     "TeacherStep",
     "UniformIntervals",

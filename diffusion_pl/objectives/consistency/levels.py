@@ -35,11 +35,14 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Span:
-    """The levels' range: σ_min (where f is the identity, the lowest level), σ_max, and ρ."""
+    """The levels' range: σ_min (where f is the identity, the lowest level), σ_max, and ρ;
+    ``levels``: the teacher's discrete levels σ̃ (increasing, float64) where training sits on
+    them (LCM), else None."""
 
     sigma_min: float
     sigma_max: float
     rho: float = 7.0
+    levels: Tensor | None = None
 
 
 @dataclass(frozen=True)

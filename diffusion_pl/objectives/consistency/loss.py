@@ -106,9 +106,10 @@ class ConsistencyObjective(Objective):
     step given, z is the noise. Draws: label dropout, the levels, z, in that order. The frozen
     teacher (a loaded diffusion model, set in :attr:`teacher` before the first loss of a
     distillation) and the EMA target net θ⁻ (:attr:`target_net`; None: θ without gradient) are
-    handed in by the module that owns them; an objective of another teacher (LCM's guided
-    teacher on its own discrete times) is another :class:`LevelSampling` and
-    :class:`TeacherStep` over this same loss.
+    handed in by the module that owns them. LCM's objective
+    (:class:`~.lcm.LatentConsistencyObjective`) is this loss with another
+    :class:`LevelSampling` (the teacher's own timesteps) and other functions compared
+    (:meth:`functions`: ω drawn per example, the teacher guided by it, the student fed it).
 
     Args:
         span: the levels' range (σ_min, σ_max, ρ).
@@ -170,18 +171,30 @@ class ConsistencyObjective(Objective):
         """``n`` level pairs (float64) at ``step`` (``dtype`` unused: levels are float64)."""
         return self.levels(n, generator, device, self.span, self.progress(step))
 
-    def loss(self, model: Model, batch: Batch) -> Tensor:
-        x0, labels = batch.x0, batch.labels
-        d = self.draw(batch, partial(self.draw_levels, batch.step))
-        sigma_lo, sigma_hi = d.times
+    def functions(
+        self, model: Model, batch: Batch
+    ) -> tuple[ConsistencyFn, ConsistencyFn, ScaledDenoiser | None]:
+        """f_θ, f_θ⁻ and the teacher's denoiser (None in consistency training) of ``batch``,
+        drawn after the levels and z (LCM's objective draws ω here)."""
+        labels, device = batch.labels, batch.x0.device
         if self.distills and self.teacher is None:
             raise ValueError("the teacher is loaded by setup(): call it before the loss")
-        teacher = self.teacher_denoiser(labels, x0.device) if self.distills else None
+        teacher = self.teacher_denoiser(labels, device) if self.distills else None
         target = model.net if self.target_net is None else self.target_net
-        loss = consistency_loss(
+        return (
             self.consistency_fn(model, model.net, labels),
             self.consistency_fn(model, target, labels),
-            x0.to(d.dtype),
+            teacher,
+        )
+
+    def loss(self, model: Model, batch: Batch) -> Tensor:
+        d = self.draw(batch, partial(self.draw_levels, batch.step))
+        sigma_lo, sigma_hi = d.times
+        student, target, teacher = self.functions(model, batch)
+        loss = consistency_loss(
+            student,
+            target,
+            batch.x0.to(d.dtype),
             d.eps,
             sigma_lo,
             sigma_hi,

@@ -20,6 +20,7 @@ from diffusion_pl.tensors import append_dims
 
 __all__ = [
     "L2",
+    "DPMSolverStep",
     "Distance",
     "EulerStep",
     "HeunStep",
@@ -66,7 +67,11 @@ class TeacherStep(ABC):
 class EulerStep(TeacherStep):
     """x̃' = x̃ + h ε̂(x̃, σ_from), h = σ_to − σ_from, on EDM's PF-ODE dx̃/dσ̃ = ε̂(x̃, σ̃).
 
-    Reference: Song et al. (2023), "Consistency Models", Algorithm 2 (Φ = Euler).
+    In the scaled space this is the deterministic DDIM step, x̃' = x̂_0 + σ_to ε̂ (Song, Meng &
+    Ermon 2021, Eq. 14), LCM's default solver.
+
+    Reference: Song et al. (2023), "Consistency Models", Algorithm 2 (Φ = Euler); Luo et al.
+    (2023), "Latent Consistency Models", Sec. 4.3 (Φ = DDIM).
     """
 
     def __call__(
@@ -155,3 +160,25 @@ class Unweighted(LevelWeighting):
 
     def __call__(self, distance: Tensor, sigma_lo: Tensor, sigma_hi: Tensor) -> Tensor:
         return distance
+
+
+class DPMSolverStep(TeacherStep):
+    """DPM-Solver++(2S) from σ̃_t to σ̃_s through the log-SNR midpoint σ̃_m = √(σ̃_t σ̃_s):
+    u = Φ₁(x̃; σ̃_t → σ̃_m, x̂_0(x̃, σ̃_t)), x̃_s = Φ₁(x̃; σ̃_t → σ̃_s, x̂_0(u, σ̃_m)), with the
+    first-order (DDIM) step Φ₁(x̃; a → b, D) = D + (b/a)(x̃ − D). Second order, two teacher calls.
+
+    Reference: Lu et al. (2022), "DPM-Solver++", Algorithm 1 (r = ½); Luo et al. (2023),
+    "Latent Consistency Models", Sec. 4.3 (DPM-Solver as LCM's augmented-ODE solver).
+    """
+
+    def __call__(
+        self, teacher: ScaledDenoiser, x: Tensor, sigma_from: Tensor, sigma_to: Tensor
+    ) -> Tensor:
+        mid = torch.sqrt(sigma_from * sigma_to)
+
+        def first_order(x0: Tensor, to: Tensor) -> Tensor:
+            ratio = append_dims(to / sigma_from, x.ndim).to(x.dtype)
+            return x0 + ratio * (x - x0)
+
+        u = first_order(teacher(x, sigma_from).x0.to(x.dtype), mid)
+        return first_order(teacher(u, mid).x0.to(x.dtype), sigma_to)
