@@ -168,7 +168,7 @@ def _tiny_config(out: Path, start_step: int, *callbacks: dict) -> Path:
     config = write_config(
         CONFIG, out, {"max_steps": 4, "log_every_n_steps": 1, "logger": {
             "class_path": "lightning.pytorch.loggers.CSVLogger",
-            "init_args": {"save_dir": str(out.parent)}}},
+            "init_args": {"save_dir": str(out.with_suffix(""))}}},
         [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
           "init_args": {"save_last": True}},
          {"class_path": "diffusion_pl.callbacks.EMA", "init_args": {"halflife_samples": 100}},
@@ -186,12 +186,18 @@ def _tiny_config(out: Path, start_step: int, *callbacks: dict) -> Path:
 
 @pytest.mark.slow
 def test_a_resumed_autoencoder_run_matches_an_uninterrupted_one(tmp_path: Path) -> None:
-    """4 steps, the discriminator on from step 2, EMA on; against 2 steps and a resume."""
+    """4 steps, the discriminator on from step 2, EMA on; against a run stopped by SIGTERM
+    after step 2 (as a preemption) and resumed."""
     whole = fit_config(_tiny_config(tmp_path / "whole.yaml", 2), tmp_path / "whole")
     split = tmp_path / "split"
-    config = _tiny_config(tmp_path / "split.yaml", 2)
-    fit_config(config, split, "--trainer.max_steps", "2")
-    resumed = fit_config(config, split, "--ckpt_path", "last")
+    kill = {"class_path": "run_helpers.SigtermAt", "init_args": {"batch": 1}}
+    with pytest.raises(SystemExit) as stopped:
+        fit_config(_tiny_config(tmp_path / "split.yaml", 2, kill), split)
+    assert stopped.value.code == 75
+    main(["fit", "--config", str(_tiny_config(tmp_path / "split.yaml", 2)),
+          "--trainer.default_root_dir", str(split), "--trainer.accelerator", "cpu",
+          "--ckpt_path", "last"])  # fmt: skip
+    resumed = max(split.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
     a, b = read_checkpoint(whole), read_checkpoint(resumed)
     assert a["global_step"] == b["global_step"] == 4
     assert any("discriminator" in k for k in a["state_dict"])
