@@ -7,7 +7,8 @@ teacher (or initial model) is the shipped config it names, fitted one step the s
 reflow pairs come from ``diffusion-pl reflow`` on that run; the latent codes from
 ``diffusion-pl encode`` with a tiny random autoencoder. CIFAR-10 is replaced by a 16-image
 stand-in with its columns, saved to disk, and its UNets are cut to 16 channels and one block
-per level (their layout, attention and embeddings unchanged).
+per level (their layout, attention and embeddings unchanged); the digits autoencoder is cut to
+8 channels per level.
 """
 
 from __future__ import annotations
@@ -102,6 +103,9 @@ class Runs:
                      "--data.num_workers", "0", "--data.pin_memory", "false",
                      "--model.init_args.net.init_args.base_channels", "16",
                      "--model.init_args.net.init_args.num_res_blocks", "1"]  # fmt: skip
+        if config == "digits/autoencoder.yaml":  # narrow: the export encodes the train split
+            args += ["--model.init_args.block_out_channels", "[8, 8, 8]",
+                     "--model.init_args.norm_num_groups", "4"]  # fmt: skip
         if config in ("digits/latent_rectified_flow.yaml", "digits/latent_vdm_cond.yaml"):
             args += ["--data.source.init_args.path", str(self._once("codes", _latent_codes))]
         if config == "toy2d/reflow.yaml":
