@@ -10,10 +10,12 @@ from diffusion_pl.autoencoders.callbacks import (
 )
 from diffusion_pl.autoencoders.discriminator import PatchDiscriminator
 from diffusion_pl.autoencoders.export import export_checkpoint, latent_statistics, save_autoencoder
-from diffusion_pl.autoencoders.losses import Adversarial, Perceptual
+from diffusion_pl.autoencoders.losses import L1, L2, Adversarial, Perceptual
 from diffusion_pl.autoencoders.module import AutoencoderKLModule
 
 __all__ = [
+    "L1",
+    "L2",
     "Adversarial",
     "AutoencoderKLModule",
     "PatchDiscriminator",

@@ -5,22 +5,19 @@ For an image x, its reconstruction x̂ = D(z), z ~ q(z | x) = N(μ(x), σ²(x)):
 
     L = L_rec(x, x̂) + w_p · ‖φ(x̂) − φ(x)‖² + β · KL(q(z | x) ‖ N(0, I)) + λ · w_adv · L_G,
 
-with L_rec the mean L1 or squared L2 pixel error, φ a frozen feature net (the perceptual term;
-LDM uses LPIPS, whose weights need the network, so the shipped digits classifier's features
-stand in for it here), KL = ½ Σ (μ² + σ² − 1 − log σ²) per example (summed over the code, averaged
-over the batch, as LDM), β small (LDM: 1e-6), and the adversarial term on from a configured step:
-the generator's hinge loss L_G = −E[D(x̂)] with LDM's adaptive weight
+with L_rec the mean L1 or squared L2 pixel error (:class:`L1`, :class:`L2`), φ a frozen
+feature net (the perceptual term; LDM uses LPIPS, whose weights need the network, so the
+shipped digits classifier's features stand in for it here), KL = ½ Σ (μ² + σ² − 1 − log σ²)
+per example (summed over the code, averaged over the batch, as LDM), β small (LDM: 1e-6),
+and the adversarial term on from a configured step: the generator's hinge loss
+L_G = −E[D(x̂)] with LDM's adaptive weight (W the weight of the decoder's last layer)
 
     λ = clamp(‖∇_W (L_rec + w_p L_p)‖ / (‖∇_W L_G‖ + 10⁻⁴), 0, λ_max),
-
-W the weight of the decoder's last layer,
 
 and the patch discriminator's hinge loss ½ (E[relu(1 − D(x))] + E[relu(1 + D(x̂))]).
 """
 
 from __future__ import annotations
-
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,15 +26,36 @@ from torch import Tensor, nn
 from diffusion_pl.autoencoders.discriminator import PatchDiscriminator
 
 __all__ = [
+    "L1",
+    "L2",
     "Adversarial",
     "Perceptual",
+    "Reconstruction",
     "adaptive_weight",
     "hinge_discriminator_loss",
     "kl_divergence",
-    "reconstruction_error",
 ]
 
-Reconstruction = Literal["l1", "l2"]
+
+class Reconstruction:
+    """A pixel reconstruction error L_rec(x, x̂), averaged over pixels and the batch."""
+
+    def __call__(self, x: Tensor, x_hat: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class L1(Reconstruction):
+    """Mean |x̂ − x| (LDM's choice, sharper than L2)."""
+
+    def __call__(self, x: Tensor, x_hat: Tensor) -> Tensor:
+        return (x_hat - x).abs().mean()
+
+
+class L2(Reconstruction):
+    """Mean (x̂ − x)²."""
+
+    def __call__(self, x: Tensor, x_hat: Tensor) -> Tensor:
+        return (x_hat - x).pow(2).mean()
 
 
 class Perceptual(nn.Module):
@@ -115,15 +133,6 @@ class Adversarial(nn.Module):
         return hinge_discriminator_loss(
             self.discriminator(x.detach()), self.discriminator(x_hat.detach())
         )
-
-
-def reconstruction_error(x: Tensor, x_hat: Tensor, kind: Reconstruction) -> Tensor:
-    """Mean |x̂ − x| (``l1``) or mean (x̂ − x)² (``l2``) over pixels and the batch."""
-    if kind == "l1":
-        return (x_hat - x).abs().mean()
-    if kind == "l2":
-        return (x_hat - x).pow(2).mean()
-    raise ValueError(f"reconstruction must be 'l1' or 'l2', got {kind!r}")
 
 
 def kl_divergence(mean: Tensor, logvar: Tensor) -> Tensor:

@@ -12,12 +12,12 @@ from torch import Tensor
 
 from diffusion_pl.autoencoders.export import FOLDER, save_autoencoder
 from diffusion_pl.autoencoders.losses import (
+    L1,
     Adversarial,
     Perceptual,
     Reconstruction,
     adaptive_weight,
     kl_divergence,
-    reconstruction_error,
 )
 from diffusion_pl.callbacks.ema import weights_in_use
 from diffusion_pl.callbacks.sample_grid import run_dir
@@ -52,7 +52,8 @@ class AutoencoderKLModule(LightningModule):
         latent_channels: the code's channels.
         layers_per_block: ResNet blocks per resolution.
         norm_num_groups: GroupNorm groups (must divide every entry of block_out_channels).
-        reconstruction: ``l1`` (LDM) or ``l2`` pixel error.
+        reconstruction: the pixel error, :class:`~.losses.L1` (LDM; the default) or
+            :class:`~.losses.L2` (YAML ``diffusion_pl.autoencoders.L2``).
         kl_weight: β (LDM: 1e-6).
         perceptual: the perceptual term (:class:`~.losses.Perceptual`), or None.
         adversarial: the patch discriminator (:class:`~.losses.Adversarial`), or None.
@@ -68,7 +69,7 @@ class AutoencoderKLModule(LightningModule):
         latent_channels: int = 4,
         layers_per_block: int = 1,
         norm_num_groups: int = 8,
-        reconstruction: Reconstruction = "l1",
+        reconstruction: Reconstruction | None = None,
         kl_weight: float = 1e-6,
         perceptual: Perceptual | None = None,
         adversarial: Adversarial | None = None,
@@ -79,8 +80,6 @@ class AutoencoderKLModule(LightningModule):
         data_shape = tuple(data_shape)
         channels = list(block_out_channels)
         _check_settings(data_shape, channels, latent_channels, norm_num_groups, kl_weight)
-        if reconstruction not in ("l1", "l2"):
-            raise ValueError(f"reconstruction must be 'l1' or 'l2', got {reconstruction!r}")
         super().__init__()
         n = len(channels)
         self.vae = autoencoder_class("AutoencoderKLModule")(
@@ -91,7 +90,8 @@ class AutoencoderKLModule(LightningModule):
             sample_size=data_shape[1],
         )  # fmt: skip
         self.data_shape = data_shape
-        self.reconstruction, self.kl_weight = reconstruction, kl_weight
+        self.reconstruction = reconstruction if reconstruction is not None else L1()
+        self.kl_weight = kl_weight
         self.perceptual, self.adversarial = perceptual, adversarial
         self.sample_posterior = sample_posterior
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
@@ -135,7 +135,7 @@ class AutoencoderKLModule(LightningModule):
         if self.sample_posterior:
             z = mean + (0.5 * logvar).exp() * randn(mean.shape, generator, device=mean.device)
         x_hat = self.vae.decode(z).sample
-        terms = {"rec": reconstruction_error(x, x_hat, self.reconstruction)}
+        terms = {"rec": self.reconstruction(x, x_hat)}
         nll = terms["rec"]
         if self.perceptual is not None:
             terms["perceptual"] = self.perceptual(x, x_hat)
@@ -170,7 +170,7 @@ class AutoencoderKLModule(LightningModule):
     def held_out_loss(self, stage: str, batch: tuple[Tensor, Tensor]) -> Tensor:
         """The reconstruction error of the posterior mean, logged as ``{stage}/loss``."""
         x = batch[0]
-        error = reconstruction_error(x, self.reconstruct(x), self.reconstruction)
+        error = self.reconstruction(x, self.reconstruct(x))
         self.log(f"{stage}/loss", error, prog_bar=True, sync_dist=True)
         return error
 

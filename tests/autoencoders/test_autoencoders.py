@@ -15,6 +15,8 @@ from cli_runs import ROOT, cli_error, fit_config, write_config
 from torch import nn
 
 from diffusion_pl.autoencoders import (
+    L1,
+    L2,
     Adversarial,
     AutoencoderKLModule,
     PatchDiscriminator,
@@ -52,6 +54,10 @@ def test_kl_hinge_and_adaptive_weight_are_their_formulas() -> None:
         torch.distributions.Normal(mean, (0.5 * logvar).exp()), torch.distributions.Normal(0, 1)
     )
     torch.testing.assert_close(kl_divergence(mean, logvar), exact.flatten(1).sum(1).mean())
+    x, x_hat = torch.tensor([0.0, 1.0, -1.0]), torch.tensor([0.5, 1.0, 1.0])
+    assert float(L1()(x, x_hat)) == pytest.approx(2.5 / 3) and float(
+        L2()(x, x_hat)
+    ) == pytest.approx(4.25 / 3)
     real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-2.0, 0.0, 1.0])
     # ½ (mean(0, 0.5, 2) + mean(0, 1, 2)) = ½ (5/6 + 1)
     assert float(hinge_discriminator_loss(real, fake)) == pytest.approx(11 / 12, rel=1e-6)
@@ -98,8 +104,8 @@ def test_bad_settings_name_the_value_and_the_fix() -> None:
         AutoencoderKLModule((1, 32, 32), [12, 16])
     with pytest.raises(ValueError, match=r"images of 12x12 do not halve 3 times"):
         AutoencoderKLModule((1, 12, 12), [8, 8, 8, 8])
-    with pytest.raises(ValueError, match=r"reconstruction must be 'l1' or 'l2', got 'l3'"):
-        AutoencoderKLModule((1, 32, 32), reconstruction="l3")
+    with pytest.raises(ValueError, match=r"kl_weight must be >= 0, got -1"):
+        AutoencoderKLModule((1, 32, 32), kl_weight=-1)
 
 
 def test_grids_put_each_row_of_originals_above_its_reconstructions() -> None:
