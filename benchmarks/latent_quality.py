@@ -18,7 +18,7 @@
 
 Writes JSON and a Markdown report (``.md``, also printed). The issue's targets: rFID ≤ 2× the
 floor; latent FID ≤ 1.5× the pixel FID. ``--base_channels``, ``--ae_channels`` and small
-counts make the tiny run of tests/benchmarks (about 25 s).
+counts make the tiny run of tests/benchmarks (about 10 s).
 """
 
 from __future__ import annotations

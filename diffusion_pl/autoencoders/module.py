@@ -128,7 +128,8 @@ class AutoencoderKLModule(LightningModule):
         """The loss terms of a batch of images (module docstring of ``losses``).
 
         Returns ``loss`` (what the optimizer minimises: the autoencoder's loss, plus the
-        discriminator's when ``adversarial``) and each term for logging.
+        discriminator's when ``adversarial``) and each term for logging. With a discriminator
+        that is not on yet its parameters enter ``loss`` with weight 0.
         """
         mean, logvar = self.posterior(x)
         z = mean
@@ -149,6 +150,10 @@ class AutoencoderKLModule(LightningModule):
             d_loss = self.adversarial.discriminator_loss(x, x_hat)
             loss = loss + self.adversarial.weight * weight * g_loss + d_loss
             terms |= {"g": g_loss, "d": d_loss, "adaptive_weight": weight}
+        elif self.adversarial is not None:  # off until start_step: D gets zero gradients, so
+            # DDP (which needs every parameter in the graph) runs, and Adam leaves D unchanged
+            params = self.adversarial.discriminator.parameters()
+            loss = loss + 0.0 * sum(p.sum() for p in params)
         return {"loss": loss, **terms}
 
     # --- Lightning ------------------------------------------------------------------------
