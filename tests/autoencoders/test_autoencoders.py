@@ -21,6 +21,7 @@ from diffusion_pl.autoencoders import (
     AutoencoderKLModule,
     PatchDiscriminator,
     Perceptual,
+    export_checkpoint,
     paired_rows,
     save_autoencoder,
 )
@@ -254,3 +255,12 @@ def test_fit_exports_the_autoencoder_and_codes_round_trip_through_encode_fit_sam
     samples, z = torch.from_numpy(saved["samples"]), torch.from_numpy(saved["latents"])
     assert samples.shape == (4, 1, 32, 32) and z.shape == (4, 4, 8, 8)
     torch.testing.assert_close(samples, Latents(str(codes)).decode(z))
+
+    again = export_checkpoint(str(ckpt), str(tmp_path / "again"))  # on demand: the same folder
+    assert json.loads((again / "config.json").read_text()) == config
+    with pytest.raises(ValueError, match=r"holds a RectifiedFlow, not an AutoencoderKLModule"):
+        export_checkpoint(str(latent), str(tmp_path / "never"))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match=r"--output .*file is a file, not a folder"):
+        export_checkpoint("never-read.ckpt", str(blocker / "ae"))  # refused before any work
