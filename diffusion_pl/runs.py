@@ -352,6 +352,10 @@ def print_outputs(trainer: Trainer, state: str) -> None:
     ckpt = trainer.checkpoint_callback
     if isinstance(ckpt, ModelCheckpoint) and (ckpt.last_model_path or ckpt.best_model_path):
         lines.append(f"checkpoint:  {ckpt.last_model_path or ckpt.best_model_path}")
+    exported = getattr(trainer.lightning_module, "exported", None)
+    if exported is not None:
+        lines.append(f"autoencoder: {exported} (encode with `diffusion-pl encode --autoencoder "
+                     f"{exported}`)")  # fmt: skip
     for callback in trainer.callbacks:
         if isinstance(callback, SampleGrid) and callback.last_path is not None:
             lines.append(f"samples:     {callback.last_path}")

@@ -83,16 +83,33 @@ class Autoencoder(nn.Module):
                     "stabilityai/sd-vae-ft-mse"
                 )
             name_or_path = str(local)
+        where = f"the AutoencoderKL {name_or_path!r}" + (
+            f" (subfolder {subfolder!r})" if subfolder else ""
+        )
+        _check_class_name(local / (subfolder or "") / "config.json", where)
         try:
-            self.vae = autoencoder_kl.from_pretrained(name_or_path, subfolder=subfolder)
+            self.vae, info = autoencoder_kl.from_pretrained(
+                name_or_path, subfolder=subfolder, output_loading_info=True
+            )
         except OSError as err:  # not found locally, hub out of reach, or not an AutoencoderKL
             raise FileNotFoundError(
-                f"could not load the AutoencoderKL {name_or_path!r}"
-                + (f" (subfolder {subfolder!r})" if subfolder else "")
-                + f": {err}. Give a local folder written by save_pretrained, or a hub name "
-                "such as stabilityai/sd-vae-ft-mse on a machine that can reach the hub (it is "
-                "then cached; HF_HUB_OFFLINE=1 reads the cache)"
+                f"could not load {where}: {_one_line(err)}. Give a local folder written by "
+                "save_pretrained, or a hub name such as stabilityai/sd-vae-ft-mse on a machine "
+                "that can reach the hub (it is then cached; HF_HUB_OFFLINE=1 reads the cache)"
             ) from err
+        except ValueError as err:  # weights of other shapes than its config.json says
+            raise ValueError(
+                f"{where}: its weights do not match its config.json "
+                f"({_one_line(err).split('. If you want')[0]}); "
+                "write the folder again with save_pretrained"
+            ) from err
+        missing = [*info.get("missing_keys", []), *info.get("mismatched_keys", [])]
+        if missing:
+            raise ValueError(
+                f"{where}: its weights do not match its config.json: {len(missing)} tensors "
+                f"missing or of another shape (e.g. {sorted(map(str, missing))[0]}); write the "
+                "folder again with save_pretrained"
+            )
         self.vae.requires_grad_(False).eval()
         config = self.vae.config
         self.scaling_factor = float(config.scaling_factor)
@@ -103,14 +120,16 @@ class Autoencoder(nn.Module):
     def latent_shape(self, image_shape: tuple[int, ...]) -> tuple[int, int, int]:
         """The code's shape for images of ``image_shape`` ``(C, H, W)``."""
         channels, height, width = image_shape
+        grey_as_rgb = channels == 1 and self.channels == 3
         if (
-            channels not in (1, self.channels)
+            (channels != self.channels and not grey_as_rgb)
             or height % self.downsampling
             or (width % self.downsampling)
         ):
             raise ValueError(
                 f"images of shape {tuple(image_shape)} do not fit this autoencoder: it takes "
-                f"{self.channels} channels (or 1, repeated) and sides divisible by "
+                f"{self.channels} channels{' (or 1, repeated)' if self.channels == 3 else ''} "
+                "and sides divisible by "
                 f"{self.downsampling}; resize the data (image_size, or size for Digits)"
             )
         latent_channels = int(self.vae.config.latent_channels)
@@ -133,6 +152,26 @@ class Autoencoder(nn.Module):
         if channels == 1 and x.shape[1] == 3:
             x = x.mean(1, keepdim=True)
         return x.clamp(-1, 1)
+
+
+def _one_line(error: BaseException) -> str:
+    """An error's message on one line (diffusers' messages span several)."""
+    return " ".join(str(error).split()).rstrip(".")
+
+
+def _check_class_name(config: Path, where: str) -> None:
+    """Refuse a local folder whose ``config.json`` is another diffusers class's (a UNet's)."""
+    if not config.is_file():
+        return
+    try:
+        name = json.loads(config.read_text()).get("_class_name")
+    except (json.JSONDecodeError, AttributeError):
+        return  # from_pretrained says what is wrong with it
+    if name not in (None, "AutoencoderKL"):
+        raise ValueError(
+            f"{where} holds a {name}, not an AutoencoderKL (its config.json's _class_name): "
+            "give the folder of an autoencoder written by save_pretrained"
+        )
 
 
 class _Codes(Dataset[Example]):

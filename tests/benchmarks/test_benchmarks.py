@@ -198,3 +198,22 @@ def test_consistency_quality_scores_midpoints_and_rescores(
     assert rescored[1]["fid"] == pytest.approx(rows[1]["fid"], rel=1e-6)
     assert rescored[3]["fid"] == pytest.approx(rows[1]["fid"], rel=1e-6)
     assert "best σ̃ (searched on this FID)" not in out.with_suffix(".md").read_text()  # no teacher
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_latent_quality_runs_the_autoencoder_both_flows_and_draws_the_picture(
+    load: Callable[[str], ModuleType], tmp_path: Path
+) -> None:
+    pytest.importorskip("diffusers")  # in the dev and latent extras
+    out = tmp_path / "latent.json"
+    results = load("latent_quality").main([
+        "--ae_steps", "2", "--minutes", "0.02", "--num_samples", "4", "--ae_channels", "8", "8",
+        "8", "--base_channels", "8", "--workdir", str(tmp_path / "runs"), "--out", str(out),
+    ])  # fmt: skip
+    ae = results["autoencoder"]
+    assert (Path(ae["folder"]) / "config.json").is_file()
+    assert math.isfinite(ae["rfid"]) and 0 < ae["floor"] < 10  # train vs val, digits features
+    for name in ("latent", "pixel"):
+        assert math.isfinite(results[name]["fid"]) and results[name]["img_per_s"] > 0
+    assert out.with_suffix(".png").is_file() and "rFID" in out.with_suffix(".md").read_text()
+    assert json.loads(out.read_text())["latent"]["steps"] >= 1

@@ -7,7 +7,8 @@ teacher (or initial model) is the shipped config it names, fitted one step the s
 reflow pairs come from ``diffusion-pl reflow`` on that run; the latent codes from
 ``diffusion-pl encode`` with a tiny random autoencoder. CIFAR-10 is replaced by a 16-image
 stand-in with its columns, saved to disk, and its UNets are cut to 16 channels and one block
-per level (their layout, attention and embeddings unchanged).
+per level (their layout, attention and embeddings unchanged); the digits autoencoder is cut to
+8 channels per level.
 """
 
 from __future__ import annotations
@@ -53,7 +54,10 @@ def checkpoint_value(key: str, ckpt: Path) -> Any:
 
 
 # Callbacks left out: sample grids cost a sampling run, FID downloads or computes features.
-SKIPPED_CALLBACKS = ("diffusion_pl.callbacks.SampleGrid", "diffusion_pl.callbacks.FID")
+SKIPPED_CALLBACKS = (
+    "diffusion_pl.callbacks.SampleGrid", "diffusion_pl.callbacks.FID",
+    "diffusion_pl.autoencoders.ReconstructionGrid", "diffusion_pl.autoencoders.ReconstructionFID",
+)  # fmt: skip
 ONE_STEP = {
     "accelerator": "cpu", "devices": 1, "strategy": "auto", "precision": "32-true",
     "max_steps": 1, "limit_val_batches": 0, "num_sanity_val_steps": 0, "logger": False,
@@ -103,7 +107,10 @@ class Runs:
                      "--data.num_workers", "0", "--data.pin_memory", "false",
                      "--model.init_args.net.init_args.base_channels", "16",
                      "--model.init_args.net.init_args.num_res_blocks", "1"]  # fmt: skip
-        if config == "digits/latent_rectified_flow.yaml":
+        if config == "digits/autoencoder.yaml":  # narrow: the export encodes the train split
+            args += ["--model.init_args.block_out_channels", "[8, 8, 8]",
+                     "--model.init_args.norm_num_groups", "4"]  # fmt: skip
+        if config in ("digits/latent_rectified_flow.yaml", "digits/latent_vdm_cond.yaml"):
             args += ["--data.source.init_args.path", str(self._once("codes", _latent_codes))]
         if config == "toy2d/reflow.yaml":
             args += ["--data.source.init_args.path", str(self._once("pairs", self._pairs))]
@@ -135,14 +142,14 @@ def _cifar10_stand_in(out: Path) -> Path:
 
 
 def _latent_codes(out: Path) -> Path:
-    """``encode`` the 32×32 digits with a tiny random AutoencoderKL into 4×4×4 codes (3 halvings),
-    the shape configs/digits/latent_rectified_flow.yaml's net expects."""
+    """``encode`` the 32×32 digits with a tiny random AutoencoderKL into 4×8×8 codes (2 halvings),
+    the shape the nets of configs/digits/latent_*.yaml expect."""
     diffusers = pytest.importorskip("diffusers")  # in the dev and latent extras
     torch.manual_seed(0)
     vae = diffusers.AutoencoderKL(
         in_channels=1, out_channels=1, latent_channels=4, sample_size=32,
-        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=[8] * 4, layers_per_block=1, norm_num_groups=4,
+        down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
+        block_out_channels=[8] * 3, layers_per_block=1, norm_num_groups=4,
     )  # fmt: skip
     vae.save_pretrained(out / "ae")
     main(["encode", "--config", str(ROOT / "configs/digits/rectified_flow_32.yaml"),

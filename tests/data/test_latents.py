@@ -114,7 +114,7 @@ def test_fid_decodes_samples_and_compares_with_the_original_images(
 def test_codes_whose_shape_disagrees_with_the_net_fail_early_naming_both(
     run: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    with cli_error(capsys, r"the data are 16x16 images but the UNet has image_size=4"):
+    with cli_error(capsys, r"the data are 16x16 images but the UNet has image_size=8"):
         fit_config(LATENT, tmp_path, "--data.source.init_args.path", str(run["codes"]))
 
 
