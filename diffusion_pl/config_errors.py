@@ -37,7 +37,7 @@ _GIVEN = re.compile(r"^\s*Given value: (.*)$", re.MULTILINE)
 
 def _hint(name: str, candidates: Iterable[str]) -> str:
     """``; did you mean 'x'?`` for the candidate closest to ``name``, or nothing."""
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.7)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
