@@ -93,6 +93,10 @@ def test_lcm_lora_adapters_on_the_teacher_sample_as_the_lcm_lora_run(
     np.testing.assert_allclose(off, own, rtol=0, atol=1e-5)
     both = sample(teacher, tmp_path / "both.npz", "--lora", f"{style}:1", *lcm)
     assert np.isfinite(both).all() and np.abs(both - own).max() > 1e-3
+    # The style run's own checkpoint (its data's, for `fid`) holds the same base: the LCM-LoRA
+    # adds to it and samples the same combination.
+    (style_ckpt,) = style_run.rglob("last.ckpt")
+    np.testing.assert_allclose(sample(style_ckpt, tmp_path / "run.npz", *lcm), both, atol=1e-5)
     # --sampler lcm on the teacher without LCM-LoRA adapters: one error line naming the fix.
     with cli_error(capsys, r"no --lora adapters of an LCM-LoRA run: add them"):
         sample(teacher, tmp_path / "bad.npz", "--lora", str(style), "--sampler", "lcm")
