@@ -61,6 +61,11 @@ class ConsistencyBase(DiffusionModule):
             raise ValueError(
                 f"init_from_teacher and init ({init}) both name the student's start: keep one"
             )
+        if kwargs.get("lora") is not None and init is not None:
+            raise ValueError(
+                f"init ({init}) and lora: the LoRA adapters start from their base: drop init and "
+                "set base_ckpt to that checkpoint"
+            )
         if kwargs.get("lora") is not None and init_from_teacher:
             if kwargs.get("base_ckpt") is not None:
                 raise ValueError(

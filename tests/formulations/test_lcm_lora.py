@@ -89,6 +89,8 @@ def test_what_lcm_lora_cannot_do_is_refused_naming_the_fix() -> None:
                                lora=LoRA(rank=2))  # fmt: skip
     with pytest.raises(ValueError, match=r"init_from_teacher and base_ckpt .* keep one"):
         lcm_lora(base, base_ckpt=InMemory(base))
+    with pytest.raises(ValueError, match="drop init and set base_ckpt to that checkpoint"):
+        lcm_lora(base, init=InMemory(base), init_from_teacher=False)
     student = lcm_lora(base)
     with pytest.raises(ValueError, match="a latent consistency model already"):
         LatentConsistencyModel.reading_of(student, student.reading, LCMSampler())
