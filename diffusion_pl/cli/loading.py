@@ -20,7 +20,7 @@ from diffusion_pl.checkpoints import Checkpoint, load_module
 from diffusion_pl.cli.options import check_device, check_sampler_options, parse_lora
 from diffusion_pl.formulations import DiffusionModule, LatentConsistencyModel
 from diffusion_pl.generate import choose_sampler
-from diffusion_pl.lora import apply_adapters, read_adapters
+from diffusion_pl.lora import apply_adapters, lcm_reading
 from diffusion_pl.samplers import LCMSampler, Sampler
 
 __all__ = [
@@ -122,21 +122,16 @@ def lcm_lora_student(
     records (:meth:`LatentConsistencyModel.reading_of`).
 
     Raises:
-        ValueError: no adapters of ``chosen`` are LCM-LoRA's, or two record other readings.
+        ValueError: no adapters of ``chosen`` are LCM-LoRA's, or two record other readings
+            (:func:`~diffusion_pl.lora.lcm_reading`).
     """
-    readings = {r for r in (read_adapters(path).lcm for path, _ in chosen) if r is not None}
-    if not readings:
+    reading = lcm_reading(chosen)
+    if reading is None:
         raise ValueError(
             f"--sampler lcm samples a latent consistency model, but {ckpt_path} holds a "
             f"{type(module).__name__} and no --lora adapters of an LCM-LoRA run: add them "
             "(--lora lcm_lora/adapters.pt), or choose another --sampler"
         )
-    if len(readings) > 1:
-        raise ValueError(
-            f"--lora: {len(readings)} LCM-LoRA adapters distilled with other settings "
-            f"({sorted(map(str, readings))}): combine one LCM-LoRA with other adapters"
-        )
-    reading = readings.pop()
     print(f"--sampler lcm: read as the LCM-LoRA student ({reading})", file=sys.stderr, flush=True)
     return LatentConsistencyModel.reading_of(module, reading, sampler)
 

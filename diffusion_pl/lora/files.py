@@ -34,6 +34,7 @@ __all__ = [
     "FORMAT",
     "Adapters",
     "apply_adapters",
+    "lcm_reading",
     "parse_adapters",
     "read_adapters",
     "weights_sha256",
@@ -161,6 +162,22 @@ def apply_adapters(
         scales[name] = scale
     activate(net, scales)
     return scales
+
+
+def lcm_reading(chosen: Sequence[tuple[str, float]]) -> LCMReading | None:
+    """How the LCM-LoRA adapters among ``chosen`` (``(adapters file, λ)`` pairs) read the net
+    they adapt (:class:`~diffusion_pl.lcm.LCMReading`); None when none is an LCM-LoRA's.
+
+    Raises:
+        ValueError: two LCM-LoRA adapters record different readings.
+    """
+    readings = {r for r in (read_adapters(path).lcm for path, _ in chosen) if r is not None}
+    if len(readings) > 1:
+        raise ValueError(
+            f"{len(readings)} LCM-LoRA adapters distilled with other settings "
+            f"({sorted(map(str, readings))}): combine one LCM-LoRA with other adapters"
+        )
+    return readings.pop() if readings else None
 
 
 def parse_adapters(values: Sequence[str], option: str) -> list[tuple[str, float]]:

@@ -9,12 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from cli_runs import ROOT, cli_error, fit_config
 
-from diffusion_pl.cli import main
+from diffusion_pl.callbacks.lora_sampling import CallbackAdapters
+from diffusion_pl.checkpoints import load_module
+from diffusion_pl.cli import SamplingOptions, load_for_sampling, main
+from diffusion_pl.formulations import LatentConsistencyModel
 from diffusion_pl.lcm import LCMReading
 from diffusion_pl.lora import read_adapters
+from diffusion_pl.samplers import DDIMSampler, LCMSampler
 
 pytest.importorskip("peft")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -77,6 +82,16 @@ def test_lcm_lora_adapters_on_the_teacher_sample_as_the_lcm_lora_run(
     lcm = ["--lora", str(adapters), "--sampler", "lcm"]
     adapted = sample(teacher, tmp_path / "adapted.npz", *lcm)
     np.testing.assert_allclose(adapted, own, rtol=0, atol=1e-5)
+    # The sampling callbacks' `lora:` read the same student with an LCM sampler (FID's).
+    loaded = load_for_sampling(str(teacher), SamplingOptions(sampler="lcm", lora=(str(adapters),)))
+    x, t, y = torch.randn(4, 2), torch.tensor([0.02, 0.3, 0.6, 1.0]), torch.tensor([0, 5, 1, 7])
+    expected = loaded.module.denoiser(y)(x, t).x0
+    callback, bare = CallbackAdapters([str(adapters)], "FID"), load_module(teacher).eval()
+    with callback.applied(bare, LCMSampler(steps=2)) as model, torch.no_grad():
+        assert isinstance(model, LatentConsistencyModel)
+        assert torch.equal(model.denoiser(y)(x, t).x0, expected)
+    with callback.applied(bare, DDIMSampler()) as model:
+        assert model is bare
     # The teacher alone, with its own (DDPM) sampler, samples something else.
     assert np.abs(sample(teacher, tmp_path / "teacher.npz") - own).max() > 1e-2
     # A style LoRA of the same teacher combines with it: λ₁ = 0 is the LCM-LoRA alone, λ₁ = 1
