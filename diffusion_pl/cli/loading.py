@@ -20,7 +20,7 @@ from diffusion_pl.checkpoints import Checkpoint, load_module
 from diffusion_pl.cli.options import check_device, check_sampler_options, parse_lora
 from diffusion_pl.formulations import DiffusionModule, LatentConsistencyModel
 from diffusion_pl.generate import choose_sampler
-from diffusion_pl.lora import apply_adapters, lcm_reading
+from diffusion_pl.lora import apply_adapters, lcm_reading, merged_lcm_reading
 from diffusion_pl.samplers import LCMSampler, Sampler
 
 __all__ = [
@@ -118,20 +118,27 @@ def lcm_lora_student(
     module: DiffusionModule, chosen: list[tuple[str, float]], ckpt_path: str, sampler: LCMSampler
 ) -> LatentConsistencyModel:
     """``--sampler lcm`` on a diffusion model that is no LCM: the model with its LCM-LoRA
-    adapters (already added) read as the LCM-LoRA student, by the reading its adapters file
-    records (:meth:`LatentConsistencyModel.reading_of`).
+    adapters (already added, or merged into ``ckpt_path`` by ``lora merge``) read as the
+    LCM-LoRA student, by the reading that their file (or the merged checkpoint) records
+    (:meth:`LatentConsistencyModel.reading_of`).
 
     Raises:
         ValueError: no adapters of ``chosen`` are LCM-LoRA's, or two record other readings
             (:func:`~diffusion_pl.lora.lcm_reading`).
     """
-    reading = lcm_reading(chosen)
-    if reading is None:
+    readings = {r for r in (lcm_reading(chosen), merged_lcm_reading(ckpt_path)) if r is not None}
+    if not readings:
         raise ValueError(
             f"--sampler lcm samples a latent consistency model, but {ckpt_path} holds a "
             f"{type(module).__name__} and no --lora adapters of an LCM-LoRA run: add them "
             "(--lora lcm_lora/adapters.pt), or choose another --sampler"
         )
+    if len(readings) > 1:
+        raise ValueError(
+            f"--lora: the LCM-LoRA adapters and the one merged into {ckpt_path} were distilled "
+            "with other settings: combine one LCM-LoRA with other adapters"
+        )
+    reading = readings.pop()
     print(f"--sampler lcm: read as the LCM-LoRA student ({reading})", file=sys.stderr, flush=True)
     return LatentConsistencyModel.reading_of(module, reading, sampler)
 

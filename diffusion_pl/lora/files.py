@@ -35,6 +35,7 @@ __all__ = [
     "Adapters",
     "apply_adapters",
     "lcm_reading",
+    "merged_lcm_reading",
     "parse_adapters",
     "read_adapters",
     "weights_sha256",
@@ -42,6 +43,10 @@ __all__ = [
 
 FORMAT = "diffusion-pl LoRA adapters 1"
 """The ``format`` entry of an adapters file."""
+
+MERGED_LCM = "lcm_reading"
+"""The entry of a checkpoint that ``diffusion-pl lora merge`` wrote with LCM-LoRA adapters
+merged in: their :class:`~diffusion_pl.lcm.LCMReading`, as a dict."""
 
 
 def weights_sha256(state: Mapping[str, Tensor]) -> str:
@@ -178,6 +183,13 @@ def lcm_reading(chosen: Sequence[tuple[str, float]]) -> LCMReading | None:
             f"({sorted(map(str, readings))}): combine one LCM-LoRA with other adapters"
         )
     return readings.pop() if readings else None
+
+
+def merged_lcm_reading(ckpt_path: str | Path) -> LCMReading | None:
+    """The reading of the LCM-LoRA adapters merged into a checkpoint by ``diffusion-pl lora
+    merge`` (its ``lcm_reading`` entry); None for any other checkpoint."""
+    reading = read_checkpoint(ckpt_path, mmap=True).get(MERGED_LCM)
+    return None if reading is None else LCMReading(**reading)
 
 
 def parse_adapters(values: Sequence[str], option: str) -> list[tuple[str, float]]:

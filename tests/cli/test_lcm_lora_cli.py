@@ -82,6 +82,12 @@ def test_lcm_lora_adapters_on_the_teacher_sample_as_the_lcm_lora_run(
     lcm = ["--lora", str(adapters), "--sampler", "lcm"]
     adapted = sample(teacher, tmp_path / "adapted.npz", *lcm)
     np.testing.assert_allclose(adapted, own, rtol=0, atol=1e-5)
+    # Merged into a plain checkpoint of the teacher, it keeps its reading (float32 rounding).
+    merged = tmp_path / "merged.ckpt"
+    main(["lora", "merge", "--ckpt_path", str(teacher), "--lora", str(adapters),
+          "--output", str(merged)])  # fmt: skip
+    np.testing.assert_allclose(sample(merged, tmp_path / "m.npz", "--sampler", "lcm"), own,
+                               rtol=0, atol=1e-4)  # fmt: skip
     # The sampling callbacks' `lora:` read the same student with an LCM sampler (FID's).
     loaded = load_for_sampling(str(teacher), SamplingOptions(sampler="lcm", lora=(str(adapters),)))
     x, t, y = torch.randn(4, 2), torch.tensor([0.02, 0.3, 0.6, 1.0]), torch.tensor([0, 5, 1, 7])
