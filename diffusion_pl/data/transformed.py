@@ -34,11 +34,16 @@ class ImageTransform(ABC):
         """The shape of a transformed image of ``shape`` (the same by default)."""
         return shape
 
+    keeps_mirror_symmetry: bool = False
+    """Whether the mirror image of a transformed example is one where the source's is (hflip)."""
+
 
 @dataclass(frozen=True)
 class Invert(ImageTransform):
     """x → −x: the negative image (white digits on black become black on white); the grey
     levels of the source are kept."""
+
+    keeps_mirror_symmetry = True  # mirroring commutes with x -> -x
 
     def __call__(self, x: Tensor) -> Tensor:
         return -x
@@ -97,6 +102,10 @@ class Transformed(Source):
     @property
     def num_classes(self) -> int | None:
         return self.source.num_classes
+
+    @property
+    def mirror_symmetric(self) -> bool:
+        return self.source.mirror_symmetric and self.transform.keeps_mirror_symmetry
 
     @property
     def num_levels(self) -> int | None:

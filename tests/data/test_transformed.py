@@ -32,6 +32,13 @@ def test_each_example_is_the_sources_transformed_with_its_label() -> None:
     assert not torch.equal(x, x.transpose(-1, -2))
     assert Transpose().shape((3, 4, 6)) == (3, 6, 4)
 
+    class Symmetric(Digits):
+        mirror_symmetric = True
+
+    assert Transformed(Symmetric(), Invert()).mirror_symmetric
+    assert not Transformed(Symmetric(), Transpose()).mirror_symmetric
+    assert not Transformed(Digits(), Invert()).mirror_symmetric
+
 
 def test_fid_reference_statistics_follow_the_source(tmp_path: Path) -> None:
     """The inverted digits' reference: its own images score FID ≈ 0, the plain digits far from
