@@ -50,10 +50,14 @@ from diffusion_pl.samplers import DDIMSampler, DPMSolverSampler, LCMSampler, Sam
 CONFIGS = ROOT / "configs/digits"
 
 
-def write_config(name: str, root: Path, args: argparse.Namespace, **model: object) -> Path:
-    """configs/digits/<name>.yaml with this benchmark's budget, written to ``root``."""
+def write_config(
+    name: str, root: Path, args: argparse.Namespace, steps: int | None = None, **model: object
+) -> Path:
+    """configs/digits/<name>.yaml with this benchmark's budget (``steps``; default
+    ``--max_steps`` for lcm, ``--teacher_steps`` for the teachers), written to ``root``."""
     config = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
-    steps = args.max_steps if name == "lcm" else args.teacher_steps
+    if steps is None:
+        steps = args.max_steps if name == "lcm" else args.teacher_steps
     config["seed_everything"] = args.seed
     config["trainer"].update(
         accelerator="gpu" if args.device.startswith("cuda") else "cpu",

@@ -25,7 +25,13 @@ from diffusion_pl.parameterization import Denoiser, Parameterization, Prediction
 from diffusion_pl.paths import NoisePath, PathCoefficients
 from diffusion_pl.tensors import as_batch
 
-__all__ = ["GuidanceInputDenoiser", "LCMPreconditioning", "Timesteps", "lcm_scalings"]
+__all__ = [
+    "GuidanceInputDenoiser",
+    "LCMPreconditioning",
+    "LCMReading",
+    "Timesteps",
+    "lcm_scalings",
+]
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,31 @@ class Timesteps:
         """The nearest timestep τ of each time t (any shape, t's dtype)."""
         scale = (self.num - 1) / (self.t_max - self.t_min)
         return torch.round((t - self.t_min) * scale).clamp(0, self.num - 1)
+
+
+@dataclass(frozen=True)
+class LCMReading:
+    """How a net adapted by LCM-LoRA adapters is read: LCM's consistency function at a fixed ω.
+
+    An LCM-LoRA run's adapters file carries it, so that the base checkpoint (a plain diffusion
+    model, e.g. the VDM teacher) with the adapters added samples as the LCM-LoRA student does
+    (``sample --ckpt_path TEACHER --lora adapters.pt --sampler lcm``).
+
+    Attributes:
+        sigma_data: σ_d of :func:`lcm_scalings`.
+        timestep_scaling: s of :func:`lcm_scalings`.
+        num_timesteps: T on a continuous path (None: the path's own steps, or 1000).
+        guidance_scale: the fixed ω the adapters were distilled at (the net does not see it).
+    """
+
+    sigma_data: float
+    timestep_scaling: float
+    num_timesteps: int | None
+    guidance_scale: float
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        """The fields, as an adapters file stores them."""
+        return dict(vars(self))
 
 
 def lcm_scalings(

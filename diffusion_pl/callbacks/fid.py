@@ -89,9 +89,12 @@ class FID(Callback):
             return
         for i, weights in enumerate(self.weights):
             suffix = "" if i == 0 else f"_{weights}"
-            with weights_in_use(trainer, pl_module, weights), self.adapters.applied(pl_module):
+            with (
+                weights_in_use(trainer, pl_module, weights),
+                self.adapters.applied(pl_module, self.sampler) as model,
+            ):
                 scores = self.evaluator.evaluate(
-                    pl_module, trainer.datamodule, self.sampler, **self.guide.sampling()
+                    model, trainer.datamodule, self.sampler, **self.guide.sampling()
                 )
             for name, value in scores.items():
                 self.last[f"val/{name}{suffix}"] = value

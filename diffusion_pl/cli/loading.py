@@ -3,7 +3,8 @@ the options to a model, its guide and its sampler.
 
 Validate the options (:meth:`SamplingOptions.check`) → load the checkpoint → check that it
 holds a diffusion model → add its LoRA adapters → load the guide of autoguidance → choose the
-sampler (:func:`load_for_sampling`).
+sampler (:func:`load_for_sampling`); ``--sampler lcm`` on a model with LCM-LoRA adapters reads
+it as the LCM-LoRA student (:func:`lcm_lora_student`).
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ from diffusion_pl.callbacks import Weights
 from diffusion_pl.callbacks.guide import load_guide
 from diffusion_pl.checkpoints import Checkpoint, load_module
 from diffusion_pl.cli.options import check_device, check_sampler_options, parse_lora
-from diffusion_pl.formulations import DiffusionModule
+from diffusion_pl.formulations import DiffusionModule, LatentConsistencyModel
 from diffusion_pl.generate import choose_sampler
-from diffusion_pl.lora import apply_adapters
-from diffusion_pl.samplers import Sampler
+from diffusion_pl.lora import apply_adapters, lcm_reading, merged_lcm_reading
+from diffusion_pl.samplers import LCMSampler, Sampler
 
 __all__ = [
     "ForSampling",
     "SamplingOptions",
+    "lcm_lora_student",
     "load_diffusion_module",
     "load_for_sampling",
     "pick_sampler",
@@ -107,7 +109,38 @@ def load_for_sampling(
         guide = load_guide(Checkpoint(options.guide_ckpt, options.weights), module,
                            model_name=f"the model {ckpt_path}", map_location=device)  # fmt: skip
     chosen = pick_sampler(module.sampler, options.sampler, options.steps, options.grid)
+    if isinstance(chosen, LCMSampler) and not isinstance(module, LatentConsistencyModel):
+        module = lcm_lora_student(module, parse_lora(options.lora), ckpt_path, chosen)
     return ForSampling(module, guide, chosen)
+
+
+def lcm_lora_student(
+    module: DiffusionModule, chosen: list[tuple[str, float]], ckpt_path: str, sampler: LCMSampler
+) -> LatentConsistencyModel:
+    """``--sampler lcm`` on a diffusion model that is no LCM: the model with its LCM-LoRA
+    adapters (already added, or merged into ``ckpt_path`` by ``lora merge``) read as the
+    LCM-LoRA student, by the reading that their file (or the merged checkpoint) records
+    (:meth:`LatentConsistencyModel.reading_of`).
+
+    Raises:
+        ValueError: no adapters of ``chosen`` are LCM-LoRA's, or two record other readings
+            (:func:`~diffusion_pl.lora.lcm_reading`).
+    """
+    readings = {r for r in (lcm_reading(chosen), merged_lcm_reading(ckpt_path)) if r is not None}
+    if not readings:
+        raise ValueError(
+            f"--sampler lcm samples a latent consistency model, but {ckpt_path} holds a "
+            f"{type(module).__name__} and no --lora adapters of an LCM-LoRA run: add them "
+            "(--lora lcm_lora/adapters.pt), or choose another --sampler"
+        )
+    if len(readings) > 1:
+        raise ValueError(
+            f"--lora: the LCM-LoRA adapters and the one merged into {ckpt_path} were distilled "
+            "with other settings: combine one LCM-LoRA with other adapters"
+        )
+    reading = readings.pop()
+    print(f"--sampler lcm: read as the LCM-LoRA student ({reading})", file=sys.stderr, flush=True)
+    return LatentConsistencyModel.reading_of(module, reading, sampler)
 
 
 def pick_sampler(

@@ -29,7 +29,9 @@ class ConsistencyBase(DiffusionModule):
             :class:`DiffusionModule`.
         teacher: the frozen model of distillation; None: consistency training.
         init: a diffusion model whose net starts the student's, with no distillation.
-        init_from_teacher: start the student's net from the teacher's.
+        init_from_teacher: start the student's net from the teacher's. With ``lora`` (in
+            ``kwargs``) the student is the teacher's net plus the adapters: the teacher is the
+            base (``base_ckpt``, which must then be left unset), loaded by the LoRA part.
         target_ema: μ of θ⁻ ← μ θ⁻ + (1 − μ) θ after each optimizer step; 0: θ without gradient.
         **kwargs: as :class:`DiffusionModule`.
 
@@ -59,6 +61,19 @@ class ConsistencyBase(DiffusionModule):
             raise ValueError(
                 f"init_from_teacher and init ({init}) both name the student's start: keep one"
             )
+        if kwargs.get("lora") is not None and init is not None:
+            raise ValueError(
+                f"init ({init}) and lora: the LoRA adapters start from their base: drop init and "
+                "set base_ckpt to that checkpoint"
+            )
+        if kwargs.get("lora") is not None and init_from_teacher:
+            if kwargs.get("base_ckpt") is not None:
+                raise ValueError(
+                    f"init_from_teacher and base_ckpt ({kwargs['base_ckpt']}) both name the base "
+                    "of the LoRA adapters: keep one (init_from_teacher: the teacher is the base, "
+                    "as LCM-LoRA's; or init_from_teacher: false and base_ckpt)"
+                )
+            kwargs["base_ckpt"], init_from_teacher = teacher, False
         super().__init__(net, data_shape, path, parameterization, objective, sampler, **kwargs)
         self.teacher, self.init, self.init_from_teacher = teacher, init, init_from_teacher
         self.target_ema = target_ema
@@ -71,8 +86,12 @@ class ConsistencyBase(DiffusionModule):
         """Load the teacher (distillation) before fitting or validating; check that it fits.
 
         When fitting starts, copy ``init``'s net into the student (a resumed run then restores
-        its own weights over it)."""
+        its own weights over it); with ``lora``, the base just loaded into the student's net
+        (adapters zero) is copied into the target network too, which was copied from the net
+        before the base was loaded."""
         super().setup(stage)
+        if self.lora is not None and self.target_net is not None and stage == "fit":
+            self.target_net.load_state_dict(self.net.state_dict())
         if self.init is not None and stage == "fit":
             self.start_from(self.load_diffusion_model(self.init, "init"), f"init {self.init}")
         if self.teacher is None or self.objective.teacher is not None:
@@ -142,10 +161,10 @@ class ConsistencyBase(DiffusionModule):
                 target.lerp_(p.detach(), 1.0 - self.target_ema)
 
     def configure_optimizers(self):
-        """The optimizer over the student's net only (not the target network)."""
-        return optimizer_config(
-            self.net.parameters(), self.optimizer_factory, self.lr_scheduler_factory
-        )
+        """The optimizer over the student's net only (not the target network); with ``lora``,
+        over its adapters only."""
+        params = (p for p in self.net.parameters() if self.lora is None or p.requires_grad)
+        return optimizer_config(params, self.optimizer_factory, self.lr_scheduler_factory)
 
 
 def copy_frozen(net: nn.Module) -> nn.Module:

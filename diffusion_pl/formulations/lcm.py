@@ -19,7 +19,8 @@ from diffusion_pl.formulations.base import DiffusionModule
 from diffusion_pl.formulations.consistency_base import ConsistencyBase
 from diffusion_pl.guidance import check_same_path
 from diffusion_pl.hparams import save_config
-from diffusion_pl.lcm import GuidanceInputDenoiser, LCMPreconditioning, Timesteps
+from diffusion_pl.lcm import GuidanceInputDenoiser, LCMPreconditioning, LCMReading, Timesteps
+from diffusion_pl.lora import Adapters
 from diffusion_pl.nets.embeddings import NoiseEmbedding
 from diffusion_pl.nets.protocol import MultiLabelDenoiserNet
 from diffusion_pl.objectives import Teacher
@@ -138,6 +139,12 @@ class LatentConsistencyModel(ConsistencyBase):
                 "omega_min and omega_max to 1 (plain latent consistency distillation)"
             )
         takes_omega = labels == 2
+        if takes_omega and kwargs.get("lora") is not None:
+            raise ValueError(
+                "lora: the net is frozen but for its adapters, so omega's embedding would stay "
+                "zero: LCM-LoRA distils at a fixed omega; set the net's num_noise_labels: 1 and "
+                "omega_min = omega_max"
+            )
         if takes_omega:
             zero_omega_route(net)
         timesteps = Timesteps.of(path, num_timesteps)
@@ -163,7 +170,32 @@ class LatentConsistencyModel(ConsistencyBase):
             **kwargs,
         )
         self.omega_min, self.omega_max, self.takes_omega = omega_min, omega_max, takes_omega
+        self.reading = LCMReading(sigma_data, timestep_scaling, num_timesteps, omega_min)
         save_config(self)
+
+    @classmethod
+    def reading_of(
+        cls, model: DiffusionModule, reading: LCMReading, sampler: Sampler
+    ) -> LatentConsistencyModel:
+        """``model``'s net (with LCM-LoRA adapters added) read as the LCM-LoRA student that
+        trained them: LCM's consistency function over ``model``'s path and reading at the fixed
+        ω of ``reading``, sampled by ``sampler``; the net is shared, not copied.
+
+        So ``sample --ckpt_path TEACHER --lora lcm_lora.pt --sampler lcm`` samples the student.
+        """
+        if isinstance(model, cls):
+            raise ValueError("the model is a latent consistency model already")
+        omega = reading.guidance_scale
+        view = cls(model.net, model.data_shape, model.path, model.parameterization,
+                   num_timesteps=reading.num_timesteps, omega_min=omega, omega_max=omega,
+                   sigma_data=reading.sigma_data, timestep_scaling=reading.timestep_scaling,
+                   target_ema=0.0, sampler=sampler, clip_samples=model.clip_samples)  # fmt: skip
+        return view.to(next(model.net.parameters()).device).train(model.training)
+
+    def adapters(self, step: int, **about: object) -> Adapters:
+        """The adapters file of an LCM-LoRA run: with how to read the adapted net
+        (:class:`~diffusion_pl.lcm.LCMReading`), so its base samples as this student."""
+        return super().adapters(step, lcm=self.reading, **about)
 
     def setup(self, stage: str) -> None:
         """Load the teacher before fitting or validating (there is no LCM without one)."""

@@ -98,11 +98,12 @@ class LoRATraining:
         """The parameters the optimizer updates: the adapters' with ``lora``, else all."""
         return (p for p in self.parameters() if self.lora is None or p.requires_grad)
 
-    def adapters(self, step: int) -> Adapters:
+    def adapters(self, step: int, **about: object) -> Adapters:
         """The trained adapters as an adapters file holds them (weights as the net has them
-        now), with the base's path and hash."""
+        now), with the base's path and hash; ``about``: more of :class:`Adapters`'s fields
+        (LCM-LoRA's ``lcm``)."""
         if self.lora is None:
             raise ValueError("this model trains no LoRA adapters (lora: is not set)")
         trained_with = f"{type(self).__module__}.{type(self).__name__}"
         return Adapters.of(self.net, ADAPTER, self.lora, base_ckpt=str(self.base_ckpt),
-                           trained_with=trained_with, step=step)  # fmt: skip
+                           trained_with=trained_with, step=step, **about)  # fmt: skip

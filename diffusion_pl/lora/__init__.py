@@ -20,8 +20,11 @@ from diffusion_pl.lora.adapters import (
 )
 from diffusion_pl.lora.files import (
     FORMAT,
+    MERGED_LCM,
     Adapters,
     apply_adapters,
+    lcm_reading,
+    merged_lcm_reading,
     parse_adapters,
     read_adapters,
     weights_sha256,
@@ -29,6 +32,7 @@ from diffusion_pl.lora.files import (
 
 __all__ = [
     "FORMAT",
+    "MERGED_LCM",
     "Adapters",
     "LoRA",
     "activate",
@@ -37,9 +41,11 @@ __all__ = [
     "add_adapter",
     "apply_adapters",
     "base_state",
+    "lcm_reading",
     "load_adapter_state",
     "load_base_state",
     "merge_adapters",
+    "merged_lcm_reading",
     "parse_adapters",
     "peft_lora",
     "read_adapters",

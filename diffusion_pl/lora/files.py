@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from diffusion_pl.checkpoint_io import read_checkpoint, write_atomic
+from diffusion_pl.lcm import LCMReading
 from diffusion_pl.lora.adapters import (
     LoRA,
     activate,
@@ -33,6 +34,8 @@ __all__ = [
     "FORMAT",
     "Adapters",
     "apply_adapters",
+    "lcm_reading",
+    "merged_lcm_reading",
     "parse_adapters",
     "read_adapters",
     "weights_sha256",
@@ -40,6 +43,10 @@ __all__ = [
 
 FORMAT = "diffusion-pl LoRA adapters 1"
 """The ``format`` entry of an adapters file."""
+
+MERGED_LCM = "lcm_reading"
+"""The entry of a checkpoint that ``diffusion-pl lora merge`` wrote with LCM-LoRA adapters
+merged in: their :class:`~diffusion_pl.lcm.LCMReading`, as a dict."""
 
 
 def weights_sha256(state: Mapping[str, Tensor]) -> str:
@@ -67,6 +74,8 @@ class Adapters:
         base_sha256: :func:`weights_sha256` of that base net's weights.
         trained_with: the class path of the formulation that trained it.
         step: the optimizer step it was written at.
+        lcm: how the adapted net is read when the adapters are LCM-LoRA's (LCM's consistency
+            function at a fixed ω); None for any other run.
     """
 
     state: dict[str, Tensor]
@@ -76,11 +85,12 @@ class Adapters:
     base_sha256: str
     trained_with: str
     step: int
+    lcm: LCMReading | None = None
 
     @classmethod
     def of(cls, net: nn.Module, name: str, lora: LoRA, **about: object) -> Adapters:
         """Adapter ``name`` of ``net`` (its base hashed as it is now); ``about`` gives
-        ``base_ckpt``, ``trained_with`` and ``step``."""
+        ``base_ckpt``, ``trained_with``, ``step`` and optionally ``lcm``."""
         state = adapter_state(net, name)
         targets = sorted({k.split(".lora_")[0] for k in state})
         return cls(state, lora, targets, base_sha256=weights_sha256(base_state(net)), **about)
@@ -90,7 +100,8 @@ class Adapters:
         content = {"format": FORMAT, "adapters": self.state, "lora": self.lora.as_dict(),
                    "targets": self.targets, "base_ckpt": self.base_ckpt,
                    "base_sha256": self.base_sha256, "trained_with": self.trained_with,
-                   "step": self.step}  # fmt: skip
+                   "step": self.step,
+                   "lcm": None if self.lcm is None else self.lcm.as_dict()}  # fmt: skip
         return write_atomic(path, lambda f: torch.save(content, f))
 
     def parameters(self) -> int:
@@ -114,9 +125,11 @@ def read_adapters(path: str | Path) -> Adapters:
     lora = content["lora"]
     targets = lora["target_modules"]
     setting = LoRA(**{**lora, "target_modules": None if targets is None else tuple(targets)})
+    lcm = content.get("lcm")
     return Adapters(
         content["adapters"], setting, list(content["targets"]), content["base_ckpt"],
         content["base_sha256"], content["trained_with"], int(content["step"]),
+        None if lcm is None else LCMReading(**lcm),
     )  # fmt: skip
 
 
@@ -154,6 +167,29 @@ def apply_adapters(
         scales[name] = scale
     activate(net, scales)
     return scales
+
+
+def lcm_reading(chosen: Sequence[tuple[str, float]]) -> LCMReading | None:
+    """How the LCM-LoRA adapters among ``chosen`` (``(adapters file, λ)`` pairs) read the net
+    they adapt (:class:`~diffusion_pl.lcm.LCMReading`); None when none is an LCM-LoRA's.
+
+    Raises:
+        ValueError: two LCM-LoRA adapters record different readings.
+    """
+    readings = {r for r in (read_adapters(path).lcm for path, _ in chosen) if r is not None}
+    if len(readings) > 1:
+        raise ValueError(
+            f"{len(readings)} LCM-LoRA adapters distilled with other settings "
+            f"({sorted(map(str, readings))}): combine one LCM-LoRA with other adapters"
+        )
+    return readings.pop() if readings else None
+
+
+def merged_lcm_reading(ckpt_path: str | Path) -> LCMReading | None:
+    """The reading of the LCM-LoRA adapters merged into a checkpoint by ``diffusion-pl lora
+    merge`` (its ``lcm_reading`` entry); None for any other checkpoint."""
+    reading = read_checkpoint(ckpt_path, mmap=True).get(MERGED_LCM)
+    return None if reading is None else LCMReading(**reading)
 
 
 def parse_adapters(values: Sequence[str], option: str) -> list[tuple[str, float]]:

@@ -58,7 +58,8 @@ def source_config(source: Source) -> dict[str, object]:
     """The constructor arguments of a data source, as it holds them (``name`` or ``_name``).
 
     Only its configuration: what loading adds (downloaded splits, a file's shape) is left out,
-    so the key of a source is the same before and after it loads its data.
+    so the key of a source is the same before and after it loads its data. A source made of
+    another (:class:`~diffusion_pl.data.Transformed`) holds that one's configuration.
     """
     held = vars(source)
     config = {"class": type(source).__qualname__}
@@ -68,7 +69,8 @@ def source_config(source: Source) -> dict[str, object]:
                 f"{type(source).__name__} does not keep its constructor argument {name!r} as "
                 f"self.{name} (or self._{name}), which the FID cache key is made of: keep it"
             )
-        config[name] = held[name] if name in held else held[f"_{name}"]
+        value = held[name] if name in held else held[f"_{name}"]
+        config[name] = source_config(value) if isinstance(value, Source) else value
     return config
 
 

@@ -217,3 +217,36 @@ def test_latent_quality_runs_the_autoencoder_both_flows_and_draws_the_picture(
         assert math.isfinite(results[name]["fid"]) and results[name]["img_per_s"] > 0
     assert out.with_suffix(".png").is_file() and "rFID" in out.with_suffix(".md").read_text()
     assert json.loads(out.read_text())["latent"]["steps"] >= 1
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_lcm_lora_quality_scores_the_acceleration_vector(
+    load: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tiny teacher, LCM-LoRA and transposed-digits fine-tune: every model scored on its own
+    data, the combination loaded as `sample --lora FT --lora LCM --sampler lcm` does."""
+    monkeypatch.setenv("DIFFUSION_PL_CACHE", str(tmp_path / "cache"))
+    script, out = load("lcm_lora_quality"), tmp_path / "lcm_lora.json"
+    results = script.main([
+        "--base_channels", "8", "--teacher_steps", "2", "--max_steps", "2", "--finetune_steps",
+        "2", "--num_samples", "10", "--sample_batch", "10", "--per_class", "1",
+        "--finetune_nfe", "50", "--workdir", str(tmp_path / "runs"), "--out", str(out),
+    ])  # fmt: skip
+    assert json.loads(out.read_text()) == results
+    rows = {(r["model"], r["data"], r["sampler"], r["steps"]): r for r in results["scores"]}
+    assert set(rows) == {
+        ("teacher", "digits", "ddim", 50), ("LCM-LoRA", "digits", "lcm", 4),
+        ("fine-tune", "transposed", "ddim", 4), ("fine-tune", "transposed", "ddim", 50),
+        ("LCM-LoRA", "transposed", "lcm", 4), ("fine-tune + LCM-LoRA", "transposed", "lcm", 4),
+    }  # fmt: skip
+    assert all(math.isfinite(r["fid"]) for r in rows.values())
+    assert all((r["requested_digit"] is None) == (r["data"] == "transposed")
+               for r in rows.values())  # fmt: skip
+    # Rank-8 adapters on every layer of the 8-channel UNet: the same count for both runs, as a
+    # share of the teacher's 64,545 weights, in float32 files.
+    sizes = results["adapters"]
+    assert sizes["lcm_lora"]["parameters"] == sizes["finetune"]["parameters"] == 43_216
+    assert sizes["lcm_lora"]["share"] == round(43_216 / 64_545, 4)
+    assert all(a["bytes"] > 4 * a["parameters"] for a in sizes.values())
+    assert "| LCM-LoRA adapters | 67.0 % | ≤ 10 % of the UNet | missed |" in (
+        out.with_suffix(".md").read_text())  # fmt: skip

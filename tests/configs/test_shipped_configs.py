@@ -35,6 +35,7 @@ LOADS_A_RUN = {
     "cifar10/consistency_distill.yaml": ("teacher", "cifar10/edm.yaml"),
     "cifar10/lcm.yaml": ("teacher", "cifar10/vdm.yaml"),
     "digits/lcm.yaml": ("teacher", "digits/vdm_cond.yaml"),
+    "digits/lcm_lora.yaml": ("teacher", "digits/vdm_cond.yaml"),
     "digits/consistency_distill.yaml": ("teacher", "digits/rectified_flow.yaml"),
     "toy2d/consistency_distill.yaml": ("teacher", "toy2d/rectified_flow.yaml"),
     "digits/consistency_tune.yaml": ("init", "digits/edm.yaml"),

@@ -13,7 +13,14 @@ from diffusion_pl.cli.loading import load_diffusion_module
 from diffusion_pl.cli.options import parse_lora
 from diffusion_pl.cli.outputs import check_writable, save_results
 from diffusion_pl.errors import UsageError
-from diffusion_pl.lora import apply_adapters, merge_adapters, read_adapters
+from diffusion_pl.lora import (
+    MERGED_LCM,
+    apply_adapters,
+    lcm_reading,
+    merge_adapters,
+    merged_lcm_reading,
+    read_adapters,
+)
 
 __all__ = ["LORA_COMMANDS", "merge"]
 
@@ -29,6 +36,8 @@ def merge(ckpt_path: str, lora: list[str], output: str, weights: Weights = "ema"
     run) and that samples as ``--ckpt_path BASE --lora …`` does, to float32 rounding. It keeps
     the base's model and data configs, step and epoch, not its training state (optimizer,
     callbacks), so it does not resume; ``lora_merged`` in it lists the adapters and weights.
+    Merged LCM-LoRA adapters leave their reading in it (``lcm_reading``), so ``sample
+    --sampler lcm`` samples it as the LCM-LoRA student, as with ``--lora``.
 
     Args:
         ckpt_path: the base: a checkpoint written by ``diffusion-pl fit`` (or by this
@@ -62,6 +71,9 @@ def merge(ckpt_path: str, lora: list[str], output: str, weights: Weights = "ema"
             for path, scale in chosen
         ],
     }
+    reading = lcm_reading(chosen) or merged_lcm_reading(ckpt_path)
+    if reading is not None:  # an LCM-LoRA merged: `sample --sampler lcm` reads it as LCM-LoRA
+        merged[MERGED_LCM] = reading.as_dict()
     save_results("output", {out: lambda f: torch.save(merged, f)})
     added = " + ".join(f"{scale:g} × {path}" for path, scale in chosen)
     own = " (and its own adapters)" if len(scales) > len(chosen) else ""
