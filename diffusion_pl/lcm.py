@@ -70,9 +70,11 @@ class Timesteps:
             raise ValueError(f"num_timesteps must be >= 2, got {count}")
         lo, hi = float(path.t_min), float(path.t_max)
         gap = (hi - lo) / count
-        with torch.no_grad():
-            ends = torch.tensor([lo, hi], dtype=torch.float64)
-            sigma_lo, alpha_hi = float(path.sigma(ends[:1])), float(path.alpha(ends[1:]))
+        with torch.no_grad():  # probed where the path computes (a learned one's dtype)
+            sigma_lo, alpha_hi = (
+                float(path.sigma(path.as_time(lo))),
+                float(path.alpha(path.as_time(hi))),
+            )
         return cls(lo + gap * (sigma_lo <= 0), hi - gap * (alpha_hi <= 0), int(count))
 
     def times(self) -> Tensor:
