@@ -5,7 +5,8 @@ samples, so the N times where a few-step solver loses least can be found from a 
 
 1. draw B samples x_T of the prior and solve the model's ODE finely (Heun, ``reference_steps``
    steps) on a fine grid, keeping the states x_ref(t_k) at every fine time;
-2. take M + 1 candidate times t_0 = t_max > … > t_M = t_min from the fine grid;
+2. take M + 1 candidate times t_0 = t_max > … > t_M = t_min from the fine grid (and the
+   times of the grids it is compared with, so it is never costlier than they are);
 3. cost of one step i → j (i < j): C[i, j] = mean_b ‖step(x_ref(t_i), t_i → t_j) − x_ref(t_j)‖₂,
    where ``step`` is one step of the sampler (its function called on the two-point grid
    [t_i, t_j]);
@@ -125,7 +126,8 @@ class _FirstCallCache:
 
 
 def _step(sampler: Sampler, denoiser: DenoiserFn, path: NoisePath, x: Tensor, ts: Tensor) -> Tensor:
-    """One step of ``sampler``'s function from ``ts[0]`` to ``ts[1]``."""
+    """``sampler``'s function over ``ts`` (one step for two times), without its final
+    denoising (the states compared are the ODE's)."""
     settings = sampler.settings()
     return sampler.solver(denoiser, path, x, ts, generator=None, progress=False, **settings)
 
@@ -175,11 +177,15 @@ class TunedGrid:
         times: the N + 1 tuned times, t_max → t_min.
         cost: its total one-step cost Σ C (the dynamic programming's minimum).
         baseline_costs: the same total for each baseline grid, by name.
+        endpoint_errors: mean_b ‖x_N − x_ref(t_min)‖₂ of the whole N-step sampler run from the
+            batch's x_T on each grid (``tuned`` and the baselines): the error that matters,
+            of which the one-step costs are GITS's proxy.
     """
 
     times: list[float]
     cost: float
     baseline_costs: dict[str, float]
+    endpoint_errors: dict[str, float]
 
 
 @torch.no_grad()
@@ -206,8 +212,9 @@ def tune_grid(
         steps: N, the steps of the tuned grid.
         reference_steps: Heun steps of the reference trajectory on :func:`fine_grid`.
         candidates: M, candidate times are M + 1 of the fine times, evenly spread.
-        baselines: grids (by name) whose N-step total cost is reported too; their times join
-            the reference trajectory's.
+        baselines: grids (by name) whose N-step total cost and endpoint error are reported
+            too; their times join the reference trajectory's and the candidates, so the
+            tuned grid's total cost is at most theirs.
     """
     index = candidate_indices(reference_steps, candidates)
     if not 1 <= steps <= candidates:
@@ -221,11 +228,16 @@ def tune_grid(
     def states_at(ts: Tensor) -> Tensor:
         return states[[at[float(t)] for t in ts]]
 
-    cand_ts = fine[index]
+    # the baselines' times join the candidates: the tuned grid costs no more than any of them
+    cand_ts = torch.cat([fine[index], *others.values()]).unique().flip(0)
     cost = cost_matrix(sampler, denoiser, path, states_at(cand_ts), cand_ts.to(x.device), progress)
     chosen, total = least_cost_path(cost, steps)
     baseline_costs = {
         name: sum(step_costs(sampler, denoiser, path, states_at(ts), ts.to(x.device)))
         for name, ts in others.items()
     }
-    return TunedGrid(cand_ts[chosen].tolist(), total, baseline_costs)
+    endpoint_errors = {
+        name: _distance(_step(sampler, denoiser, path, x, ts.to(x.device)), states[-1])
+        for name, ts in {"tuned": cand_ts[chosen], **others}.items()
+    }
+    return TunedGrid(cand_ts[chosen].tolist(), total, baseline_costs, endpoint_errors)

@@ -78,7 +78,10 @@ def tune_grid_command(
         steps: N, the steps of the grid (> 0).
         output: the JSON to write: times, sampler, steps, method, cost (the tuned grid's
             total one-step cost), uniform_cost and default_cost (the uniform and the
-            sampler's default grid's), checkpoint, num_samples, seed. Checked first.
+            sampler's default grid's), endpoint_error (of the whole N-step run from the
+            batch against the reference ODE's endpoint, per grid: what the costs stand in
+            for; a note says when a baseline does better), checkpoint, num_samples, seed.
+            Checked first.
         sampler: a deterministic sampler with a grid (ddim at eta=0, euler, heun, dpmpp_2m,
             dpmpp_3m, ipndm, unipc, edm_sde at s_churn=0); default: the checkpoint's.
         method: ``gits`` (the only one).
@@ -140,6 +143,7 @@ def tune_grid_command(
         "cost": tuned.cost,
         "uniform_cost": tuned.baseline_costs.get("uniform"),
         "default_cost": tuned.baseline_costs.get("default"),
+        "endpoint_error": tuned.endpoint_errors,
         "checkpoint": ckpt_path,
         "num_samples": num_samples,
         "seed": seed,
@@ -151,6 +155,14 @@ def tune_grid_command(
     print(f"{chosen.name}, {steps} steps: times [{shown}]; total one-step cost {tuned.cost:.4g} "
           f"({costs}); {calls[0]} network batches of {num_samples}, {seconds:.1f} s",
           flush=True)  # fmt: skip
+    errors = ", ".join(f"{k} {v:.4g}" for k, v in tuned.endpoint_errors.items())
+    print(f"endpoint error of {steps} steps against the reference ODE, on the tuning batch: "
+          f"{errors}", flush=True)  # fmt: skip
+    beaten = [k for k, v in tuned.endpoint_errors.items() if v < tuned.endpoint_errors["tuned"]]
+    if beaten:
+        print(f"note: the {' and '.join(beaten)} grid ends closer to the reference ODE than the "
+              "tuned one (the one-step costs are a proxy); prefer it", file=sys.stderr,
+              flush=True)  # fmt: skip
     save_results("output", {out: json_writer(result)})
     print(f"wrote {out}; sample with --grid file:{out}", flush=True)
     return result
