@@ -90,7 +90,7 @@ def tune_grid_command(
         candidates: M; the grid's times are chosen among M + 1 reference times. The cost
             matrix takes M + 1 network batches (one per row), and one more per pair i < j
             for heun and edm_sde (their corrector), M (M + 1) / 2 more. Default: 100, and
-            16 for heun and edm_sde (about 600 network batches each way).
+            10 for heun and edm_sde.
         seed: seed of the prior samples.
         device: torch device, e.g. ``cpu`` or ``cuda``.
         weights: ``ema`` or ``raw`` weights.
@@ -108,7 +108,7 @@ def tune_grid_command(
     chosen = choose_sampler(module.sampler, sampler, steps)
     _check_tunable(chosen)
     if candidates is None:
-        candidates = min(reference_steps, 16 if chosen.nfe_per_step.startswith("2") else 100)
+        candidates = min(reference_steps, 10 if chosen.nfe_per_step.startswith("2") else 100)
     try:
         candidate_indices(reference_steps, candidates)
     except ValueError as err:
