@@ -79,7 +79,8 @@ def test_the_traceback_switch_and_bugs_keep_their_traceback(
 @pytest.mark.parametrize(
     ("typed", "match"),
     [("sampel", r"unknown command 'sampel': did you mean 'sample'\? the commands are fit, "
-                r"validate, test, sample, reflow, likelihood, fid, tune-grid, phema, encode, lora$"),
+                r"validate, test, sample, reflow, likelihood, fid, tune-grid, phema, encode, "
+                r"lora$"),
      ("predict", r"unknown command 'predict': the commands are fit, validate, test, sample")],
 )  # fmt: skip
 def test_a_mistyped_command_lists_every_command(
