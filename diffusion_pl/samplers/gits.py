@@ -43,6 +43,7 @@ __all__ = [
     "TunedGrid",
     "candidate_indices",
     "cost_matrix",
+    "default_candidates",
     "fine_grid",
     "least_cost_path",
     "reference_trajectory",
@@ -95,6 +96,13 @@ def candidate_indices(reference_steps: int, candidates: int) -> Tensor:
             "the candidate times are a subset of the reference grid"
         )
     return torch.round(torch.linspace(0, reference_steps, candidates + 1)).long()
+
+
+def default_candidates(sampler: Sampler, reference_steps: int) -> int:
+    """M by default: 100, and 10 for a sampler with a corrector (2 network evaluations a
+    step: Heun, EDM), whose cost matrix takes a network call per pair; at most
+    ``reference_steps``."""
+    return min(reference_steps, 10 if sampler.nfe_per_step.startswith("2") else 100)
 
 
 @torch.no_grad()
@@ -216,6 +224,11 @@ def tune_grid(
             too; their times join the reference trajectory's and the candidates, so the
             tuned grid's total cost is at most theirs.
     """
+    if not sampler.is_deterministic() or "grid" not in sampler.arguments():
+        raise ValueError(
+            f"GITS tunes the grid of a deterministic sampler with a grid, not {sampler!r}: use "
+            "ddim (eta=0), euler, heun, dpmpp_2m, dpmpp_3m, ipndm, unipc or edm_sde (s_churn=0)"
+        )
     index = candidate_indices(reference_steps, candidates)
     if not 1 <= steps <= candidates:
         raise ValueError(f"steps must be in [1, candidates = {candidates}], got {steps}")

@@ -17,7 +17,7 @@ from diffusion_pl.cli.outputs import check_writable, json_writer, save_results
 from diffusion_pl.errors import UsageError
 from diffusion_pl.generate import choose_sampler, counting_calls
 from diffusion_pl.samplers import SAMPLERS, Sampler, UniformGrid
-from diffusion_pl.samplers.gits import candidate_indices, tune_grid
+from diffusion_pl.samplers.gits import candidate_indices, default_candidates, tune_grid
 
 __all__ = ["deterministic_samplers", "tune_grid_command"]
 
@@ -108,7 +108,7 @@ def tune_grid_command(
     chosen = choose_sampler(module.sampler, sampler, steps)
     _check_tunable(chosen)
     if candidates is None:
-        candidates = min(reference_steps, 10 if chosen.nfe_per_step.startswith("2") else 100)
+        candidates = default_candidates(chosen, reference_steps)
     try:
         candidate_indices(reference_steps, candidates)
     except ValueError as err:
