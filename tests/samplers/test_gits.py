@@ -174,3 +174,23 @@ def test_determinism_of_samplers_follows_their_settings() -> None:
     assert SAMPLERS["edm_sde"]().is_deterministic()
     assert not SAMPLERS["edm_sde"](s_churn=40.0).is_deterministic()
     assert not SAMPLERS["pc"]().is_deterministic() and SAMPLERS["heun"]().is_deterministic()
+
+
+def test_tuning_refuses_a_stochastic_sampler() -> None:
+    path = VPLinearPath()
+    x = path.prior_sample((4, 2), generator=seeded(0), dtype=torch.float64)
+    oracle = IsotropicMixtureOracle(path, EIGHT)
+    with pytest.raises(ValueError, match=r"deterministic sampler with a grid.*ddim \(eta=0\)"):
+        tune_grid(SAMPLERS["ddim"](eta=1.0), oracle, path, x, 3, reference_steps=8, candidates=4)
+
+
+def test_a_grid_file_sets_the_steps(tmp_path) -> None:
+    """``--grid file:PATH`` without ``--steps``: the sampler takes the file's N steps."""
+    from diffusion_pl.generate import choose_sampler
+
+    file = tmp_path / "grid.json"
+    file.write_text('{"times": [1.0, 0.6, 0.3, 0.0]}')
+    chosen = choose_sampler(SAMPLERS["euler"](), None, None, f"file:{file}")
+    assert chosen.steps == 3 and chosen.grid.points == [1.0, 0.6, 0.3, 0.0]
+    with pytest.raises(ValueError, match="has 3 steps, not --steps 4"):
+        choose_sampler(SAMPLERS["euler"](), None, 4, f"file:{file}")
