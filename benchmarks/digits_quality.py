@@ -2,7 +2,7 @@
 
     python benchmarks/digits_quality.py [--formulations rectified_flow vdm ncsn score_sde edm]
         [--max_steps 2000] [--base_channels 16] [--batch_size 128] [--num_samples 2000]
-        [--nfe 5 10 20 50 100] [--few_nfe 5 10 20] [--skip_fit]
+        [--nfe 5 10 20 50 100] [--few_nfe 5 10 20] [--few_grid gits] [--skip_fit]
         [--out benchmarks/results/digits_quality.json]
 
 Over an hour on 2 CPU cores with the defaults: ~5–8 minutes of training per formulation and
@@ -16,10 +16,12 @@ sample-grid callbacks and without validation, so every fit costs the same. Then,
 weights: FID of ``--num_samples`` samples against the held-out val split (the shipped digits
 feature network) for each of the formulation's samplers (``SWEEPS``) at each NFE of ``--nfe``.
 The few-step solvers (DPM-Solver++ 2M/3M, UniPC, iPNDM, EDM's sampler, each on its paper's
-grid) run at each NFE of ``--few_nfe``. A sampler's steps follow from the NFE budget, which
-includes the final denoising step where σ(t_min) > 0 (Heun and PC spend 2 network evaluations
-per step, annealed Langevin one per level per Langevin step); the NFE reported is the number of
-network calls per sample, counted. The report ends with each formulation's best FID at ≤ 10 NFE
+grid, or all on ``--few_grid``: a fixed grid, or ``gits``, the grid tuned to each model,
+deterministic solver and NFE as ``diffusion-pl tune-grid`` tunes it) run at each NFE of
+``--few_nfe``. A sampler's steps follow from the NFE budget, which includes the final
+denoising step where σ(t_min) > 0 (Heun and PC spend 2 network evaluations per step, annealed
+Langevin one per level per Langevin step); the NFE reported is the number of network calls per
+sample, counted. The report ends with each formulation's best FID at ≤ 10 NFE
 against its best at any NFE. Also reported:
 
 * the real-data floor: FID of the whole train split (1,437 images) against val, same evaluator;
@@ -41,7 +43,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from unittest.mock import patch
@@ -61,7 +63,8 @@ from diffusion_pl.generate import counting_calls
 from diffusion_pl.metrics import FIDEvaluator
 from diffusion_pl.objectives import VariationalBoundLoss
 from diffusion_pl.paths import NoisePath
-from diffusion_pl.samplers import SAMPLERS, Sampler
+from diffusion_pl.samplers import GRIDS, SAMPLERS, CustomGrid, Grid, Sampler
+from diffusion_pl.samplers.gits import default_candidates, tune_grid
 
 CONFIGS = ROOT / "configs/digits"
 
@@ -208,12 +211,16 @@ def fid_sweep(
     sweeps: tuple[Sweep, ...],
     nfes: list[int],
     few_nfes: list[int],
+    few_grid: Callable[[Sampler], Grid] | None = None,
 ) -> Iterator[dict]:
-    """FID of each sampler of ``sweeps`` at each NFE; NFEs that give the same sampler run once."""
+    """FID of each sampler of ``sweeps`` at each NFE; NFEs that give the same sampler run once.
+    ``few_grid`` gives the few-step solvers' grid (default: each one's paper's)."""
     for sweep in sweeps:
         seen = set()
         for nfe in few_nfes if sweep.few_step else nfes:
             sampler = sweep.sampler(module.sampler, nfe, module.path)
+            if sweep.few_step and few_grid is not None:
+                sampler = sampler.with_grid(few_grid(sampler))
             if repr(sampler) in seen:
                 continue
             seen.add(repr(sampler))
@@ -284,10 +291,40 @@ def evaluate(
         "bits_per_dim": bits_per_dim(name, module, ckpt, val, args),
     }
     rows = []
-    for row in fid_sweep(module, datamodule, evaluator, SWEEPS[name], args.nfe, args.few_nfe):
+    few_grid = few_step_grid(module, args)
+    sweep = fid_sweep(module, datamodule, evaluator, SWEEPS[name], args.nfe, args.few_nfe, few_grid)
+    for row in sweep:
         rows.append({"formulation": name, **row})
         print(json.dumps(rows[-1]), flush=True)
     return summary, rows
+
+
+def few_step_grid(
+    module: DiffusionModule, args: argparse.Namespace
+) -> Callable[[Sampler], Grid] | None:
+    """The few-step solvers' grid of ``--few_grid``: a fixed one of ``GRIDS``, or ``gits``, the
+    grid tuned to this model and each sampler and step count (``diffusion-pl tune-grid``'s
+    method: ``--gits_samples`` prior draws of seed 0, ``--gits_reference_steps`` Heun steps,
+    ``--gits_candidates`` candidates); None: each solver's own."""
+    if args.few_grid is None:
+        return None
+    if args.few_grid != "gits":
+        return lambda sampler: GRIDS[args.few_grid]()
+
+    def tuned(sampler: Sampler) -> Grid:
+        x = module.path.prior_sample(
+            (args.gits_samples, *module.data_shape), generator=torch.Generator().manual_seed(0),
+            device=module.device, dtype=module.dtype,
+        )  # fmt: skip
+        if not sampler.is_deterministic():  # EDM's churn: its own grid
+            return sampler.arguments().get("grid") or sampler.default_grid
+        reference = args.gits_reference_steps
+        candidates = args.gits_candidates or default_candidates(sampler, reference)
+        found = tune_grid(sampler, module.denoiser(), module.path, x, sampler.steps,
+                          reference_steps=reference, candidates=candidates)  # fmt: skip
+        return CustomGrid(found.times)
+
+    return tuned
 
 
 def plot(rows: list[dict], floor: float, path: Path) -> None:
@@ -372,6 +409,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20, 50, 100])
     parser.add_argument("--few_nfe", type=int, nargs="+", default=[5, 10, 20],
                         help="NFEs of the few-step solvers")  # fmt: skip
+    parser.add_argument("--few_grid", choices=[*GRIDS, "gits"], default=None,
+                        help="the few-step solvers' time grid (default: each one's paper's); "
+                        "gits: tuned to each model, sampler and NFE (tune-grid)")  # fmt: skip
+    parser.add_argument("--gits_samples", type=int, default=64, help="gits: prior draws")
+    parser.add_argument("--gits_reference_steps", type=int, default=200,
+                        help="gits: Heun steps of the reference trajectory")  # fmt: skip
+    parser.add_argument("--gits_candidates", type=int, default=None,
+                        help="gits: candidate times (default: tune-grid's)")  # fmt: skip
     parser.add_argument("--bound_repeats", type=int, default=10, help="VDM bound: draws per image")
     parser.add_argument("--likelihood_samples", type=int, default=360, help="score-SDE: val images")
     parser.add_argument("--likelihood_tol", type=float, default=1e-5, help="score-SDE: RK45 tol")

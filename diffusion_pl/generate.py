@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from diffusion_pl.randomness import sample_generators
-from diffusion_pl.samplers import GRIDS, SAMPLERS, Sampler
+from diffusion_pl.samplers import SAMPLERS, CustomGrid, Sampler, parse_grid
 
 if TYPE_CHECKING:
     from diffusion_pl.formulations import DiffusionModule, NoisyClassifier
@@ -57,23 +57,37 @@ def choose_sampler(
     and the time grid called ``grid``.
 
     A ``name`` of the default's own class keeps the default's settings; another name gets that
-    sampler's defaults (:data:`~diffusion_pl.samplers.SAMPLERS`).
+    sampler's defaults (:data:`~diffusion_pl.samplers.SAMPLERS`). A grid file's
+    :class:`~diffusion_pl.samplers.CustomGrid` sets the steps when ``steps`` is None.
 
     Args:
         default: the checkpoint's sampler.
         name: a key of ``SAMPLERS``, or None for the default.
-        steps: number of steps (> 0), or None for the sampler's own.
-        grid: a key of :data:`~diffusion_pl.samplers.GRIDS`, or None for the sampler's own.
+        steps: number of steps (> 0), or None for the sampler's own (a grid file's N).
+        grid: a key of :data:`~diffusion_pl.samplers.GRIDS` or ``file:PATH`` (a JSON file of
+            times, :func:`~diffusion_pl.samplers.parse_grid`), or None for the sampler's own.
     """
     if name is not None and name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
     if steps is not None and steps <= 0:
         raise ValueError(f"steps must be > 0, got {steps}; omit it for the sampler's default")
-    if grid is not None and grid not in GRIDS:
-        raise ValueError(f"unknown grid {grid!r}; choose one of {sorted(GRIDS)}")
+    chosen_grid = None if grid is None else parse_grid(grid)
+    if isinstance(chosen_grid, CustomGrid):
+        steps = grid_steps(chosen_grid, steps, grid)
     sampler = default if name is None or SAMPLERS[name] is type(default) else SAMPLERS[name]()
     sampler = sampler if steps is None else sampler.with_steps(steps)
-    return sampler if grid is None else sampler.with_grid(GRIDS[grid]())
+    return sampler if chosen_grid is None else sampler.with_grid(chosen_grid)
+
+
+def grid_steps(grid: CustomGrid, steps: int | None, name: str) -> int:
+    """The steps of a sampler on ``grid`` (``--grid name``): its N, which ``steps`` (if set)
+    must equal."""
+    if steps is not None and steps != grid.steps:
+        raise ValueError(
+            f"--grid {name} has {grid.steps} steps, not --steps {steps}: drop --steps or tune a "
+            f"{steps}-step grid"
+        )
+    return grid.steps
 
 
 def generate(

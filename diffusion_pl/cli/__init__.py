@@ -1,9 +1,10 @@
 """The ``diffusion-pl`` command: Lightning's fit/validate/test, and sample, reflow, likelihood,
-fid, phema, encode, lora.
+fid, tune-grid, phema, encode, lora.
 
 diffusion-pl fit --config configs/toy2d/rectified_flow.yaml [--trainer.max_steps 200 ...]
 diffusion-pl sample --ckpt_path RUN.ckpt --num_samples N --seed S --output FILE.npz
 diffusion-pl fid --ckpt_path RUN.ckpt --feature digits --num_samples 2000  (torchrun: any ranks)
+diffusion-pl tune-grid --ckpt_path RUN.ckpt --sampler ddim --steps 5 --output grid.json
 diffusion-pl phema --run RUN_DIR --sigma_rel 0.05 0.08 0.12 --output DIR [--sweep true]
 diffusion-pl encode --config CFG --autoencoder stabilityai/sd-vae-ft-mse --output DIR  (latents)
 diffusion-pl lora merge --ckpt_path BASE.ckpt --lora A.pt --lora B.pt:0.5 --output merged.ckpt
@@ -40,6 +41,7 @@ from diffusion_pl.cli.commands.lora import LORA_COMMANDS
 from diffusion_pl.cli.commands.phema import phema
 from diffusion_pl.cli.commands.reflow import reflow
 from diffusion_pl.cli.commands.sample import output_paths, sample
+from diffusion_pl.cli.commands.tune_grid import tune_grid_command
 from diffusion_pl.cli.lightning_cli import DiffusionCLI, Parser, check_labels
 from diffusion_pl.cli.loading import SamplingOptions, load_for_sampling, pick_sampler
 from diffusion_pl.cli.parse_errors import ShortErrors, check_config_files
@@ -63,6 +65,7 @@ __all__ = [
     "pick_sampler",
     "reflow",
     "sample",
+    "tune_grid_command",
 ]
 
 COMMANDS = {
@@ -70,6 +73,7 @@ COMMANDS = {
     "reflow": reflow,
     "likelihood": likelihood,
     "fid": fid,
+    "tune-grid": tune_grid_command,
     "phema": phema,
     "encode": encode,
     "lora": LORA_COMMANDS,
@@ -82,11 +86,11 @@ def main(args: list[str] | None = None) -> None:
     """Entry point of ``diffusion-pl`` and ``python -m diffusion_pl``.
 
     Bad input (:func:`~diffusion_pl.errors.bad_input`) ends the command with one ``error:``
-    line on stderr, after the command's usage for a bad option of ``sample``, ``reflow``,
-    ``likelihood``, ``fid``, ``phema`` or ``encode`` (:class:`~diffusion_pl.errors.UsageError`),
-    and exit code 2; ``DIFFUSION_PL_TRACEBACK=1`` raises it with its traceback instead. Other
-    exceptions keep their tracebacks. SIGTERM ends any command with exit code 75
-    (:mod:`diffusion_pl.signals`; ``fit`` first prints its outputs and state).
+    line on stderr, after the command's usage for a bad option of a command of
+    :data:`COMMANDS` (:class:`~diffusion_pl.errors.UsageError`), and exit code 2;
+    ``DIFFUSION_PL_TRACEBACK=1`` raises it with its traceback instead. Other exceptions keep
+    their tracebacks. SIGTERM ends any command with exit code 75 (:mod:`diffusion_pl.signals`;
+    ``fit`` first prints its outputs and state).
     """
     argv = sys.argv[1:] if args is None else list(args)
     try:

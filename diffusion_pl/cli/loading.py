@@ -21,7 +21,7 @@ from diffusion_pl.cli.options import check_device, check_sampler_options, parse_
 from diffusion_pl.formulations import DiffusionModule, LatentConsistencyModel
 from diffusion_pl.generate import choose_sampler
 from diffusion_pl.lora import apply_adapters, lcm_reading, merged_lcm_reading
-from diffusion_pl.samplers import LCMSampler, Sampler
+from diffusion_pl.samplers import LCMSampler, Sampler, parse_grid
 
 __all__ = [
     "ForSampling",
@@ -42,7 +42,8 @@ class SamplingOptions:
     Attributes:
         sampler: a key of :data:`~diffusion_pl.samplers.SAMPLERS`; None: the checkpoint's.
         steps: the sampler's steps; None: the sampler's own.
-        grid: a key of :data:`~diffusion_pl.samplers.GRIDS`; None: the sampler's own.
+        grid: a key of :data:`~diffusion_pl.samplers.GRIDS`, or ``file:PATH`` of a JSON file
+            of times (``tune-grid``'s output); None: the sampler's own.
         weights: ``ema`` or ``raw`` weights of the model (and of the guide).
         guide_ckpt: checkpoint of the guide of autoguidance; None: no guide.
         guidance_scale: classifier-free guidance's w, or autoguidance's with ``guide_ckpt``.
@@ -66,6 +67,8 @@ class SamplingOptions:
         samples; the command reports its error as one line.
         """
         check_sampler_options(self.sampler, self.steps)
+        if self.grid is not None:
+            parse_grid(self.grid)  # an unknown name or a bad grid file, before loading
         check_device(device)
         parse_lora(self.lora)
 
@@ -151,8 +154,11 @@ def pick_sampler(
 
     A sampler that picks its own steps (``rk45``, adaptive) ignores ``--steps`` with a note;
     for ``annealed_langevin`` ``--steps`` is the number of noise levels L, each of
-    ``steps_per_level`` Langevin steps, and the note gives the product.
+    ``steps_per_level`` Langevin steps, and the note gives the product. A grid file
+    (``--grid file:PATH``) sets the steps; ``--steps`` may only repeat them.
     """
+    if grid is not None and grid.startswith("file:"):  # the file's steps, or --steps if equal
+        return choose_sampler(default, name, steps, grid)
     chosen = choose_sampler(default, name, None, grid)
     if steps is None:
         return chosen

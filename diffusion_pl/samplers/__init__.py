@@ -16,6 +16,7 @@ from diffusion_pl.samplers.dpm_solver import DPMSolver3MSampler, DPMSolverSample
 from diffusion_pl.samplers.edm import EDMSampler, sample_edm
 from diffusion_pl.samplers.grids import (
     GRIDS,
+    CustomGrid,
     EDMGrid,
     Grid,
     LeadingGrid,
@@ -24,6 +25,7 @@ from diffusion_pl.samplers.grids import (
     TrailingGrid,
     UniformGrid,
     karras_sigmas,
+    parse_grid,
     uniform_time_grid,
 )
 from diffusion_pl.samplers.ipndm import IPNDMSampler, sample_ipndm
@@ -89,6 +91,7 @@ __all__ = [
     "AnnealedLangevinSampler",
     "AverageVelocityFn",
     "ConsistencySampler",
+    "CustomGrid",
     "DDIMSampler",
     "DDPMSampler",
     "DPMSolver3MSampler",
@@ -118,6 +121,7 @@ __all__ = [
     "langevin_dynamics",
     "lcm_timesteps",
     "ode_drift",
+    "parse_grid",
     "sample_annealed_langevin",
     "sample_consistency",
     "sample_ddim",

@@ -224,3 +224,6 @@ class DDIMSampler(Sampler, steps=50):
 
     def validate(self) -> None:
         _check_eta(self.eta)
+
+    def is_deterministic(self) -> bool:
+        return self.eta == 0

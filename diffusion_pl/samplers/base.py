@@ -118,6 +118,11 @@ class Sampler:
     def validate(self) -> None:
         """Raise ValueError, naming the bad setting, for settings the solver would refuse."""
 
+    def is_deterministic(self) -> bool:
+        """Whether a call draws no noise beyond the prior, with these settings (a sampler whose
+        :attr:`randomness` depends on a setting overrides it)."""
+        return self.randomness == "deterministic"
+
     def with_steps(self, steps: int) -> Sampler:
         """A copy of this sampler with ``steps`` steps (every other setting kept)."""
         if "steps" not in self.arguments():

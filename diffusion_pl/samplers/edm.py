@@ -108,3 +108,6 @@ class EDMSampler(Sampler, steps=18):
 
     def validate(self) -> None:
         _check_churn(self.s_churn, self.s_min, self.s_max, self.s_noise)
+
+    def is_deterministic(self) -> bool:
+        return self.s_churn == 0

@@ -15,7 +15,10 @@ t = 0), that end is kept as its own grid point and the spacing runs between the 
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -24,6 +27,7 @@ from diffusion_pl.paths import DDPMPath, NoisePath
 
 __all__ = [
     "GRIDS",
+    "CustomGrid",
     "EDMGrid",
     "Grid",
     "LeadingGrid",
@@ -32,6 +36,7 @@ __all__ = [
     "TrailingGrid",
     "UniformGrid",
     "karras_sigmas",
+    "parse_grid",
     "uniform_time_grid",
 ]
 
@@ -223,3 +228,81 @@ GRIDS: dict[str, type[Grid]] = {
     "linspace": LinspaceGrid,
 }
 """Short names for ``--grid NAME``; YAML uses ``class_path`` instead."""
+
+
+class CustomGrid(Grid):
+    """Explicit times, e.g. a grid tuned to a model by ``diffusion-pl tune-grid``.
+
+    Args:
+        times: the N + 1 times of an N-step grid, strictly decreasing from the path's t_max to
+            its t_min (both ends within 1e-9); N must be the sampler's ``steps``.
+    """
+
+    def __init__(self, times: list[float]) -> None:
+        times = [float(t) for t in times]
+        if len(times) < 2:
+            raise ValueError(
+                f"CustomGrid needs at least 2 times (t_max and t_min), got {times}; list the "
+                "N + 1 times of an N-step grid"
+            )
+        for i, (t, after) in enumerate(itertools.pairwise(times)):
+            if not (math.isfinite(t) and math.isfinite(after) and after < t):
+                raise ValueError(
+                    f"CustomGrid times must be finite and strictly decreasing: times[{i + 1}] = "
+                    f"{after!r} follows times[{i}] = {t!r}; list them from t_max down to t_min"
+                )
+        self.points = times
+
+    @property
+    def steps(self) -> int:
+        """N, the number of steps the grid takes (``len(times) − 1``)."""
+        return len(self.points) - 1
+
+    @classmethod
+    def from_file(cls, file: str | Path) -> CustomGrid:
+        """The grid of a JSON file with a ``times`` list (what ``tune-grid`` writes)."""
+        try:
+            record = json.loads(Path(file).read_text())
+        except FileNotFoundError:
+            raise ValueError(f"grid file {file} does not exist; write one with tune-grid") from None
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"grid file {file} is not readable JSON ({err})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("times"), list):
+            raise ValueError(
+                f"grid file {file} has no list 'times'; it needs {{\"times\": [t_max, …, t_min]}}"
+                " as tune-grid writes"
+            )
+        return cls(record["times"])
+
+    def times(self, path: NoisePath, steps: int) -> Tensor:
+        if steps != self.steps:
+            raise ValueError(
+                f"CustomGrid has {self.steps} steps ({len(self.points)} times) but the sampler "
+                f"takes {steps}: set the sampler's steps to {self.steps} (--steps {self.steps})"
+            )
+        for name, given, end in [("first", self.points[0], path.t_max),
+                                 ("last", self.points[-1], path.t_min)]:  # fmt: skip
+            if not math.isclose(given, end, rel_tol=1e-9, abs_tol=1e-9):
+                raise ValueError(
+                    f"CustomGrid's {name} time {given!r} is not {type(path).__name__}'s "
+                    f"{'t_max' if name == 'first' else 't_min'} = {end!r}: a grid runs from "
+                    "t_max to t_min of the model's path (tune it on this model)"
+                )
+        return torch.tensor(self.points, dtype=torch.float64)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{t:.4g}" for t in self.points)
+        return f"CustomGrid(times=[{shown}])"
+
+
+def parse_grid(name: str) -> Grid:
+    """The grid of ``--grid NAME``: a key of :data:`GRIDS`, or ``file:PATH`` for the
+    :class:`CustomGrid` of a JSON file with ``times`` (``tune-grid``'s output)."""
+    if name.startswith("file:"):
+        return CustomGrid.from_file(name.removeprefix("file:"))
+    if name not in GRIDS:
+        raise ValueError(
+            f"unknown grid {name!r}; choose one of {sorted(GRIDS)}, or file:PATH for a JSON "
+            "file of times (tune-grid writes one)"
+        )
+    return GRIDS[name]()

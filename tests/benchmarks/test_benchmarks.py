@@ -136,6 +136,28 @@ def test_digits_quality(load: Callable, tmp_path: Path, monkeypatch: pytest.Monk
     assert (same["nfe"], same["fid"]) == (first["nfe"], first["fid"])
 
 
+def test_digits_quality_few_step_solvers_on_tuned_grids(
+    load: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--few_grid gits`` samples each few-step solver on the grid tune-grid finds for it."""
+    monkeypatch.setenv("DIFFUSION_PL_CACHE", str(tmp_path / "cache"))
+    script = load("digits_quality")
+    results = script.main([
+        "--formulations", "rectified_flow", "--max_steps", "2", "--base_channels", "8",
+        "--batch_size", "16", "--num_samples", "20", "--sample_batch", "10", "--nfe", "2",
+        "--few_nfe", "3", "--few_grid", "gits", "--gits_samples", "8",
+        "--gits_reference_steps", "20", "--gits_candidates", "10",
+        "--workdir", str(tmp_path / "runs"), "--out", str(tmp_path / "q.json"),
+    ])  # fmt: skip
+    few = [r for r in results["fid"] if r["sampler"] in ("dpmpp_2m", "dpmpp_3m", "unipc", "ipndm")]
+    assert len(few) == 4
+    for row in few:
+        assert "grid=CustomGrid(times=[1, " in row["settings"] and row["nfe"] == 3
+        assert math.isfinite(row["fid"])
+    euler = next(r for r in results["fid"] if r["sampler"] == "euler")
+    assert "grid=None" in euler["settings"]  # only the few-step solvers are tuned
+
+
 def test_phema_autoguidance(
     load: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

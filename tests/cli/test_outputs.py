@@ -16,6 +16,7 @@ COMMANDS = {
     "sample": "sample --ckpt_path never-read.ckpt --num_samples 2",
     "reflow": "reflow --ckpt_path never-read.ckpt --num_pairs 2",
     "fid": "fid --ckpt_path never-read.ckpt --feature digits",
+    "tune-grid": "tune-grid --ckpt_path never-read.ckpt --steps 2",
     "likelihood": "likelihood --ckpt_path never-read.ckpt",
     "phema": "phema --run . --sigma_rel 0.05",
     "encode": f"encode --config {ROOT / 'configs/digits/rectified_flow.yaml'} --autoencoder x",

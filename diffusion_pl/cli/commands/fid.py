@@ -61,7 +61,8 @@ def fid(
         sampler: sampler name, one of SAMPLER_NAMES; default: the checkpoint's.
         steps: sampler steps (what they count depends on the sampler: see ``diffusion-pl
             sample --help``); default: the sampler's.
-        grid: time grid (one of GRIDS); default: the sampler's.
+        grid: time grid (one of GRIDS), or file:PATH of ``tune-grid``; default: the
+            sampler's.
         batch_size: images per sampling batch (per process).
         kid: also compute KID.
         weights: ``ema`` or ``raw`` weights of the checkpoint.

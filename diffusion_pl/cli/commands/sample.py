@@ -68,7 +68,8 @@ def sample(
             levels, each of 100 Langevin steps (its steps_per_level); rk45 picks its own steps
             and ignores it with a note. The network evaluations per sample are printed.
         grid: time grid (one of GRIDS: uniform, edm, logsnr; leading, trailing, linspace on
-            a discrete DDPM path); default: the sampler's (its paper's).
+            a discrete DDPM path), or file:PATH, the times of a JSON file (``tune-grid``
+            writes one), which set the steps; default: the sampler's (its paper's).
         batch_size: samples per network batch (does not change the samples).
         device: torch device to sample on, e.g. ``cpu``, ``cuda`` or ``cuda:1``.
         weights: ``ema`` (the moving average, when the run had the EMA callback) or ``raw``.
