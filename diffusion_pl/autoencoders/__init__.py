@@ -9,7 +9,7 @@ from diffusion_pl.autoencoders.callbacks import (
     reconstruction_fid,
 )
 from diffusion_pl.autoencoders.discriminator import PatchDiscriminator
-from diffusion_pl.autoencoders.export import export_checkpoint, latent_statistics, save_autoencoder
+from diffusion_pl.autoencoders.export import latent_statistics, save_autoencoder
 from diffusion_pl.autoencoders.losses import L1, L2, Adversarial, Perceptual
 from diffusion_pl.autoencoders.module import AutoencoderKLModule
 
@@ -22,7 +22,6 @@ __all__ = [
     "Perceptual",
     "ReconstructionFID",
     "ReconstructionGrid",
-    "export_checkpoint",
     "latent_statistics",
     "paired_rows",
     "reconstruction_fid",

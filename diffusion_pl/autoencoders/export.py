@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["export_checkpoint", "latent_statistics", "save_autoencoder"]
+__all__ = ["latent_statistics", "save_autoencoder"]
 
 FOLDER = "autoencoder"
 """The folder of a run's exported autoencoder, in the run's log dir."""
@@ -81,35 +81,3 @@ def save_autoencoder(
     os.replace(tmp, folder)
     shutil.rmtree(old, ignore_errors=True)
     return folder
-
-
-def export_checkpoint(
-    ckpt_path: str, output: str, weights: str = "ema", batch_size: int = 256, device: str = "cpu"
-) -> Path:
-    """Write the autoencoder of a ``diffusion-pl fit`` checkpoint of ``AutoencoderKLModule``.
-
-    What the end of ``fit`` writes to ``<log dir>/autoencoder``, on demand, from any checkpoint
-    (e.g. an earlier one, or the raw weights).
-
-    Args:
-        ckpt_path: the checkpoint.
-        output: the folder to write (checked before any work).
-        weights: ``ema`` (the moving average when the run kept one) or ``raw``.
-        batch_size: images per encoder call when measuring the scaling factor.
-        device: torch device of the encoder.
-    """
-    from diffusion_pl.autoencoders.module import AutoencoderKLModule
-    from diffusion_pl.checkpoints import load_datamodule, load_module
-    from diffusion_pl.cli.outputs import check_writable
-
-    if weights not in ("ema", "raw"):
-        raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
-    check_writable("output", output, folder=True)
-    module = load_module(ckpt_path, device, weights=weights)
-    if not isinstance(module, AutoencoderKLModule):
-        raise ValueError(
-            f"{ckpt_path} holds a {type(module).__name__}, not an AutoencoderKLModule: give "
-            "the checkpoint of a run of configs/digits/autoencoder.yaml (or its like)"
-        )
-    data = load_datamodule(ckpt_path).dataset("train")
-    return save_autoencoder(module.vae, data, output, batch_size)

@@ -34,6 +34,7 @@ from diffusion_pl.callbacks import (
     Throughput,
 )
 from diffusion_pl.cli.argv import command_args
+from diffusion_pl.cli.commands.autoencoder import AUTOENCODER_COMMANDS
 from diffusion_pl.cli.commands.encode import encode
 from diffusion_pl.cli.commands.fid import fid, fid_sweep
 from diffusion_pl.cli.commands.likelihood import likelihood
@@ -77,9 +78,11 @@ COMMANDS = {
     "phema": phema,
     "encode": encode,
     "lora": LORA_COMMANDS,
+    "autoencoder": AUTOENCODER_COMMANDS,
 }
-"""Commands beside LightningCLI's fit/validate/test, each a typed function (``lora``: a table of
-subcommands, ``diffusion-pl lora merge``)."""
+"""Commands beside LightningCLI's fit/validate/test, each a typed function (``lora`` and
+``autoencoder``: tables of subcommands, ``diffusion-pl lora merge``, ``diffusion-pl autoencoder
+export``)."""
 
 
 def main(args: list[str] | None = None) -> None:

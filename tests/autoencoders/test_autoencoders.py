@@ -21,7 +21,6 @@ from diffusion_pl.autoencoders import (
     AutoencoderKLModule,
     PatchDiscriminator,
     Perceptual,
-    export_checkpoint,
     paired_rows,
     save_autoencoder,
 )
@@ -219,7 +218,7 @@ def test_a_resumed_autoencoder_run_matches_an_uninterrupted_one(tmp_path: Path) 
 
 @pytest.mark.slow
 def test_fit_exports_the_autoencoder_and_codes_round_trip_through_encode_fit_sample(
-    tmp_path: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     grid = {"class_path": "diffusion_pl.autoencoders.ReconstructionGrid",
             "init_args": {"num_samples": 9}}  # fmt: skip
@@ -256,11 +255,13 @@ def test_fit_exports_the_autoencoder_and_codes_round_trip_through_encode_fit_sam
     assert samples.shape == (4, 1, 32, 32) and z.shape == (4, 4, 8, 8)
     torch.testing.assert_close(samples, Latents(str(codes)).decode(z))
 
-    again = export_checkpoint(str(ckpt), str(tmp_path / "again"))  # on demand: the same folder
+    again = tmp_path / "again"  # on demand: the same folder
+    main(["autoencoder", "export", "--ckpt_path", str(ckpt), "--output", str(again)])
     assert json.loads((again / "config.json").read_text()) == config
-    with pytest.raises(ValueError, match=r"holds a RectifiedFlow, not an AutoencoderKLModule"):
-        export_checkpoint(str(latent), str(tmp_path / "never"))
+    with cli_error(capsys, r"holds a RectifiedFlow, not an AutoencoderKLModule"):
+        main(["autoencoder", "export", "--ckpt_path", str(latent), "--output", str(again)])
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(ValueError, match=r"--output .*file is a file, not a folder"):
-        export_checkpoint("never-read.ckpt", str(blocker / "ae"))  # refused before any work
+    with cli_error(capsys, r"--output .*file is a file, not a folder"):  # refused before work
+        main(["autoencoder", "export", "--ckpt_path", "never-read.ckpt", "--output",
+              str(blocker / "ae")])  # fmt: skip

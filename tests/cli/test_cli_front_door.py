@@ -80,7 +80,7 @@ def test_the_traceback_switch_and_bugs_keep_their_traceback(
     ("typed", "match"),
     [("sampel", r"unknown command 'sampel': did you mean 'sample'\? the commands are fit, "
                 r"validate, test, sample, reflow, likelihood, fid, tune-grid, phema, encode, "
-                r"lora$"),
+                r"lora, autoencoder$"),
      ("predict", r"unknown command 'predict': the commands are fit, validate, test, sample")],
 )  # fmt: skip
 def test_a_mistyped_command_lists_every_command(
@@ -88,7 +88,9 @@ def test_a_mistyped_command_lists_every_command(
 ) -> None:
     with cli_error(capsys, match) as stderr:
         main([typed, "--config", "x.yaml"])
-    commands = "fit,validate,test,sample,reflow,likelihood,fid,tune-grid,phema,encode,lora"
+    commands = (
+        "fit,validate,test,sample,reflow,likelihood,fid,tune-grid,phema,encode,lora,autoencoder"
+    )
     assert stderr[0] == f"usage: diffusion-pl {{{commands}}} ..."
 
 

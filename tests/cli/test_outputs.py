@@ -21,6 +21,7 @@ COMMANDS = {
     "phema": "phema --run . --sigma_rel 0.05",
     "encode": f"encode --config {ROOT / 'configs/digits/rectified_flow.yaml'} --autoencoder x",
     "lora": f"lora merge --ckpt_path never-read.ckpt --lora {ROOT / 'README.md'}",  # not read
+    "autoencoder": "autoencoder export --ckpt_path never-read.ckpt",
 }
 
 
