@@ -118,15 +118,8 @@ class ReconstructionFID(FID):
         super().__init__(feature, num_samples, every_n_validations, split, None, batch_size,
                          weights=weights, cache_dir=cache_dir)  # fmt: skip
 
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        self.validations += 1
-        if self.validations % self.every_n_validations:
-            return
-        for i, weights in enumerate(self.weights):
-            suffix = "" if i == 0 else f"_{weights}"
-            with weights_in_use(trainer, pl_module, weights):
-                scores = reconstruction_fid(self.evaluator, pl_module, trainer.datamodule)
-            self.last[f"val/rfid{suffix}"] = scores["fid"]
-            pl_module.log(f"val/rfid{suffix}", scores["fid"], prog_bar=i == 0)
+    headline = "rfid"
+
+    def scores(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
+        """The rFID of ``pl_module``'s reconstructions, with the weights in use."""
+        return {"rfid": reconstruction_fid(self.evaluator, pl_module, trainer.datamodule)["fid"]}

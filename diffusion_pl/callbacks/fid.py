@@ -89,16 +89,23 @@ class FID(Callback):
             return
         for i, weights in enumerate(self.weights):
             suffix = "" if i == 0 else f"_{weights}"
-            with (
-                weights_in_use(trainer, pl_module, weights),
-                self.adapters.applied(pl_module, self.sampler) as model,
-            ):
-                scores = self.evaluator.evaluate(
-                    model, trainer.datamodule, self.sampler, **self.guide.sampling()
-                )
+            with weights_in_use(trainer, pl_module, weights):
+                scores = self.scores(trainer, pl_module)
             for name, value in scores.items():
                 self.last[f"val/{name}{suffix}"] = value
-                pl_module.log(f"val/{name}{suffix}", value, prog_bar=name == "fid" and i == 0)
+                pl_module.log(
+                    f"val/{name}{suffix}", value, prog_bar=name == self.headline and i == 0
+                )
+
+    headline = "fid"
+    """The score shown on the progress bar (of the first weights)."""
+
+    def scores(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
+        """The scores of ``pl_module`` with the weights in use, by metric name."""
+        with self.adapters.applied(pl_module, self.sampler) as model:
+            return self.evaluator.evaluate(
+                model, trainer.datamodule, self.sampler, **self.guide.sampling()
+            )
 
     def state_dict(self) -> dict[str, int]:
         return {"validations": self.validations}
