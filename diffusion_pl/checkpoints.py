@@ -125,7 +125,8 @@ class Checkpoint(Teacher):
 
 def load_datamodule(ckpt_path: str | Path) -> DiffusionDataModule:
     """Rebuild the data module a checkpoint was trained on (from its saved YAML config)."""
-    hparams = dict(read_checkpoint(ckpt_path, mmap=True).get("datamodule_hyper_parameters", {}))
+    checkpoint = read_checkpoint(ckpt_path, mmap=True)
+    hparams = dict(checkpoint.get("datamodule_hyper_parameters", {}))
     hparams.pop("_instantiator", None)
     if "source" not in hparams:
         raise ValueError(f"{ckpt_path} does not record its data; it was not written by `fit`")
@@ -135,7 +136,6 @@ def load_datamodule(ckpt_path: str | Path) -> DiffusionDataModule:
         # loaders need a batch size, not the training one.
         hparams["global_batch_size"] = hparams.pop("batch_size")
         hparams.pop("drop_last", None)
-    checkpoint = read_checkpoint(ckpt_path, mmap=True)
     return _rebuild(ckpt_path, checkpoint, "datamodule_hyper_parameters", None, hparams)
 
 
