@@ -77,11 +77,7 @@ def fid(
         guide_ckpt: checkpoint of a weaker model of the same data, path and conditioning, for
             autoguidance (as for ``diffusion-pl sample``).
         lora: LoRA adapters added to the model, ``PATH[:SCALE]``, the option repeated for
-            several (``--lora style.pt --lora lcm.pt:0.8``): each adapters file (a fit with
-            ``lora:`` writes ``adapters.pt``) acts with its weight λ (default 1), together:
-            W + Σ λ_i ΔW_i (LCM-LoRA's combination). Each must have been trained on this
-            checkpoint's weights (checked by their hash). ``diffusion-pl lora merge`` writes
-            the sum into a checkpoint.
+            several (``--lora style.pt --lora lcm.pt:0.8``), as for ``diffusion-pl sample``.
     """
     options = SamplingOptions(
         sampler, steps, grid, weights, guide_ckpt, guidance_scale, tuple(lora or ())

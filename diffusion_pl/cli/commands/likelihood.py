@@ -67,8 +67,8 @@ def likelihood(
         output: optional JSON file (checked before any work) for the result and how it was
             measured, as ``fid --output`` records it: checkpoint, split, num_samples, seed,
             sampler (the rk45 solver, or ``bound``), steps (None: adaptive; the bound's steps),
-            nfe (per example), feature (None), then bpd, bpd_stderr, nfe_per_batch, and the
-            ODE's t_eps, divergence, rtol, atol.
+            nfe (per example), feature (None), then bpd, bpd_stderr, and the ODE's
+            nfe_per_batch, t_eps, divergence, rtol, atol.
     """
     check_positive(num_samples=num_samples, batch_size=batch_size, rtol=rtol, atol=atol)
     check_device(device)
@@ -168,5 +168,4 @@ def _bound(
     values = torch.cat(bpd)
     nfe = (steps or 1) + 1  # the diffusion terms and the reconstruction
     return {"sampler": "bound", "steps": steps, "nfe": nfe, "feature": None,
-            "bpd": float(values.mean()), "bpd_stderr": _stderr(values),
-            "nfe_per_batch": nfe * batch_size}  # fmt: skip
+            "bpd": float(values.mean()), "bpd_stderr": _stderr(values)}  # fmt: skip
