@@ -21,7 +21,12 @@ import torch
 from torch import Tensor
 
 from diffusion_pl.nets.protocol import DenoiserNet
-from diffusion_pl.parameterization import Denoiser, Parameterization, Prediction
+from diffusion_pl.parameterization import (
+    ConsistencyFunction,
+    Denoiser,
+    Parameterization,
+    Prediction,
+)
 from diffusion_pl.paths import NoisePath, PathCoefficients
 from diffusion_pl.tensors import as_batch
 
@@ -129,7 +134,7 @@ def lcm_scalings(
     return c_skip, c_out
 
 
-class LCMPreconditioning(Parameterization):
+class LCMPreconditioning(ConsistencyFunction):
     """LCM's consistency function over the teacher's reading ``base`` of the net:
     x̂_0 = c_skip(τ) x + c_out(τ) D(x, t), D the base's x̂_0, τ the nearest timestep of t.
 
@@ -147,6 +152,8 @@ class LCMPreconditioning(Parameterization):
     Reference: Luo et al. (2023), "Latent Consistency Models", Eq. 7–9 and the paper's code.
     """
 
+    trained_by = "LatentConsistencyModel"
+
     def __init__(
         self,
         base: Parameterization,
@@ -161,12 +168,6 @@ class LCMPreconditioning(Parameterization):
         self.base, self.timesteps = base, timesteps
         self.sigma_data, self.timestep_scaling = sigma_data, timestep_scaling
 
-    def noise_label(self, t: Tensor, c: PathCoefficients) -> Tensor:
-        return self.base.noise_label(t, c)
-
-    def input_scale(self, c: PathCoefficients) -> Tensor | float:
-        return self.base.input_scale(c)
-
     def predict(self, out: Tensor, x: Tensor, c: PathCoefficients) -> Prediction:
         if c.t is None:
             raise ValueError("LCMPreconditioning reads the time t from the path coefficients")
@@ -175,18 +176,6 @@ class LCMPreconditioning(Parameterization):
         c_skip, c_out = lcm_scalings(tau, self.sigma_data, self.timestep_scaling)
         x0 = c_skip * x + c_out * d
         return Prediction(x0=x0, eps=(x - c.alpha * x0) / c.sigma)
-
-    def target(self, x0: Tensor, eps: Tensor, c: PathCoefficients) -> Tensor:
-        raise ValueError(
-            "LCMPreconditioning has no regression target: train it with "
-            "diffusion_pl.formulations.LatentConsistencyModel"
-        )
-
-    def eps_scale(self, c: PathCoefficients) -> Tensor:
-        raise ValueError(
-            "LCMPreconditioning is not trained by a weighted regression; use "
-            "diffusion_pl.formulations.LatentConsistencyModel"
-        )
 
 
 class GuidanceInputDenoiser(Denoiser):

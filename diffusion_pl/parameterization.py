@@ -26,6 +26,7 @@ from diffusion_pl.tensors import as_batch
 __all__ = [
     "AverageVelocityDenoiser",
     "AverageVelocityPrediction",
+    "ConsistencyFunction",
     "ConsistencyPreconditioning",
     "Denoiser",
     "DenoiserFn",
@@ -264,7 +265,37 @@ class EDMPreconditioning(Parameterization):
         return -c.alpha * self.sigma_data / self._norm(c)
 
 
-class ConsistencyPreconditioning(Parameterization):
+class ConsistencyFunction(Parameterization):
+    """A consistency function over the reading ``self.base`` of the net: the net sees the base's
+    input scale and noise label, a subclass's ``predict`` turns the base's x̂_0 into f, and it
+    has no regression target (the formulation ``trained_by`` trains it)."""
+
+    base: Parameterization
+    trained_by: ClassVar[str]
+    """The formulation (in diffusion_pl.formulations) that trains it."""
+    trained_how: ClassVar[str] = ""
+    """How, for the message that refuses a regression."""
+
+    def noise_label(self, t: Tensor, c: PathCoefficients) -> Tensor:
+        return self.base.noise_label(t, c)
+
+    def input_scale(self, c: PathCoefficients) -> Tensor | float:
+        return self.base.input_scale(c)
+
+    def target(self, x0: Tensor, eps: Tensor, c: PathCoefficients) -> Tensor:
+        raise ValueError(
+            f"{type(self).__name__} has no regression target: train it with "
+            f"diffusion_pl.formulations.{self.trained_by}{self.trained_how}"
+        )
+
+    def eps_scale(self, c: PathCoefficients) -> Tensor:
+        raise ValueError(
+            f"{type(self).__name__} is not trained by a weighted regression; use "
+            f"diffusion_pl.formulations.{self.trained_by}"
+        )
+
+
+class ConsistencyPreconditioning(ConsistencyFunction):
     """The consistency function f(x̃, σ̃) of Song et al. over any denoiser D, any path.
 
     On EDM's scaled variable x̃ = x/α at σ̃ = σ/α, Song et al.'s parameterization is
@@ -309,6 +340,9 @@ class ConsistencyPreconditioning(Parameterization):
     Karras et al. (2022), Table 1 (c_skip^E, c_out^E).
     """
 
+    trained_by = "ConsistencyModel"
+    trained_how = " (consistency distillation or training)"
+
     def __init__(
         self,
         sigma_data: float = 0.5,
@@ -320,12 +354,6 @@ class ConsistencyPreconditioning(Parameterization):
         self.sigma_data, self.sigma_min, self.sigma_max = sigma_data, sigma_min, sigma_max
         self.base = edm if base is None else base
 
-    def noise_label(self, t: Tensor, c: PathCoefficients) -> Tensor:
-        return self.base.noise_label(t, c)
-
-    def input_scale(self, c: PathCoefficients) -> Tensor | float:
-        return self.base.input_scale(c)
-
     def predict(self, out: Tensor, x: Tensor, c: PathCoefficients) -> Prediction:
         d = self.base.predict(out, x, c).x0
         gap, sd2_alpha = c.sigma - self.sigma_min * c.alpha, self.sigma_data**2 * c.alpha
@@ -334,18 +362,6 @@ class ConsistencyPreconditioning(Parameterization):
         )
         x0 = gap / c.sigma * d + keep * x
         return Prediction(x0=x0, eps=(x - c.alpha * x0) / c.sigma)
-
-    def target(self, x0: Tensor, eps: Tensor, c: PathCoefficients) -> Tensor:
-        raise ValueError(
-            "ConsistencyPreconditioning has no regression target: train it with "
-            "diffusion_pl.formulations.ConsistencyModel (consistency distillation or training)"
-        )
-
-    def eps_scale(self, c: PathCoefficients) -> Tensor:
-        raise ValueError(
-            "ConsistencyPreconditioning is not trained by a weighted regression; use "
-            "diffusion_pl.formulations.ConsistencyModel"
-        )
 
 
 def batch_times(t: Tensor | float, x: Tensor) -> Tensor:
