@@ -21,6 +21,10 @@ LoRA fine-tune of it on other data, in 4 steps.
    λ = 1 each, LCM sampler), each sampled as ``diffusion-pl sample --ckpt_path TEACHER --lora
    FT.pt --lora LCM.pt --sampler lcm --steps 4`` does (:func:`load_for_sampling`); the adapters'
    file sizes and parameter shares.
+5. The picture (``.png`` beside the JSON): two rows of digits 0–9 per model, same noise, top to
+   bottom: the teacher (DDIM, first ``--teacher_nfe``), the full LCM student ``--lcm`` if
+   given (first ``--lcm_steps``), LCM-LoRA, the fine-tune (DDIM, first ``--finetune_nfe``) and
+   the acceleration vector (first ``--lcm_steps``).
 
 Issue 25's targets: LCM-LoRA at 4 steps ≤ 1.5 F_T with adapters ≤ 10 % of the net's
 parameters; the acceleration vector at 4 steps ≤ 1.5 F_FT. The fits use ``diffusion-pl fit``
@@ -45,6 +49,7 @@ from diffusion_pl.lora import read_adapters
 from diffusion_pl.metrics import FIDEvaluator
 from diffusion_pl.metrics.features import DigitsFeatures
 from diffusion_pl.samplers import Sampler
+from diffusion_pl.visualize import save_image_grid
 
 BOUND = 1.5
 """Both targets: FID ≤ 1.5× the reference (F_T for LCM-LoRA, F_FT for the acceleration vector)."""
@@ -101,6 +106,18 @@ def adapters_size(path: Path, base: DiffusionModule) -> dict:
             "share": round(weights / total, 4)}  # fmt: skip
 
 
+@torch.no_grad()
+def picture(rows: list[tuple[DiffusionModule, Sampler]], args: argparse.Namespace) -> Path:
+    """Two rows of digits 0–9 from each (module, sampler) at ω = ``--omega``, the same noise
+    for every model, as one grid beside ``--out``."""
+    labels = torch.arange(10).repeat(2).to(args.device)
+    images = [module.sample(len(labels), sampler=sampler, class_labels=labels,
+                            guidance_scale=args.omega,
+                            generator=torch.Generator(device=args.device).manual_seed(7))
+              for module, sampler in rows]  # fmt: skip
+    return save_image_grid(torch.cat(images), args.out.with_suffix(".png"), nrow=10)
+
+
 def run(args: argparse.Namespace, evaluator: FIDEvaluator) -> dict:
     """Fit (or take) the teacher, fit the LCM-LoRA and the fine-tune on it, score them all."""
     work, fits = args.workdir, {}
@@ -130,8 +147,21 @@ def run(args: argparse.Namespace, evaluator: FIDEvaluator) -> dict:
         both = loaded(teacher, args, n, ft, lcm, sampler="lcm")
         rows.append(scored("fine-tune + LCM-LoRA", "transposed", both, transposed, args,
                            evaluator))  # fmt: skip
+    lcm_rows = (
+        [] if args.lcm is None else [loaded(args.lcm, args, args.lcm_steps[0], sampler="lcm")]
+    )
+    shown = picture(
+        [
+            loaded(teacher, args, args.teacher_nfe[0]),
+            *lcm_rows,
+            loaded(teacher, args, args.lcm_steps[0], lcm, sampler="lcm"),
+            loaded(teacher, args, args.finetune_nfe[0], ft),
+            loaded(teacher, args, args.lcm_steps[0], ft, lcm, sampler="lcm"),
+        ],
+        args,
+    )
     base = load_module(teacher)
-    return {"teacher": str(teacher), "fit_seconds": fits, "scores": rows,
+    return {"picture": str(shown), "teacher": str(teacher), "fit_seconds": fits, "scores": rows,
             "adapters": {"lcm_lora": adapters_size(lcm, base),
                          "finetune": adapters_size(ft, base)}}  # fmt: skip
 
@@ -182,6 +212,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--teacher", type=Path, help="a vdm_cond checkpoint (default: fit one)")
     parser.add_argument("--teacher_steps", type=int, default=4000)
+    parser.add_argument("--lcm", type=Path, help="a full LCM student for the picture's 2nd row")
     parser.add_argument("--max_steps", type=int, default=2000, help="LCM-LoRA steps")
     parser.add_argument("--finetune_steps", type=int, default=1000, help="fine-tune steps")
     parser.add_argument("--omega", type=float, default=2.0, help="ω of LCM-LoRA and sampling")

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from PIL import Image
 
 pytestmark = pytest.mark.slow  # every test runs a script end to end
 
@@ -272,3 +273,7 @@ def test_lcm_lora_quality_scores_the_acceleration_vector(
     assert all(a["bytes"] > 4 * a["parameters"] for a in sizes.values())
     assert "| LCM-LoRA adapters | 67.0 % | ≤ 10 % of the UNet | missed |" in (
         out.with_suffix(".md").read_text())  # fmt: skip
+    # The picture: two rows of ten digits per model (teacher, LCM-LoRA, fine-tune, both), each
+    # 8x8 digit upscaled to 64 pixels with a 2-pixel border.
+    assert results["picture"] == str(out.with_suffix(".png"))
+    assert Image.open(results["picture"]).size == (10 * 66 + 2, 8 * 66 + 2)
