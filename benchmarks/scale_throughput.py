@@ -96,9 +96,20 @@ def hf_source(path: Path, size: int, channels: int, streaming: bool) -> dict:
                           "data_files": files}}  # fmt: skip
 
 
-def fit_rate(name: str, net: str, source: dict | None, processes: int, batch: int, steps: int,
-             workdir: Path) -> dict:  # fmt: skip
-    """Run one case; its images per second over the last window, and the whole wall time."""
+def fit_rate(
+    name: str,
+    net: str,
+    source: dict | None,
+    processes: int,
+    batch: int,
+    steps: int,
+    workdir: Path,
+    trainer: dict | None = None,
+    model: dict | None = None,
+) -> dict:
+    """Run one case (fp32 on the CPU unless ``trainer`` overrides those keys; ``model``, if
+    given, replaces the config's model); its images per second over the last window, the whole
+    wall time, and the last value of every metric."""
     root = workdir / name
     override = {
         "trainer": {"accelerator": "cpu", "devices": processes, "precision": "32-true",
@@ -110,6 +121,9 @@ def fit_rate(name: str, net: str, source: dict | None, processes: int, batch: in
         "data": {"global_batch_size": batch, "max_device_batch": None, "num_workers": 0,
                  "pin_memory": False},
     }  # fmt: skip
+    override["trainer"].update(trainer or {})
+    if model is not None:
+        override["model"] = model
     if source is not None:
         override["data"]["source"] = source
     root.mkdir(parents=True, exist_ok=True)
@@ -125,11 +139,11 @@ def fit_rate(name: str, net: str, source: dict | None, processes: int, batch: in
     if done.returncode != 0:
         raise RuntimeError(f"{name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     metrics = max(root.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
-    rates = [float(r["train/images_per_sec"]) for r in csv.DictReader(metrics.open())
-             if r.get("train/images_per_sec")]  # fmt: skip
+    last = {key: float(value) for row in csv.DictReader(metrics.open())
+            for key, value in row.items() if value}  # fmt: skip
     return {"case": name, "net": net, "processes": processes, "threads_per_process": int(threads),
-            "global_batch": batch, "steps": steps, "images_per_sec": rates[-1],
-            "wall_seconds": round(wall, 1)}  # fmt: skip
+            "global_batch": batch, "steps": steps, "images_per_sec": last["train/images_per_sec"],
+            "wall_seconds": round(wall, 1), "metrics": last}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -164,14 +164,17 @@ def seconds_per_call(fn: Callable[[], object], warmup: int, iters: int, device: 
     return (time.perf_counter() - start) / iters
 
 
-def matmul_peak_gflops(n: int, device: str, repeats: int, iters: int = 5) -> float:
-    """GFLOP/s of an ``n × n`` fp32 matmul: the machine's practical peak for dense kernels.
+def matmul_peak_gflops(
+    n: int, device: str, repeats: int, iters: int = 5, dtype: torch.dtype = torch.float32
+) -> float:
+    """GFLOP/s of an ``n × n`` matmul in ``dtype``: the machine's practical peak for dense
+    kernels.
 
     The fastest of ``repeats`` runs of ``iters`` calls, like the nets' timings: one disturbed
     run would otherwise lower the peak below what the nets reach.
     """
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    out = torch.empty(n, n, device=device)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    out = torch.empty(n, n, device=device, dtype=dtype)
     seconds = min(
         seconds_per_call(lambda: torch.mm(a, b, out=out), 1, iters, device) for _ in range(repeats)
     )

@@ -277,3 +277,36 @@ def test_lcm_lora_quality_scores_the_acceleration_vector(
     # 8x8 digit upscaled to 64 pixels with a 2-pixel border.
     assert results["picture"] == str(out.with_suffix(".png"))
     assert Image.open(results["picture"]).size == (10 * 66 + 2, 8 * 66 + 2)
+
+
+def test_gpu_check_runs_every_case_but_compile_on_the_cpu(load: Callable, tmp_path: Path) -> None:
+    """The GPU check's smoke run on the CPU (fp32, gloo): the peak, a narrowed CIFAR-10 UNet's
+    training rate and MFU, the FID callback's seconds, and a 1-process DDP fit that finishes."""
+    out = tmp_path / "gpu.json"
+    results = load("gpu_check").main([
+        "--cases", "peak", "train", "fid", "ddp", "--device", "cpu", "--precision", "32-true",
+        "--backend", "gloo", "--steps", "3", "--batch", "8", "--base_channels", "8",
+        "--fid_samples", "50", "--workdir", str(tmp_path / "runs"), "--out", str(out),
+    ])  # fmt: skip
+    assert json.loads(out.read_text()) == results
+    rows = {r["case"]: r for r in results["rows"]}
+    assert list(rows) == ["train", "fid", "no_fid", "ddp"]
+    assert all(r["images_per_sec"] > 0 for r in rows.values())
+    # MFU is the measured rate times the counted FLOPs over the measured peak, a share in (0, 1).
+    train = rows["train"]
+    achieved = train["images_per_sec"] * results["train_gflop_per_image"]
+    assert train["mfu"] == round(achieved / results["peak_gflops"], 4)
+    assert 0 < train["mfu"] < 1
+    # Only the fid case scored samples; the DDP fit ran all its steps.
+    assert "val/fid" in rows["fid"]["metrics"] and "val/fid" not in rows["no_fid"]["metrics"]
+    assert rows["ddp"]["steps"] == 3 and rows["ddp"]["metrics"]["step"] == 2
+    assert "| ddp | digits | 8 | 3 |" in out.with_suffix(".md").read_text()
+
+
+def test_gpu_check_counts_the_unet_flops(load: Callable) -> None:
+    """One image's training FLOPs grow with the width: about 4x for twice the channels (the
+    convolutions' cost is quadratic in width)."""
+    script = load("gpu_check")
+    narrow, wide = (script.training_flops_per_image(script.cifar_model(c)["init_args"]["net"])
+                    for c in (8, 16))  # fmt: skip
+    assert 3.0 < wide / narrow < 4.5
