@@ -2,13 +2,14 @@
 
     python benchmarks/lcm_quality.py [--runs cond uncond] [--teacher VDM_COND.ckpt]
         [--uncond_teacher VDM.ckpt] [--teacher_steps 4000] [--max_steps 2000]
-        [--lcm_steps 1 2 4] [--omegas 1 1.5 2 3] [--teacher_nfe 10 50] [--num_samples 2000]
-        [--per_class 100] [--base_channels N] [--out benchmarks/results/lcm_quality.json]
+        [--omega_range 1 4] [--lcm_steps 1 2 4] [--omegas 1 1.5 2 3] [--teacher_nfe 10 50]
+        [--num_samples 2000] [--per_class 100] [--base_channels N]
+        [--out benchmarks/results/lcm_quality.json]
 
 1. The teacher: ``--teacher``, or configs/digits/vdm_cond.yaml fitted ``--teacher_steps``
    steps (ε-prediction on the DDPM path, p_uncond 0.1).
 2. The student: configs/digits/lcm.yaml from that teacher, ``--max_steps`` steps (ω ~ U[1, 4],
-   k = 20, DDIM teacher step, EMA target 0.95, started from the teacher).
+   or ``--omega_range``; k = 20, DDIM teacher step, EMA target 0.95, started from the teacher).
 3. Scores, with the EMA weights, all ten digits equally often: the FID of ``--num_samples``
    samples against the val split (the shipped digits features) and the share of
    ``--per_class`` samples per digit that the shipped digits classifier reads as the requested
@@ -178,6 +179,9 @@ def distil_and_score(run: str, args: argparse.Namespace, evaluator: FIDEvaluator
             net["init_args"]["base_channels"] = args.base_channels
         model |= {"net": net, "omega_min": 1.0, "omega_max": 1.0, "guidance_scale": None,
                   "p_uncond": 0.0}  # fmt: skip
+    elif args.omega_range is not None:  # ω ~ U[lo, hi] instead of the config's [1, 4]
+        lo, hi = args.omega_range
+        model |= {"omega_min": lo, "omega_max": hi, "guidance_scale": lo}
     student, student_seconds = fit(write_config("lcm", args.workdir / run / "lcm", args, **model))
     teacher_samplers = [cls(steps=n) for n in args.teacher_nfe
                         for cls in (DDIMSampler, DPMSolverSampler)]  # fmt: skip
@@ -197,6 +201,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--uncond_teacher", type=Path, help="a vdm checkpoint (default: fit one)")
     parser.add_argument("--teacher_steps", type=int, default=4000)
     parser.add_argument("--max_steps", type=int, default=2000, help="LCM distillation steps")
+    parser.add_argument("--omega_range", type=float, nargs=2, metavar=("LO", "HI"),
+                        help="the student's ω ~ U[LO, HI] (default: the config's)")  # fmt: skip
     parser.add_argument("--lcm_steps", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--omegas", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0])
     parser.add_argument("--teacher_nfe", type=int, nargs="+", default=[10, 50],
