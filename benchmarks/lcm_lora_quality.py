@@ -2,7 +2,7 @@
 LoRA fine-tune of it on other data, in 4 steps.
 
     python benchmarks/lcm_lora_quality.py [--teacher VDM_COND.ckpt] [--teacher_steps 4000]
-        [--max_steps 2000] [--finetune_steps 1000] [--omega 2.0] [--teacher_nfe 50]
+        [--max_steps 2000] [--finetune_steps 1000] [--omega 1.0] [--teacher_nfe 50]
         [--lcm_steps 4] [--finetune_nfe 50 100] [--num_samples 2000] [--per_class 100]
         [--base_channels N] [--out benchmarks/results/lcm_lora_quality.json]
 
@@ -215,7 +215,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lcm", type=Path, help="a full LCM student for the picture's 2nd row")
     parser.add_argument("--max_steps", type=int, default=2000, help="LCM-LoRA steps")
     parser.add_argument("--finetune_steps", type=int, default=1000, help="fine-tune steps")
-    parser.add_argument("--omega", type=float, default=2.0, help="ω of LCM-LoRA and sampling")
+    parser.add_argument("--omega", type=float, default=1.0, help="ω of LCM-LoRA and sampling")
     parser.add_argument("--teacher_nfe", type=int, nargs="+", default=[50],
                         help="DDIM steps of the teacher")  # fmt: skip
     parser.add_argument("--lcm_steps", type=int, nargs="+", default=[4])
