@@ -1,13 +1,14 @@
 """The GPU check: run it whenever a GPU is at hand (about 5 minutes on one H100).
 
     python benchmarks/gpu_check.py [--cases peak train compile fid ddp] [--steps 200]
-        [--batch 128] [--fid_samples 2000] [--out benchmarks/results/gpu_check.json]
+        [--batch 128] [--fid_samples 2000] [--matmul_size 8192]
+        [--out benchmarks/results/gpu_check.json]
 
 Every case but ``peak`` is one ``diffusion-pl fit`` process (the real CLI, as
 benchmarks/scale_throughput.py runs it), no validation unless stated, a CSV logger:
 
-* ``peak``: the GPU's dense matmul GFLOP/s in the training precision (n = 8192, bf16 for
-  ``bf16-mixed``; the fastest of 3 runs), the denominator of MFU.
+* ``peak``: the GPU's dense matmul GFLOP/s in the training precision (n = ``--matmul_size``,
+  8192; bf16 for ``bf16-mixed``; the fastest of 3 runs), the denominator of MFU.
 * ``train``: configs/cifar10/rectified_flow.yaml's UNet (35.7 M parameters) in
   ``--precision`` (bf16-mixed), ``--steps`` steps at ``--batch``, on random 32×32 RGB images in
   local parquet shards (CIFAR-10's shape; CIFAR-10 itself needs the hub). Images/s is the
@@ -88,7 +89,8 @@ def run(args: argparse.Namespace) -> dict:
     work, steps, batch = args.workdir, args.steps, args.batch
     if "peak" in args.cases:
         dtype = torch.bfloat16 if args.precision.startswith("bf16") else torch.float32
-        results["peak_gflops"] = round(matmul_peak_gflops(8192, args.device, 3, dtype=dtype), 1)
+        peak = matmul_peak_gflops(args.matmul_size, args.device, 3, dtype=dtype)
+        results["peak_gflops"] = round(peak, 1)
     if {"train", "compile"} & set(args.cases):
         model = cifar_model(args.base_channels)
         flops = training_flops_per_image(model["init_args"]["net"])
@@ -144,6 +146,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=128, help="the global batch of every fit")
     parser.add_argument("--fid_samples", type=int, default=2000)
     parser.add_argument("--base_channels", type=int, help="narrow the CIFAR-10 UNet")
+    parser.add_argument("--matmul_size", type=int, default=8192, help="n of the peak's matmul")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--precision", default="bf16-mixed")
     parser.add_argument("--backend", default="nccl", help="DDP process group backend")

@@ -286,7 +286,8 @@ def test_gpu_check_runs_every_case_but_compile_on_the_cpu(load: Callable, tmp_pa
     results = load("gpu_check").main([
         "--cases", "peak", "train", "fid", "ddp", "--device", "cpu", "--precision", "32-true",
         "--backend", "gloo", "--steps", "3", "--batch", "8", "--base_channels", "8",
-        "--fid_samples", "50", "--workdir", str(tmp_path / "runs"), "--out", str(out),
+        "--fid_samples", "50", "--matmul_size", "512", "--workdir", str(tmp_path / "runs"),
+        "--out", str(out),
     ])  # fmt: skip
     assert json.loads(out.read_text()) == results
     rows = {r["case"]: r for r in results["rows"]}
