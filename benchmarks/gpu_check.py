@@ -14,7 +14,7 @@ benchmarks/scale_throughput.py runs it), no validation unless stated, a CSV logg
   local parquet shards (CIFAR-10's shape; CIFAR-10 itself needs the hub). Images/s is the
   :class:`~diffusion_pl.callbacks.Throughput` rate of the last 20 steps, so start-up is left
   out; MFU = images/s × the training FLOPs of one image (forward + backward counted by
-  ``FlopCounterMode``; norms and activations not counted) ÷ the ``peak``.
+  ``FlopCounterMode``, attention included; norms and activations not) ÷ the ``peak``.
 * ``compile``: the same with :class:`~diffusion_pl.callbacks.CompileNet` (inductor); the wall
   time includes compiling.
 * ``fid``: configs/digits/rectified_flow.yaml, ``--steps`` steps at ``--batch``, then one
@@ -38,8 +38,7 @@ import torch
 import yaml
 from _common import ROOT, markdown_table, report_header, run_record, write_results
 from scale_throughput import CONFIGS, cifar_shards, fit_rate, hf_source
-from torch.utils.flop_counter import FlopCounterMode
-from unet_throughput import matmul_peak_gflops
+from unet_throughput import counted_flops, matmul_peak_gflops
 
 CASES = ("peak", "train", "compile", "fid", "ddp")
 
@@ -54,14 +53,13 @@ def cifar_model(base_channels: int | None) -> dict:
 
 def training_flops_per_image(net: dict) -> int:
     """FLOPs of one image's forward + backward through ``net`` (a class_path/init_args dict),
-    counted by ``FlopCounterMode`` on a batch of 2 (per image: half of it)."""
+    counted as unet_throughput counts them (:func:`counted_flops`) on a batch of 2 (per image:
+    half of it)."""
     module_name, _, class_name = net["class_path"].rpartition(".")
     model = getattr(importlib.import_module(module_name), class_name)(**net["init_args"])
     size, channels = model.image_size, model.in_channels
     x, t = torch.randn(2, channels, size, size), torch.rand(2)
-    with FlopCounterMode(display=False) as counter:
-        model(x, t).square().mean().backward()
-    return counter.get_total_flops() // 2
+    return counted_flops(lambda: model(x, t).square().mean().backward()) // 2
 
 
 def trainer_settings(args: argparse.Namespace, **more: object) -> dict:
@@ -106,9 +104,9 @@ def run(args: argparse.Namespace) -> dict:
                     row["mfu"] = round(achieved / results["peak_gflops"], 4)
                 results["rows"].append(row)
     if "fid" in args.cases:
+        once = {"limit_val_batches": 1, "val_check_interval": steps,
+                "check_val_every_n_epoch": None}  # fmt: skip
         for case, callbacks in (("fid", fid_callback(args.fid_samples)), ("no_fid", [])):
-            once = {"limit_val_batches": 1, "val_check_interval": steps,
-                    "check_val_every_n_epoch": None}  # fmt: skip
             evaluate = trainer_settings(args, callbacks=callbacks, **once)
             results["rows"].append(fit_rate(case, "digits", None, 1, batch, steps, work, evaluate))
         with_fid, without = results["rows"][-2:]
