@@ -25,11 +25,12 @@ sample, counted. The report ends with each formulation's best FID at ≤ 10 NFE
 against its best at any NFE. Also reported:
 
 * the real-data floor: FID of the whole train split (1,437 images) against val, same evaluator;
-* bits/dim of the val split: VDM's variational bound on all of it (its ``val/bpd``, averaged
-  over ``--bound_repeats`` draws of t and ε per image) and score-SDE's PF-ODE likelihood of its
-  first ``--likelihood_samples`` images (``diffusion-pl likelihood``: RK45, Hutchinson trace,
-  uniform dequantization). Both bound the NLL of the 17-level digits (at most log2 17 = 4.09
-  bits/dim for a uniform model).
+* bits/dim of the val split, ± its standard error over the images: VDM's variational bound on
+  its first ``--bound_samples`` images (``diffusion-pl likelihood --method bound``: on the
+  discrete DDPM path the diffusion term summed over all T steps, no draw of t) and score-SDE's
+  PF-ODE likelihood of its first ``--likelihood_samples`` images (``diffusion-pl likelihood``:
+  RK45, Hutchinson trace, uniform dequantization). Both bound the NLL of the 17-level digits (at
+  most log2 17 = 4.09 bits/dim for a uniform model).
 
 Writes JSON and a Markdown report (``.md`` beside it, also printed) after each formulation, so
 a stopped run keeps what it measured, and at the end an FID-vs-NFE plot (``.png``).
@@ -40,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -58,10 +58,9 @@ from diffusion_pl.checkpoints import load_datamodule, load_module
 from diffusion_pl.cli import likelihood
 from diffusion_pl.cli import main as cli_main
 from diffusion_pl.data import DiffusionDataModule
-from diffusion_pl.formulations import VDM, DiffusionModule
+from diffusion_pl.formulations import DiffusionModule
 from diffusion_pl.generate import counting_calls
 from diffusion_pl.metrics import FIDEvaluator
-from diffusion_pl.objectives import VariationalBoundLoss
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.samplers import GRIDS, SAMPLERS, CustomGrid, Grid, Sampler
 from diffusion_pl.samplers.gits import default_candidates, tune_grid
@@ -116,6 +115,10 @@ FEW_STEP = (
 )
 """The few-step solvers, each on its paper's grid, for every net continuous in t."""
 
+STOCHASTIC = Sweep("dpmpp_2m_sde", few_step=True)
+"""DPM-Solver++(2M) SDE (η = 1): the reverse SDE's quality at a few-step solver's calls, for
+the nets whose best figure comes from a stochastic sampler (score-SDE, EDM)."""
+
 
 SWEEPS: dict[str, tuple[Sweep, ...]] = {
     "rectified_flow": (Sweep("euler"), Sweep("heun", evals_per_step=2), *FEW_STEP),
@@ -139,10 +142,12 @@ SWEEPS: dict[str, tuple[Sweep, ...]] = {
         Sweep("euler"),  # probability-flow ODE
         Sweep("heun", evals_per_step=2),
         *FEW_STEP,
+        STOCHASTIC,
     ),
     "edm": (
         Sweep("edm_sde", evals_per_step=2),  # Alg. 1 (deterministic Heun; no churn by default)
         *FEW_STEP,
+        STOCHASTIC,
     ),
 }
 """Each formulation's samplers: its own family, plus the PF-ODE solvers where the net is
@@ -243,38 +248,28 @@ def scored(
             "seconds": round(seconds, 1)}  # fmt: skip
 
 
-@torch.no_grad()
-def vdm_bits_per_dim(module: VDM, data: Tensor, repeats: int) -> dict:
-    """VDM's variational bound on ``data`` in bits/dim: mean over ``repeats`` draws of (t, ε)."""
-    module.eval()
-    bound = VariationalBoundLoss(module.num_levels, module.low_discrepancy)
-    means = torch.tensor([
-        float(bound.bits_per_dim(module, data, None, torch.Generator(module.device).manual_seed(r))
-              .mean())
-        for r in range(repeats)
-    ])  # fmt: skip
-    stderr = float(means.std() / math.sqrt(repeats)) if repeats > 1 else None
-    return {"bpd": round(float(means.mean()), 4), "stderr": stderr and round(stderr, 4),
-            "method": f"variational bound, {repeats} draws of (t, eps) per image"}  # fmt: skip
-
-
 def bits_per_dim(
     name: str, module: DiffusionModule, ckpt: Path, val: Tensor, args: argparse.Namespace
 ) -> dict | None:
     """Bits/dim of the val split: VDM's bound, score-SDE's PF-ODE likelihood; else None."""
     start = time.perf_counter()
     if name == "vdm":
-        result = vdm_bits_per_dim(module, val.to(module.device), args.bound_repeats)
+        n = min(args.bound_samples, len(val))
+        scores = likelihood(str(ckpt), "val", n, method="bound", device=args.device)
+        steps = scores["steps"]
+        exact = f"summed over all {steps} steps" if steps else "one draw of (t, ε)"
+        result = {"bpd": round(scores["bpd"], 4), "stderr": round(scores["bpd_stderr"], 4),
+                  "method": f"variational bound, {exact} per image", "examples": n}  # fmt: skip
     elif name == "score_sde":
         tol, n = args.likelihood_tol, min(args.likelihood_samples, len(val))
         scores = likelihood(str(ckpt), "val", n, rtol=tol, atol=tol, device=args.device)
-        result = {"bpd": round(scores["bpd"], 4), "stderr": None,
+        result = {"bpd": round(scores["bpd"], 4), "stderr": round(scores["bpd_stderr"], 4),
                   "method": f"PF-ODE from t_eps={scores['t_eps']:g}, RK45 rtol=atol={tol:g}, "
                             "Hutchinson, dequantized",
                   "examples": n}  # fmt: skip
     else:
         return None
-    return {"examples": len(val), **result, "seconds": round(time.perf_counter() - start, 1)}
+    return {**result, "seconds": round(time.perf_counter() - start, 1)}
 
 
 def evaluate(
@@ -363,30 +358,39 @@ def report(results: dict) -> str:
     rows = []
     for name, f in results["formulations"].items():
         bpd = f["bits_per_dim"]
-        cell = "—" if bpd is None else f"{bpd['bpd']:.3f} ({bpd['method']})"
+        cell = "—" if bpd is None else f"{bpd['bpd']:.3f} ± {bpd['stderr']:.3f} ({bpd['method']})"
         rows.append([name, f"{f['parameters']:,}", f["lr"], f["fit_seconds"], cell])
     lines += [markdown_table(["formulation", "parameters", "LR", "fit s", "bits/dim (val)"], rows)]
     rows = [[r["formulation"], r["sampler"], r["nfe"], f"{r['fid']:.2f}", r["seconds"]]
             for r in results["fid"]]  # fmt: skip
     lines += ["", markdown_table(["formulation", "sampler", "NFE", "FID", "sampling s"], rows)]
-    header = ["formulation", "best FID, NFE ≤ 10", "best FID, any NFE", "ratio (target ≤ 1.2)"]
+    header = ["formulation", "best FID, NFE ≤ 5", "best FID, NFE ≤ 10", "best FID, any NFE",
+              "ratios ≤ 5 / ≤ 10 (targets 1.5 / 1.2)"]  # fmt: skip
     lines += ["", markdown_table(header, few_step_rows(results["fid"]))]
     return "\n".join(lines)
 
 
 def few_step_rows(rows: list[dict]) -> list[list]:
-    """Per formulation: its best FID at ≤ 10 NFE (and by what), its best at any NFE, the ratio."""
+    """Per formulation: its best FID at ≤ 5 and ≤ 10 NFE (and by what), its best at any NFE,
+    and their ratios to it."""
+
+    def best(rows: list[dict]) -> dict | None:
+        return min(rows, key=lambda r: r["fid"]) if rows else None
+
+    def cell(row: dict | None) -> str:
+        return "—" if row is None else f"{row['fid']:.2f} ({row['sampler']}, {row['nfe']})"
+
     table = []
     for name in dict.fromkeys(r["formulation"] for r in rows):
         mine = [r for r in rows if r["formulation"] == name]
-        best = min(mine, key=lambda r: r["fid"])
-        few = [r for r in mine if r["nfe"] <= 10]
-        if not few:
+        top, five = best(mine), best([r for r in mine if r["nfe"] <= 5])
+        ten = best([r for r in mine if r["nfe"] <= 10])
+        if ten is None:
             continue
-        top = min(few, key=lambda r: r["fid"])
-        table.append([name, f"{top['fid']:.2f} ({top['sampler']}, {top['nfe']})",
-                      f"{best['fid']:.2f} ({best['sampler']}, {best['nfe']})",
-                      f"{top['fid'] / best['fid']:.2f}"])  # fmt: skip
+        ratios = " / ".join(
+            "—" if r is None else f"{r['fid'] / top['fid']:.2f}" for r in (five, ten)
+        )
+        table.append([name, cell(five), cell(ten), cell(top), ratios])
     return table
 
 
@@ -417,7 +421,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="gits: Heun steps of the reference trajectory")  # fmt: skip
     parser.add_argument("--gits_candidates", type=int, default=None,
                         help="gits: candidate times (default: tune-grid's)")  # fmt: skip
-    parser.add_argument("--bound_repeats", type=int, default=10, help="VDM bound: draws per image")
+    parser.add_argument("--bound_samples", type=int, default=360, help="VDM bound: val images")
     parser.add_argument("--likelihood_samples", type=int, default=360, help="score-SDE: val images")
     parser.add_argument("--likelihood_tol", type=float, default=1e-5, help="score-SDE: RK45 tol")
     parser.add_argument("--device", default="cpu")

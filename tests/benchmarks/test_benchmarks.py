@@ -92,7 +92,7 @@ def test_digits_quality(load: Callable, tmp_path: Path, monkeypatch: pytest.Monk
     out = tmp_path / "quality.json"
     results = script.main([
         "--max_steps", "2", "--base_channels", "8", "--batch_size", "16", "--num_samples", "20",
-        "--sample_batch", "10", "--nfe", "2", "4", "--few_nfe", "3", "4", "--bound_repeats", "2",
+        "--sample_batch", "10", "--nfe", "2", "4", "--few_nfe", "3", "4", "--bound_samples", "4",
         "--likelihood_samples", "10", "--likelihood_tol", "1e-2",
         "--workdir", str(tmp_path / "runs"), "--out", str(out),
     ])  # fmt: skip
@@ -123,7 +123,8 @@ def test_digits_quality(load: Callable, tmp_path: Path, monkeypatch: pytest.Monk
         assert formulation["fit_seconds"] > 0 and formulation["parameters"] > 0
         bpd = formulation["bits_per_dim"]
         if name in ("vdm", "score_sde"):
-            assert math.isfinite(bpd["bpd"]) and bpd["examples"] == (360 if name == "vdm" else 10)
+            assert math.isfinite(bpd["bpd"]) and bpd["examples"] == (4 if name == "vdm" else 10)
+            assert bpd["stderr"] > 0  # over the examples
         else:
             assert bpd is None
     # --skip_fit evaluates the checkpoints already there.
