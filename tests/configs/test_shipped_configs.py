@@ -36,6 +36,7 @@ LOADS_A_RUN = {
     "cifar10/lcm.yaml": ("teacher", "cifar10/vdm.yaml"),
     "digits/lcm.yaml": ("teacher", "digits/vdm_cond.yaml"),
     "digits/lcm_lora.yaml": ("teacher", "digits/vdm_cond.yaml"),
+    "digits/latent_lcm.yaml": ("teacher", "digits/latent_vdm_cond.yaml"),
     "digits/consistency_distill.yaml": ("teacher", "digits/rectified_flow.yaml"),
     "toy2d/consistency_distill.yaml": ("teacher", "toy2d/rectified_flow.yaml"),
     "digits/consistency_tune.yaml": ("init", "digits/edm.yaml"),
@@ -111,7 +112,7 @@ class Runs:
         if config == "digits/autoencoder.yaml":  # narrow: the export encodes the train split
             args += ["--model.init_args.block_out_channels", "[8, 8, 8]",
                      "--model.init_args.norm_num_groups", "4"]  # fmt: skip
-        if config in ("digits/latent_rectified_flow.yaml", "digits/latent_vdm_cond.yaml"):
+        if config.startswith("digits/latent_"):
             args += ["--data.source.init_args.path", str(self._once("codes", _latent_codes))]
         if config == "toy2d/reflow.yaml":
             args += ["--data.source.init_args.path", str(self._once("pairs", self._pairs))]
