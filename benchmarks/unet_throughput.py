@@ -54,8 +54,9 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from diffusion_pl.denoiser import Denoiser
 from diffusion_pl.nets import UNet
-from diffusion_pl.parameterization import Denoiser, VelocityPrediction
+from diffusion_pl.parameterization import VelocityPrediction
 from diffusion_pl.paths import LinearPath
 from diffusion_pl.samplers import EulerSampler
 

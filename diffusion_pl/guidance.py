@@ -50,13 +50,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffusion_pl.compat import class_name
+from diffusion_pl.denoiser import Denoiser, batch_times
 from diffusion_pl.nets.protocol import DenoiserNet
-from diffusion_pl.parameterization import (
-    Denoiser,
-    Parameterization,
-    Prediction,
-    batch_times,
-)
+from diffusion_pl.parameterization import Parameterization, Prediction
 from diffusion_pl.paths import NoisePath
 
 __all__ = [

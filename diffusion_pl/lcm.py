@@ -20,13 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from diffusion_pl.consistency_function import ConsistencyFunction
+from diffusion_pl.denoiser import Denoiser
 from diffusion_pl.nets.protocol import DenoiserNet
-from diffusion_pl.parameterization import (
-    ConsistencyFunction,
-    Denoiser,
-    Parameterization,
-    Prediction,
-)
+from diffusion_pl.parameterization import Parameterization, Prediction
 from diffusion_pl.paths import NoisePath, PathCoefficients
 from diffusion_pl.tensors import as_batch
 

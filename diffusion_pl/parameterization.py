@@ -1,4 +1,4 @@
-"""What the network predicts, and the one ``Denoiser`` view every sampler consumes.
+"""What the network predicts: the readings of a network's output as the pair (x̂_0, ε̂).
 
 A parameterization decides what the network sees and how its output is read: its noise label
 at (t, α_t, σ_t), the scale of its input (1 but for EDM's c_in), the reading of the raw output
@@ -7,6 +7,9 @@ target for training. Every other quantity follows from the pair and the path (do
 section 5):
 
     score  s = −ε̂ / σ            velocity  u = α' x̂_0 + σ' ε̂
+
+:mod:`diffusion_pl.denoiser` wraps a net and a reading into the ``Denoiser`` every sampler
+consumes; :mod:`diffusion_pl.consistency_function` holds the readings of consistency models.
 """
 
 from __future__ import annotations
@@ -14,21 +17,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from diffusion_pl.nets.protocol import DenoiserNet
-from diffusion_pl.paths import NoisePath, PathCoefficients
-from diffusion_pl.tensors import as_batch
+from diffusion_pl.paths import PathCoefficients
 
 __all__ = [
-    "AverageVelocityDenoiser",
     "AverageVelocityPrediction",
-    "ConsistencyFunction",
-    "ConsistencyPreconditioning",
-    "Denoiser",
     "DenoiserFn",
     "EDMPreconditioning",
     "EpsilonPrediction",
@@ -38,7 +34,6 @@ __all__ = [
     "VPrediction",
     "VelocityPrediction",
     "X0Prediction",
-    "batch_times",
 ]
 
 
@@ -263,191 +258,3 @@ class EDMPreconditioning(Parameterization):
 
     def eps_scale(self, c: PathCoefficients) -> Tensor:
         return -c.alpha * self.sigma_data / self._norm(c)
-
-
-class ConsistencyFunction(Parameterization):
-    """A consistency function over the reading ``self.base`` of the net: the net sees the base's
-    input scale and noise label, a subclass's ``predict`` turns the base's x̂_0 into f, and it
-    has no regression target (the formulation ``trained_by`` trains it)."""
-
-    base: Parameterization
-    trained_by: ClassVar[str]
-    """The formulation (in diffusion_pl.formulations) that trains it."""
-    trained_how: ClassVar[str] = ""
-    """How, for the message that refuses a regression."""
-
-    def noise_label(self, t: Tensor, c: PathCoefficients) -> Tensor:
-        return self.base.noise_label(t, c)
-
-    def input_scale(self, c: PathCoefficients) -> Tensor | float:
-        return self.base.input_scale(c)
-
-    def target(self, x0: Tensor, eps: Tensor, c: PathCoefficients) -> Tensor:
-        raise ValueError(
-            f"{type(self).__name__} has no regression target: train it with "
-            f"diffusion_pl.formulations.{self.trained_by}{self.trained_how}"
-        )
-
-    def eps_scale(self, c: PathCoefficients) -> Tensor:
-        raise ValueError(
-            f"{type(self).__name__} is not trained by a weighted regression; use "
-            f"diffusion_pl.formulations.{self.trained_by}"
-        )
-
-
-class ConsistencyPreconditioning(ConsistencyFunction):
-    """The consistency function f(x̃, σ̃) of Song et al. over any denoiser D, any path.
-
-    On EDM's scaled variable x̃ = x/α at σ̃ = σ/α, Song et al.'s parameterization is
-
-        f = c_skip x̃ + c_out F,   c_skip = σ_d² / ((σ̃ − σ_min)² + σ_d²),
-                                   c_out = σ_d (σ̃ − σ_min) / √(σ̃² + σ_d²),
-
-    with F the net of EDM's preconditioning (c_in = 1/√(σ̃² + σ_d²), c_noise = ¼ ln σ̃). Any
-    parameterization's denoiser D = x̂_0 implies such an F, the one EDM's preconditioning
-    reads as D: F = (D − c_skip^E x̃)/c_out^E with c_skip^E = σ_d²/(σ̃² + σ_d²) and
-    c_out^E = σ̃ σ_d/√(σ̃² + σ_d²). Substituting, c_out/c_out^E = (σ̃ − σ_min)/σ̃ = r and
-
-        f = r D + (c_skip − r c_skip^E) x̃.
-
-    That is how f is read here, with D the ``base`` parameterization's x̂_0 (EDM's by default,
-    which gives Song et al.'s formula exactly; ε-, v- or velocity prediction give the same
-    consistency function over the net a diffusion model of that parameterization trained, so a
-    student copied from such a teacher starts as its denoiser: f → D as σ̃ grows). The net
-    sees the base's input scale and noise label. Written on x itself, with gap = σ − σ_min α,
-    m² = gap² + σ_d² α² and n² = σ² + σ_d² α²:
-
-        x̂_0 = (gap/σ) D + (σ_d² α / m² − σ_d² α gap / (σ n²)) x,    ε̂ = (x − α x̂_0) / σ,
-
-    finite at α = 0 (σ̃ = ∞: x̂_0 = D). At σ̃ = σ_min, gap = 0 and f = x̃ whatever the weights:
-    the boundary condition holds by construction, on the VE path (α = 1) bit for bit. The
-    reading is the denoiser x̂_0 every sampler consumes: a consistency model is sampled by any
-    sampler, and multistep consistency sampling
-    (:class:`~diffusion_pl.samplers.ConsistencySampler`) reads x̂_0 only.
-
-    It has no regression target: it is trained by the consistency losses of
-    :class:`~diffusion_pl.formulations.ConsistencyModel`.
-
-    Args:
-        sigma_data: σ_d, the data's standard deviation (0.5 for images in [−1, 1]).
-        sigma_min: σ_min, where f is the identity (0.002 in both papers); also the lowest σ̃
-            the default base's noise label distinguishes.
-        sigma_max: highest σ̃ the default base's noise label distinguishes (80).
-        base: the parameterization of D; None: :class:`EDMPreconditioning` (σ_d, σ_min, σ_max).
-
-    Reference: Song et al. (2023), "Consistency Models", Eq. 5–6 and App. C; Song & Dhariwal
-    (2023), "Improved Techniques for Training Consistency Models", Sec. 3 (σ_min = 0.002);
-    Karras et al. (2022), Table 1 (c_skip^E, c_out^E).
-    """
-
-    trained_by = "ConsistencyModel"
-    trained_how = " (consistency distillation or training)"
-
-    def __init__(
-        self,
-        sigma_data: float = 0.5,
-        sigma_min: float = 0.002,
-        sigma_max: float = 80.0,
-        base: Parameterization | None = None,
-    ) -> None:
-        edm = EDMPreconditioning(sigma_data, sigma_min, sigma_max)  # (checks the three)
-        self.sigma_data, self.sigma_min, self.sigma_max = sigma_data, sigma_min, sigma_max
-        self.base = edm if base is None else base
-
-    def predict(self, out: Tensor, x: Tensor, c: PathCoefficients) -> Prediction:
-        d = self.base.predict(out, x, c).x0
-        gap, sd2_alpha = c.sigma - self.sigma_min * c.alpha, self.sigma_data**2 * c.alpha
-        keep = sd2_alpha / (gap**2 + sd2_alpha * c.alpha) - sd2_alpha * gap / (
-            c.sigma * (c.sigma**2 + sd2_alpha * c.alpha)
-        )
-        x0 = gap / c.sigma * d + keep * x
-        return Prediction(x0=x0, eps=(x - c.alpha * x0) / c.sigma)
-
-
-def batch_times(t: Tensor | float, x: Tensor) -> Tensor:
-    """Times ``[B]`` on x's device for a batch x; a Python float takes x's dtype (≥ float32).
-
-    A tensor keeps its dtype (float64 grids stay float64), so a float64 model never sees a
-    time rounded to float32.
-    """
-    dtype = torch.promote_types(x.dtype, torch.float32)
-    return as_batch(t if isinstance(t, Tensor) else torch.tensor(t, dtype=dtype), x.shape[0], x)
-
-
-class Denoiser:
-    """The callable every sampler consumes: ``denoiser(x, t) -> Prediction``.
-
-    Wraps a network, the path and the parameterization. The network sees x scaled by the
-    parameterization's ``input_scale(c)`` and its ``noise_label(t, c)``, and its output is
-    cast to float32 before it meets the path math (float64 inputs stay float64, and so do
-    times given as Python floats). Counts network evaluations (``nfe``).
-
-    Args:
-        net: ``net(x, noise_labels [B], class_labels [B] | None) -> Tensor`` shaped as x.
-        path: the noise path the net was trained on.
-        parameterization: how to read the net's output.
-        class_labels: optional labels ``[B]`` passed to every call.
-    """
-
-    reads: ClassVar[type[Parameterization] | None] = None
-    """The parameterization a subclass needs (None: any)."""
-
-    def __init__(
-        self,
-        net: DenoiserNet,
-        path: NoisePath,
-        parameterization: Parameterization,
-        class_labels: Tensor | None = None,
-    ) -> None:
-        if self.reads is not None and not isinstance(parameterization, self.reads):
-            raise ValueError(
-                f"a {type(self).__name__} reads what a {self.reads.__name__} predicts: its "
-                f"parameterization must be {self.reads.__name__}, got "
-                f"{type(parameterization).__name__}"
-            )
-        self.net, self.path, self.parameterization = net, path, parameterization
-        self.class_labels = class_labels
-        self.nfe = 0
-
-    def noise_labels(self, t: Tensor, c: PathCoefficients) -> Tensor:
-        """What the net sees of the noise level at times t ``[B]``: the parameterization's label
-        (a subclass may add labels of its own, as LCM's guidance scale ω)."""
-        return self.parameterization.noise_label(t, c)
-
-    def __call__(self, x: Tensor, t: Tensor | float) -> Prediction:
-        dtype = torch.promote_types(x.dtype, torch.float32)
-        t = batch_times(t, x)
-        c = self.path.coefficients(t.to(dtype), x.ndim)
-        labels = self.noise_labels(t, c)
-        net_in = (x * self.parameterization.input_scale(c)).to(x.dtype)
-        out = self.net(net_in, labels.to(x.dtype), self.class_labels).to(dtype)
-        self.nfe += 1
-        return self.parameterization.predict(out, x.to(dtype), c)
-
-
-class AverageVelocityDenoiser(Denoiser):
-    """A :class:`Denoiser` of a MeanFlow net that also gives the average velocity u(x, r, t).
-
-    ``denoiser(x, t)`` reads u(x, t, t) = v(x, t) as a velocity (every sampler can use it);
-    :meth:`average_velocity` is what the mean-flow sampler jumps with,
-    z_r = z_t − (t − r) u(z_t, r, t).
-
-    Args:
-        net: a net with ``num_noise_labels = 2`` that predicts u from (t, t − r).
-        path: the path the net was trained on (the linear path).
-        parameterization: an :class:`AverageVelocityPrediction`.
-        class_labels: optional labels ``[B]`` passed to every call.
-
-    Reference: Geng et al. (2025), "Mean Flows for One-step Generative Modeling", Sec. 4.1 and
-    Algorithm 2 (sampling).
-    """
-
-    reads = AverageVelocityPrediction
-
-    def average_velocity(self, x: Tensor, r: Tensor | float, t: Tensor | float) -> Tensor:
-        """u(x, r, t) ``[B, ...]`` for times r ≤ t (scalars or ``[B]``), in ≥ float32."""
-        dtype = torch.promote_types(x.dtype, torch.float32)
-        labels = AverageVelocityPrediction.interval_labels(batch_times(r, x), batch_times(t, x))
-        out = self.net(x, labels.to(x.dtype), self.class_labels).to(dtype)
-        self.nfe += 1
-        return out

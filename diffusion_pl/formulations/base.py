@@ -17,6 +17,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from diffusion_pl.compat import attached_trainer
+from diffusion_pl.denoiser import Denoiser
 from diffusion_pl.formulations.classifier import NoisyClassifier
 from diffusion_pl.formulations.guided import GuidedSampling
 from diffusion_pl.formulations.lora import LoRATraining
@@ -25,7 +26,7 @@ from diffusion_pl.guidance import ClassifierFreeGuidance
 from diffusion_pl.lora import LoRA
 from diffusion_pl.nets.protocol import DenoiserNet
 from diffusion_pl.objectives import Objective, Teacher, mean_flat
-from diffusion_pl.parameterization import Denoiser, Parameterization
+from diffusion_pl.parameterization import Parameterization
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.randomness import ExampleNoise, Generators, rand
 from diffusion_pl.samplers import Sampler

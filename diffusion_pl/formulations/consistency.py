@@ -10,6 +10,7 @@ from __future__ import annotations
 from jsonargparse import lazy_instance
 from torch import nn
 
+from diffusion_pl.consistency_function import ConsistencyPreconditioning
 from diffusion_pl.formulations.base import DiffusionModule
 from diffusion_pl.formulations.consistency_base import ConsistencyBase
 from diffusion_pl.formulations.consistency_checks import check_teacher_range
@@ -26,7 +27,7 @@ from diffusion_pl.objectives.consistency import (
     Span,
     TeacherStep,
 )
-from diffusion_pl.parameterization import ConsistencyPreconditioning, Parameterization
+from diffusion_pl.parameterization import Parameterization
 from diffusion_pl.paths import NoisePath, VEPath
 from diffusion_pl.samplers import ConsistencySampler, Sampler
 

@@ -8,10 +8,11 @@ import math
 import torch
 
 from diffusion_pl.compat import class_name as name
+from diffusion_pl.consistency_function import ConsistencyPreconditioning
+from diffusion_pl.denoiser import Denoiser
 from diffusion_pl.formulations.base import DiffusionModule
 from diffusion_pl.lcm import LCMPreconditioning
 from diffusion_pl.objectives.consistency import scaled_denoiser
-from diffusion_pl.parameterization import ConsistencyPreconditioning, Denoiser
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.randomness import randn
 from diffusion_pl.tensors import append_dims

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from diffusion_pl.compat import class_name
+from diffusion_pl.consistency_function import ConsistencyPreconditioning
 from diffusion_pl.formulations.classifier import NoisyClassifier
 from diffusion_pl.guidance import (
     Autoguidance,
@@ -16,7 +17,6 @@ from diffusion_pl.guidance import (
     check_same_path,
 )
 from diffusion_pl.lcm import LCMPreconditioning
-from diffusion_pl.parameterization import ConsistencyPreconditioning
 from diffusion_pl.samplers import DenoiserFn
 
 __all__ = ["GuidedSampling", "check_guide"]

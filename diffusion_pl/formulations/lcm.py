@@ -15,6 +15,7 @@ from jsonargparse import lazy_instance
 from torch import Tensor, nn
 
 from diffusion_pl.compat import class_name, lazy_class
+from diffusion_pl.denoiser import Denoiser
 from diffusion_pl.formulations.base import DiffusionModule
 from diffusion_pl.formulations.consistency_base import ConsistencyBase
 from diffusion_pl.guidance import check_same_path
@@ -36,7 +37,7 @@ from diffusion_pl.objectives.consistency import (
     TeacherStep,
     Unweighted,
 )
-from diffusion_pl.parameterization import Denoiser, EpsilonPrediction, Parameterization
+from diffusion_pl.parameterization import EpsilonPrediction, Parameterization
 from diffusion_pl.paths import DDPMPath, NoisePath
 from diffusion_pl.samplers import LCMSampler, Sampler
 

@@ -25,11 +25,12 @@ from __future__ import annotations
 from jsonargparse import lazy_instance
 from torch import nn
 
+from diffusion_pl.denoiser import AverageVelocityDenoiser
 from diffusion_pl.formulations.base import DiffusionModule
 from diffusion_pl.hparams import save_config
 from diffusion_pl.nets.protocol import MultiLabelDenoiserNet
 from diffusion_pl.objectives.meanflow import MeanFlowLoss, meanflow_target
-from diffusion_pl.parameterization import AverageVelocityDenoiser, AverageVelocityPrediction
+from diffusion_pl.parameterization import AverageVelocityPrediction
 from diffusion_pl.paths import LinearPath
 from diffusion_pl.samplers import MeanFlowSampler, Sampler
 from diffusion_pl.time_sampling import LogitNormal, TimeSampling

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import Tensor
 
+from diffusion_pl.denoiser import Denoiser
 from diffusion_pl.parameterization import (
-    Denoiser,
     EpsilonPrediction,
     Parameterization,
     ScorePrediction,

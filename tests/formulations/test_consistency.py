@@ -16,6 +16,8 @@ from torch import Tensor
 
 from diffusion_pl.checkpoints import Checkpoint, load_module, read_checkpoint
 from diffusion_pl.cli import main
+from diffusion_pl.consistency_function import ConsistencyPreconditioning
+from diffusion_pl.denoiser import Denoiser
 from diffusion_pl.formulations import ConsistencyModel, RectifiedFlow
 from diffusion_pl.formulations.consistency_checks import (
     check_same_reading,
@@ -37,12 +39,7 @@ from diffusion_pl.objectives.consistency import (
     pseudo_huber,
     scaled_denoiser,
 )
-from diffusion_pl.parameterization import (
-    ConsistencyPreconditioning,
-    Denoiser,
-    Prediction,
-    VelocityPrediction,
-)
+from diffusion_pl.parameterization import Prediction, VelocityPrediction
 from diffusion_pl.paths import LinearPath, NoisePath, VEPath, VPLinearPath
 from diffusion_pl.randomness import sample_generators
 from diffusion_pl.samplers import SAMPLERS, ConsistencySampler

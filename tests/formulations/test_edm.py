@@ -13,10 +13,11 @@ from mixture_checks import mixture_oracle
 from torch import Tensor, nn
 
 from diffusion_pl.data import Toy2D
+from diffusion_pl.denoiser import Denoiser
 from diffusion_pl.formulations import EDM
 from diffusion_pl.nets import MLP
 from diffusion_pl.oracle import GaussianMixtureOracle
-from diffusion_pl.parameterization import Denoiser, EDMPreconditioning
+from diffusion_pl.parameterization import EDMPreconditioning
 from diffusion_pl.paths import LinearPath, NoisePath, VEPath, VPLinearPath
 from diffusion_pl.samplers.grids import karras_sigmas
 from diffusion_pl.time_sampling import LogNormal

@@ -43,6 +43,7 @@ from diffusion_pl.callbacks import FID, SampleGrid
 from diffusion_pl.checkpoints import Checkpoint
 from diffusion_pl.cli import main
 from diffusion_pl.data import DiffusionDataModule, Digits
+from diffusion_pl.denoiser import Denoiser
 from diffusion_pl.formulations import (
     EDM,
     NCSN,
@@ -59,11 +60,7 @@ from diffusion_pl.guidance import Autoguidance
 from diffusion_pl.metrics import FIDEvaluator
 from diffusion_pl.mixture import GaussianMixtureSpec
 from diffusion_pl.nets import MLP, MLPClassifier, UNet
-from diffusion_pl.parameterization import (
-    Denoiser,
-    Parameterization,
-    Prediction,
-)
+from diffusion_pl.parameterization import Parameterization, Prediction
 from diffusion_pl.paths import LinearPath, NoisePath
 from diffusion_pl.samplers import (
     ConsistencySampler,

@@ -31,6 +31,7 @@ from mixture_checks import (
 )
 from torch import Tensor
 
+from diffusion_pl.denoiser import Denoiser
 from diffusion_pl.formulations import VDM, NoisyClassifier
 from diffusion_pl.guidance import (
     ClassifierFreeGuidance,
@@ -43,7 +44,6 @@ from diffusion_pl.learned_schedule import LearnedVPPath
 from diffusion_pl.nets import MLP, MLPClassifier
 from diffusion_pl.oracle import GaussianMixtureOracle
 from diffusion_pl.parameterization import (
-    Denoiser,
     EpsilonPrediction,
     Parameterization,
     ScorePrediction,

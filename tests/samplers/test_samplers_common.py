@@ -8,10 +8,11 @@ from jsonargparse import lazy_instance
 from mixture_checks import mixture_oracle
 from torch import Tensor
 
+from diffusion_pl.denoiser import batch_times
 from diffusion_pl.learned_schedule import LearnedVPPath
 from diffusion_pl.likelihood import log_likelihood
 from diffusion_pl.oracle import GaussianMixtureOracle
-from diffusion_pl.parameterization import Prediction, batch_times
+from diffusion_pl.parameterization import Prediction
 from diffusion_pl.paths import NoisePath, VPLinearPath
 from diffusion_pl.randomness import sample_generators
 from diffusion_pl.samplers import SAMPLERS, EulerSampler, RK45Sampler, Sampler

@@ -24,6 +24,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from diffusion_pl.denoiser import Denoiser
 from diffusion_pl.guidance import ClassifierFreeGuidance
 from diffusion_pl.lcm import GuidanceInputDenoiser
 from diffusion_pl.objectives.base import Batch, Model
@@ -36,7 +37,6 @@ from diffusion_pl.objectives.consistency.parts import (
     TeacherStep,
     scaled_denoiser,
 )
-from diffusion_pl.parameterization import Denoiser
 from diffusion_pl.randomness import Generators, rand
 from diffusion_pl.tensors import append_dims
 

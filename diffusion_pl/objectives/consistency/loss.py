@@ -20,6 +20,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
+from diffusion_pl.denoiser import Denoiser
 from diffusion_pl.objectives.base import Batch, Model, Objective
 from diffusion_pl.objectives.consistency.levels import LevelSampling, Progress, Span
 from diffusion_pl.objectives.consistency.parts import (
@@ -29,7 +30,6 @@ from diffusion_pl.objectives.consistency.parts import (
     TeacherStep,
     scaled_denoiser,
 )
-from diffusion_pl.parameterization import Denoiser
 from diffusion_pl.randomness import Generators
 from diffusion_pl.tensors import append_dims
 
