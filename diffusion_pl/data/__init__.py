@@ -1,7 +1,8 @@
 """Data for diffusion training: one DataModule and the sources it can serve."""
 
 from diffusion_pl.data.datamodule import DiffusionDataModule
-from diffusion_pl.data.images import Digits, HFImages
+from diffusion_pl.data.digits import Digits
+from diffusion_pl.data.images import HFImages
 from diffusion_pl.data.latents import Latents
 from diffusion_pl.data.pairs import ReflowPairs
 from diffusion_pl.data.sources import Example, Source, Split

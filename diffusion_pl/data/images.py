@@ -1,4 +1,5 @@
-"""Image sources: the bundled 8×8 digits, and anything Hugging Face ``datasets`` can read."""
+"""Images from anything Hugging Face ``datasets`` can read: a hub name, a local folder or a
+saved dataset (the bundled digits are in :mod:`diffusion_pl.data.digits`)."""
 
 from __future__ import annotations
 
@@ -8,20 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import datasets as hf
-import numpy as np
-import PIL.Image
 import torch
-import torch.nn.functional as F
 from huggingface_hub import HfApi
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
-from torch import Tensor
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset
 
-from diffusion_pl.data.sources import Example, Source, Split, check_split
+from diffusion_pl.data.image_rows import ImageRows, row_example
+from diffusion_pl.data.sources import Example, Source, Split, check_fraction, check_split
 from diffusion_pl.data.streaming import StreamingSplit, parquet_rows
 
-__all__ = ["Digits", "HFImages"]
+__all__ = ["HFImages"]
 
 HUB_TIMEOUT_S = 10.0
 """Seconds to wait for the Hugging Face hub before declaring it unreachable."""
@@ -32,128 +28,6 @@ _LOCAL_COPY_HINT = (
     "`from_disk: true` for a folder written by `save_to_disk`; for a dataset already in the "
     "Hugging Face cache, set the environment variable HF_HUB_OFFLINE=1."
 )
-
-
-_DIGIT_LEVELS = 17
-
-
-def _check_fraction(val_fraction: float) -> None:
-    """Raise a ValueError unless 0 < ``val_fraction`` < 1."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-
-
-class Digits(Source):
-    """Scikit-learn's bundled 8×8 handwritten digits: 1,797 images, 17 grey levels, offline.
-
-    A pixel v ∈ {0, …, 16} becomes x = v/16·2 − 1 ∈ [−1, 1]. For ``size`` ≠ 8 images are
-    resized bilinearly (antialiased when shrinking) and snapped back to the 17 levels, so
-    :attr:`num_levels` stays 17. A split stratified by class and seeded by ``seed`` holds out
-    ``val_fraction`` of the images: the defaults give 1,437 train / 360 val. Labels are the
-    digits 0–9. A mirrored digit is not a digit, so the DataModule refuses ``hflip``.
-
-    Reference:
-        Alpaydin & Kaynak (1998), Optical Recognition of Handwritten Digits, UCI ML Repository.
-
-    Args:
-        size: side of the square images.
-        val_fraction: fraction of the images held out for validation.
-        seed: seed of the train/val split.
-    """
-
-    def __init__(self, size: int = 8, val_fraction: float = 0.2, seed: int = 0) -> None:
-        if size <= 0:
-            raise ValueError(f"size must be > 0, got {size}")
-        _check_fraction(val_fraction)
-        self.size = size
-        self.val_fraction = val_fraction
-        self.seed = seed
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """``(1, size, size)``."""
-        return (1, self.size, self.size)
-
-    @property
-    def num_classes(self) -> int:
-        """Ten digit classes."""
-        return 10
-
-    @property
-    def num_levels(self) -> int:
-        """17 grey levels, 0–16."""
-        return _DIGIT_LEVELS
-
-    def load(self, split: Split) -> TensorDataset:
-        """Read the bundled images and return one split as ``(x, y)`` examples."""
-        check_split(split)
-        digits = load_digits()
-        x = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16 * 2 - 1
-        if self.size != 8:
-            size = (self.size, self.size)
-            x = F.interpolate(x, size, mode="bilinear", antialias=self.size < 8)
-            steps = _DIGIT_LEVELS - 1
-            x = torch.round((x + 1) / 2 * steps) / steps * 2 - 1
-        train, val = train_test_split(
-            np.arange(len(x)),
-            test_size=self.val_fraction,
-            random_state=self.seed,
-            stratify=digits.target,
-        )
-        index = torch.as_tensor(train if split == "train" else val)
-        return TensorDataset(x[index], torch.as_tensor(digits.target, dtype=torch.int64)[index])
-
-
-def _image_to_tensor(image: PIL.Image.Image, size: int, mode: str) -> Tensor:
-    """Convert to ``mode``, centre-crop to a square, resize to ``size``, scale to [−1, 1].
-
-    Args:
-        image: any PIL image.
-        size: side of the output.
-        mode: ``"RGB"`` or ``"L"``.
-
-    Returns:
-        ``[C, size, size]`` float32, C = 3 for RGB and 1 for L.
-    """
-    image = image.convert(mode)
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    image = image.crop((left, top, left + side, top + side))
-    if side != size:
-        image = image.resize((size, size), PIL.Image.Resampling.BICUBIC)
-    pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).reshape(size, size, -1)
-    return pixels.permute(2, 0, 1).float() / 127.5 - 1.0
-
-
-def _row_example(
-    row: dict[str, Any], image_column: str, label_column: str | None, size: int, mode: str
-) -> Example:
-    """One dataset row as an ``(x, y)`` example (see :func:`_image_to_tensor`).
-
-    The image may be a PIL image, an undecoded ``{"bytes", "path"}`` cell of an ``Image``
-    column (decoded here), or an array of 8-bit pixels.
-    """
-    image = row[image_column]
-    if isinstance(image, dict):
-        image = hf.Image().decode_example(image)
-    elif not isinstance(image, PIL.Image.Image):
-        image = PIL.Image.fromarray(np.asarray(image, dtype=np.uint8))
-    label = -1 if label_column is None else row[label_column]
-    return _image_to_tensor(image, size, mode), torch.tensor(label, dtype=torch.int64)
-
-
-class _ImageDataset(Dataset[Example]):
-    """Rows (a Hugging Face split, or a list of raw rows) decoded into ``(x, y)`` on access."""
-
-    def __init__(self, data: hf.Dataset | list[dict[str, Any]], decode: partial[Example]) -> None:
-        self.data = data
-        self.decode = decode
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, index: int) -> Example:
-        return self.decode(self.data[index])
 
 
 class HFImages(Source):
@@ -236,7 +110,7 @@ class HFImages(Source):
             raise ValueError(f"num_classes must be > 0 or None, got {num_classes}")
         if from_disk and builder is not None:
             raise ValueError(f"from_disk reads a saved dataset, which needs no builder={builder!r}")
-        _check_fraction(val_fraction)
+        check_fraction(val_fraction)
         _check_streaming(streaming, from_disk, split_val, shuffle_buffer, num_train, num_val)
         self.path = path
         self.split_train = split_train
@@ -286,7 +160,7 @@ class HFImages(Source):
         else:
             self._load_splits()
 
-    def load(self, split: Split) -> _ImageDataset | StreamingSplit:
+    def load(self, split: Split) -> ImageRows | StreamingSplit:
         """Return one split, decoded into ``(x, y)`` examples on access (the streamed train
         split: a :class:`~diffusion_pl.data.streaming.StreamingSplit`)."""
         check_split(split)
@@ -294,16 +168,16 @@ class HFImages(Source):
             return self._open_streams()[split]
         data = self._load_splits()[split]
         columns = [c for c in (self.image_column, self.label_column) if c is not None]
-        return _ImageDataset(data.select_columns(columns), self._decoder())
+        return ImageRows(data.select_columns(columns), self._decoder())
 
     def _decoder(self) -> partial[Example]:
         """Row → ``(x, y)`` for this source's columns, size and channels (it pickles)."""
         return partial(
-            _row_example, image_column=self.image_column, label_column=self.label_column,
+            row_example, image_column=self.image_column, label_column=self.label_column,
             size=self.image_size, mode="RGB" if self.channels == 3 else "L",
         )  # fmt: skip
 
-    def _open_streams(self) -> dict[Split, _ImageDataset | StreamingSplit]:
+    def _open_streams(self) -> dict[Split, ImageRows | StreamingSplit]:
         """Open the train stream and read the val split's first ``num_val`` rows, once."""
         if self._streams is None:
             loaded = self._open()
@@ -315,7 +189,7 @@ class HFImages(Source):
             decode = self._decoder()
             self._streams = {
                 "train": StreamingSplit(train, decode, self._count_train(), self.shuffle_buffer),
-                "val": _ImageDataset(rows, decode),
+                "val": ImageRows(rows, decode),
             }
         return self._streams
 

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from diffusion_pl.mixture import GaussianMixtureSpec
 
-__all__ = ["Example", "Source", "Split", "check_split"]
+__all__ = ["Example", "Source", "Split", "check_fraction", "check_split"]
 
 Split = Literal["train", "val"]
 Example = tuple[Tensor, Tensor]
@@ -95,3 +95,9 @@ class Source(ABC):
             A map-style dataset of ``(x, y)`` examples as described in the module docstring,
             or, for a streamed train split, a :class:`~diffusion_pl.data.streaming.StreamingSplit`.
         """
+
+
+def check_fraction(val_fraction: float) -> None:
+    """Raise a ValueError unless 0 < ``val_fraction`` < 1."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
