@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
         reconstructed = ae.reconstruct(real.to(args.device)).clamp(-1, 1).cpu()
     picture = save_image_grid(torch.cat([real, reconstructed, latent_x, pixel_x]),
                               args.out.with_suffix(".png"), nrow=10)  # fmt: skip
-    results["picture"] = str(picture)
+    results["picture"] = picture.name  # beside the JSON
     write_results(args.out, results, report(results))
     print(report(results))
     return results

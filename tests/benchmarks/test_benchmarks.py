@@ -240,6 +240,7 @@ def test_latent_quality_runs_the_autoencoder_both_flows_and_draws_the_picture(
     for name in ("latent", "pixel"):
         assert math.isfinite(results[name]["fid"]) and results[name]["img_per_s"] > 0
     assert out.with_suffix(".png").is_file() and "rFID" in out.with_suffix(".md").read_text()
+    assert results["picture"] == "latent.png"  # named relative to the JSON beside it
     assert json.loads(out.read_text())["latent"]["steps"] >= 1
 
 
