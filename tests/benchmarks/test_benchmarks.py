@@ -158,6 +158,12 @@ def test_digits_quality_few_step_solvers_on_tuned_grids(
         assert math.isfinite(row["fid"])
     euler = next(r for r in results["fid"] if r["sampler"] == "euler")
     assert "grid=None" in euler["settings"]  # only the few-step solvers are tuned
+    # fresh_seeds rebuilds the headline rows (tuning their grids again): seed 0 is the run's.
+    seeds = load("fresh_seeds").main(["--results", str(tmp_path / "q.json"), "--seeds", "0", "1"])
+    assert {r["nfe_limit"] for r in seeds["rows"]} == {"≤ 5", "≤ 10", "any"}
+    for row in seeds["rows"]:
+        assert row["fid"][0] == row["run_fid"] and row["fid"][1] != row["run_fid"]
+    assert "≤ 5 NFE ÷ any" in (tmp_path / "q_seeds.md").read_text()
 
 
 def test_phema_autoguidance(

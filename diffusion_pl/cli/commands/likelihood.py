@@ -141,6 +141,7 @@ def _ode(
             "rtol": rtol, "atol": atol}, origin  # fmt: skip
 
 
+@torch.no_grad()  # an evaluation: the sum over T steps must not keep T graphs alive
 def _bound(
     module: DiffusionModule,
     data: torch.Tensor,
