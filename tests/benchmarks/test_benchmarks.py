@@ -166,6 +166,29 @@ def test_digits_quality_few_step_solvers_on_tuned_grids(
     assert "≤ 5 NFE ÷ any" in (tmp_path / "q_seeds.md").read_text()
 
 
+def test_quickstart_quality_scores_each_training_seed_with_each_sampling_seed(
+    load: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two 2-step fits of the quick start's config (narrowed): each scored with two sampling
+    seeds; different seeds give different scores, and the summary compares with the floor."""
+    monkeypatch.setenv("DIFFUSION_PL_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "quick.json"
+    results = load("quickstart_quality").main([
+        "--seeds", "0", "1", "--sampling_seeds", "0", "1", "--num_samples", "20",
+        "--batch_size", "10", "--override", "trainer.max_steps", "2",
+        "--override", "model.init_args.net.init_args.base_channels", "8",
+        "--override", "data.global_batch_size", "16",
+        "--workdir", str(tmp_path / "runs"), "--out", str(out),
+    ])  # fmt: skip
+    assert [r["seed"] for r in results["runs"]] == [0, 1]
+    for run in results["runs"]:
+        assert run["fit_seconds"] > 0 and run["val_fid"] is None  # no validation in 2 steps
+        assert set(run["fid"]) == {0, 1} and run["fid"][0] != run["fid"][1]
+    assert results["runs"][0]["fid"][0] != results["runs"][1]["fid"][0]
+    report = out.with_suffix(".md").read_text()
+    assert "÷ floor (≤ 2)" in report and "trainer.max_steps" in report
+
+
 def test_phema_autoguidance(
     load: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
