@@ -52,7 +52,6 @@ import torch
 import yaml
 from _common import ROOT, markdown_table, report_header, run_record, write_results
 from matplotlib.figure import Figure
-from torch import Tensor
 
 from diffusion_pl.checkpoints import load_datamodule, load_module
 from diffusion_pl.cli import likelihood
@@ -248,20 +247,19 @@ def scored(
             "seconds": round(seconds, 1)}  # fmt: skip
 
 
-def bits_per_dim(
-    name: str, module: DiffusionModule, ckpt: Path, val: Tensor, args: argparse.Namespace
-) -> dict | None:
-    """Bits/dim of the val split: VDM's bound, score-SDE's PF-ODE likelihood; else None."""
+def bits_per_dim(name: str, ckpt: Path, num_val: int, args: argparse.Namespace) -> dict | None:
+    """Bits/dim of the val split (``num_val`` images) by ``diffusion-pl likelihood``: VDM's
+    bound, score-SDE's PF-ODE likelihood; else None."""
     start = time.perf_counter()
     if name == "vdm":
-        n = min(args.bound_samples, len(val))
+        n = min(args.bound_samples, num_val)
         scores = likelihood(str(ckpt), "val", n, method="bound", device=args.device)
         steps = scores["steps"]
         exact = f"summed over all {steps} steps" if steps else "one draw of (t, ε)"
         result = {"bpd": round(scores["bpd"], 4), "stderr": round(scores["bpd_stderr"], 4),
                   "method": f"variational bound, {exact} per image", "examples": n}  # fmt: skip
     elif name == "score_sde":
-        tol, n = args.likelihood_tol, min(args.likelihood_samples, len(val))
+        tol, n = args.likelihood_tol, min(args.likelihood_samples, num_val)
         scores = likelihood(str(ckpt), "val", n, rtol=tol, atol=tol, device=args.device)
         result = {"bpd": round(scores["bpd"], 4), "stderr": round(scores["bpd_stderr"], 4),
                   "method": f"PF-ODE from t_eps={scores['t_eps']:g}, RK45 rtol=atol={tol:g}, "
@@ -278,12 +276,11 @@ def evaluate(
     """Bits/dim and the FID sweep of one checkpoint: (summary, rows)."""
     module = load_module(ckpt, map_location=args.device).eval()
     datamodule = load_datamodule(ckpt)
-    val = datamodule.real_samples("val", len(datamodule.dataset("val")))
     summary = {
         "checkpoint": str(ckpt),
         "parameters": sum(p.numel() for p in module.net.parameters()),
         "lr": module.optimizer_factory(module.parameters()).defaults["lr"],
-        "bits_per_dim": bits_per_dim(name, module, ckpt, val, args),
+        "bits_per_dim": bits_per_dim(name, ckpt, len(datamodule.dataset("val")), args),
     }
     rows = []
     few_grid = few_step_grid(module, args)
@@ -370,21 +367,32 @@ def report(results: dict) -> str:
     return "\n".join(lines)
 
 
+NFE_RANGES = {"≤ 5": (0, 5), "≤ 10": (0, 10), "≥ 50": (50, None), "any": (0, None)}
+"""Ranges of NFE (low, high or None) in which a formulation's best row is reported."""
+
+
+def best_rows(rows: list[dict]) -> dict[str, dict]:
+    """One formulation's best row (least FID) in each range of :data:`NFE_RANGES` that has
+    rows: at ≤ 5 NFE, at ≤ 10, at ≥ 50 (a full solve) and at any NFE."""
+    best = {}
+    for label, (low, high) in NFE_RANGES.items():
+        fitting = [r for r in rows if low <= r["nfe"] and (high is None or r["nfe"] <= high)]
+        if fitting:
+            best[label] = min(fitting, key=lambda r: r["fid"])
+    return best
+
+
 def few_step_rows(rows: list[dict]) -> list[list]:
     """Per formulation: its best FID at ≤ 5 and ≤ 10 NFE (and by what), its best at any NFE,
     and their ratios to it."""
-
-    def best(rows: list[dict]) -> dict | None:
-        return min(rows, key=lambda r: r["fid"]) if rows else None
 
     def cell(row: dict | None) -> str:
         return "—" if row is None else f"{row['fid']:.2f} ({row['sampler']}, {row['nfe']})"
 
     table = []
     for name in dict.fromkeys(r["formulation"] for r in rows):
-        mine = [r for r in rows if r["formulation"] == name]
-        top, five = best(mine), best([r for r in mine if r["nfe"] <= 5])
-        ten = best([r for r in mine if r["nfe"] <= 10])
+        best = best_rows([r for r in rows if r["formulation"] == name])
+        five, ten, top = best.get("≤ 5"), best.get("≤ 10"), best["any"]
         if ten is None:
             continue
         ratios = " / ".join(

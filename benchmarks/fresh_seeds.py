@@ -40,21 +40,6 @@ from diffusion_pl.samplers import GRIDS, SAMPLERS, Grid, Sampler
 _CUSTOM_GRID = re.compile(r", grid=CustomGrid\(times=\[[^\]]*\]\)")
 
 
-HEADLINES = {"≤ 5": (0, 5), "≤ 10": (0, 10), "≥ 50": (50, None), "any": (0, None)}
-"""The rows this script rescores: per formulation, the best (by FID) in each NFE range."""
-
-
-def headline_rows(rows: list[dict]) -> dict[str, dict]:
-    """One formulation's rows: its best at ≤ 5 NFE, at ≤ 10, at ≥ 50 (a full solve) and at
-    any NFE."""
-    picked = {}
-    for label, (low, high) in HEADLINES.items():
-        fitting = [r for r in rows if low <= r["nfe"] and (high is None or r["nfe"] <= high)]
-        if fitting:
-            picked[label] = min(fitting, key=lambda r: r["fid"])
-    return picked
-
-
 def rebuild(settings: str, tuned: Callable[[Sampler], Grid] | None) -> Sampler:
     """The sampler a row printed as ``settings``: its class and arguments read back from the
     repr (sampler and grid classes only, no builtins), a tuned grid tuned again."""
@@ -83,6 +68,8 @@ def main(argv: list[str] | None = None) -> dict:
     run = json.loads(args.results.read_text())
     settings = argparse.Namespace(**{**run["settings"], "device": args.device})
     results = {**run_record("fresh_seeds.py", argv, args), "run": str(args.results), "rows": []}
+    evaluators = {seed: FIDEvaluator("digits", "val", settings.num_samples, settings.sample_batch,
+                                     seed=seed, progress=False) for seed in args.seeds}  # fmt: skip
     for name, formulation in run["formulations"].items():
         ckpt = Path(formulation["checkpoint"])
         module = load_module(ckpt, map_location=args.device).eval()
@@ -90,14 +77,11 @@ def main(argv: list[str] | None = None) -> dict:
         tuned = digits_quality.few_step_grid(module, settings)
         mine = [r for r in run["fid"] if r["formulation"] == name]
         scores: dict[str, dict[int, float]] = {}  # by settings: a row may head two columns
-        for label, row in headline_rows(mine).items():
+        for label, row in digits_quality.best_rows(mine).items():
             sampler = rebuild(row["settings"], tuned)
             fids = scores.setdefault(row["settings"], {})
             for seed in [s for s in args.seeds if s not in fids]:
-                evaluator = FIDEvaluator("digits", "val", settings.num_samples,
-                                         settings.sample_batch, seed=seed,
-                                         progress=False)  # fmt: skip
-                fids[seed] = round(evaluator.evaluate(module, datamodule, sampler)["fid"], 3)
+                fids[seed] = round(evaluators[seed].evaluate(module, datamodule, sampler)["fid"], 3)
             results["rows"].append({"formulation": name, "nfe_limit": label,
                                     "sampler": row["sampler"], "nfe": row["nfe"],
                                     "run_fid": row["fid"], "fid": dict(fids)})  # fmt: skip

@@ -79,15 +79,14 @@ def main(argv: list[str] | None = None) -> dict:
                         default=ROOT / "benchmarks/results/quickstart_quality.json")  # fmt: skip
     args = parser.parse_args(argv)
     results = {**run_record("quickstart_quality.py", argv, args), "runs": []}
+    evaluators = {seed: FIDEvaluator("digits", "val", args.num_samples, args.batch_size,
+                                     seed=seed, progress=False)
+                  for seed in args.sampling_seeds}  # fmt: skip
     for seed in args.seeds:
         ckpt, seconds = fit(args.config, args.workdir / f"seed{seed}", seed, args.override)
         module = load_module(ckpt, map_location=args.device).eval()
         datamodule = load_datamodule(ckpt)
-        fids = {}
-        for sampling_seed in args.sampling_seeds:
-            evaluator = FIDEvaluator("digits", "val", args.num_samples, args.batch_size,
-                                     seed=sampling_seed, progress=False)  # fmt: skip
-            fids[sampling_seed] = round(evaluator.evaluate(module, datamodule)["fid"], 3)
+        fids = {k: round(e.evaluate(module, datamodule)["fid"], 3) for k, e in evaluators.items()}
         results["runs"].append({"seed": seed, "fit_seconds": round(seconds, 1),
                                 "val_fid": last_val_fid(ckpt), "fid": fids})  # fmt: skip
         write_results(args.out, results, report(results))
