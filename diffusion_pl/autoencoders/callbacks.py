@@ -14,7 +14,8 @@ from torch import Tensor, nn
 
 from diffusion_pl.callbacks.ema import Weights, weights_in_use
 from diffusion_pl.callbacks.fid import FID
-from diffusion_pl.callbacks.sample_grid import SampleGrid, run_dir
+from diffusion_pl.callbacks.run_paths import run_dir
+from diffusion_pl.callbacks.sample_grid import SampleGrid
 from diffusion_pl.data import DiffusionDataModule
 from diffusion_pl.data.sources import Split
 from diffusion_pl.metrics import FIDEvaluator

@@ -20,7 +20,7 @@ from diffusion_pl.autoencoders.losses import (
     kl_divergence,
 )
 from diffusion_pl.callbacks.ema import weights_in_use
-from diffusion_pl.callbacks.sample_grid import run_dir
+from diffusion_pl.callbacks.run_paths import run_dir
 from diffusion_pl.data.latents import autoencoder_class
 from diffusion_pl.formulations.optim import optimizer_config
 from diffusion_pl.hparams import save_config

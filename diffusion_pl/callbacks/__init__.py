@@ -10,18 +10,20 @@ from diffusion_pl.callbacks.fault_tolerance import (
     StopOnLossSpike,
     StopOnNonFinite,
     TrainingDiverged,
-    last_checkpoint_path,
 )
 from diffusion_pl.callbacks.fid import FID
+from diffusion_pl.callbacks.guide import EarlierSelf
 from diffusion_pl.callbacks.lora import SaveAdapters
 from diffusion_pl.callbacks.phema import PostHocEMA
-from diffusion_pl.callbacks.sample_grid import SampleGrid, run_dir
+from diffusion_pl.callbacks.run_paths import last_checkpoint_path, run_dir
+from diffusion_pl.callbacks.sample_grid import SampleGrid
 from diffusion_pl.callbacks.throughput import Throughput
 
 __all__ = [
     "EMA",
     "FID",
     "CompileNet",
+    "EarlierSelf",
     "FinalCheckpoint",
     "PostHocEMA",
     "SampleGrid",

@@ -15,7 +15,6 @@ import hashlib
 import math
 import os
 import statistics
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,7 +25,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
 from diffusion_pl.callbacks.ema import batch_examples
-from diffusion_pl.callbacks.sample_grid import run_dir
+from diffusion_pl.callbacks.run_paths import last_checkpoint_path
 from diffusion_pl.compat import set_sigterm_received, within_accumulation
 from diffusion_pl.randomness import ExampleNoise
 
@@ -37,17 +36,8 @@ __all__ = [
     "StopOnLossSpike",
     "StopOnNonFinite",
     "TrainingDiverged",
-    "last_checkpoint_path",
     "step_seed",
 ]
-
-
-def last_checkpoint_path(trainer: Trainer) -> Path:
-    """Where this run's ``last.ckpt`` goes: the ModelCheckpoint's folder, else ``checkpoints/``."""
-    ckpt = trainer.checkpoint_callback
-    if isinstance(ckpt, ModelCheckpoint) and ckpt.dirpath is not None:
-        return Path(ckpt.dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}{ckpt.FILE_EXTENSION}"
-    return run_dir(trainer) / "checkpoints" / "last.ckpt"
 
 
 class SigtermCheckpoint(Callback):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from lightning import Callback, LightningModule, Trainer
 from torch import nn
 
@@ -38,8 +40,10 @@ class FID(Callback):
         cache_dir: reference statistics cache (see ``FIDEvaluator``).
         seed: seed of the sampling generators (the same samples' noise every time).
         guide: the guide of autoguidance (:class:`~.guide.CallbackGuide`), e.g. ``{class_path:
-            diffusion_pl.checkpoints.Checkpoint, init_args: {path: RUN.ckpt}}``: the FID is
-            then the guided samples'; None scores the model as it samples by itself.
+            diffusion_pl.checkpoints.Checkpoint, init_args: {path: RUN.ckpt}}``, or the run
+            itself at an early step (:class:`~.guide.EarlierSelf`; unguided before that
+            step): the FID is then the guided samples'; None scores the model as it samples
+            by itself.
         guidance_scale: autoguidance's w; required with ``guide`` and only with it.
         lora: LoRA adapters added to the model for its samples, ``PATH[:SCALE]`` each as
             ``diffusion-pl sample --lora`` (e.g. an LCM-LoRA on a style LoRA being trained);
@@ -81,9 +85,13 @@ class FID(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.adapters.check(pl_module)
 
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
+        self.guide.update(trainer, pl_module)
+
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
             return
+        self.guide.update(trainer, pl_module)
         self.validations += 1
         if self.validations % self.every_n_validations:
             return
@@ -106,6 +114,16 @@ class FID(Callback):
             return self.evaluator.evaluate(
                 model, trainer.datamodule, self.sampler, **self.guide.sampling()
             )
+
+    def on_save_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self.guide.save(checkpoint)
+
+    def on_load_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self.guide.restore(checkpoint)
 
     def state_dict(self) -> dict[str, int]:
         return {"validations": self.validations}

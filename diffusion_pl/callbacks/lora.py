@@ -6,7 +6,7 @@ from pathlib import Path
 
 from lightning import Callback, LightningModule, Trainer
 
-from diffusion_pl.callbacks.sample_grid import run_dir
+from diffusion_pl.callbacks.run_paths import run_dir
 from diffusion_pl.formulations import DiffusionModule
 
 __all__ = ["SaveAdapters"]

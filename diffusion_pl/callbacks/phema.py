@@ -10,7 +10,7 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from torch import Tensor
 
-from diffusion_pl.callbacks.sample_grid import run_dir
+from diffusion_pl.callbacks.run_paths import run_dir
 from diffusion_pl.checkpoint_io import AtomicCheckpointIO, remove_stale_temporaries
 from diffusion_pl.phema import (
     SNAPSHOT_FOLDER,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -11,22 +12,12 @@ from lightning.pytorch.utilities import rank_zero_only
 from diffusion_pl.callbacks.ema import Weights, weights_in_use, weights_list
 from diffusion_pl.callbacks.guide import CallbackGuide
 from diffusion_pl.callbacks.lora_sampling import CallbackAdapters
+from diffusion_pl.callbacks.run_paths import run_dir
 from diffusion_pl.generate import every_class, generate
 from diffusion_pl.objectives import Teacher
 from diffusion_pl.visualize import save_samples_figure
 
-__all__ = ["SampleGrid", "run_dir"]
-
-
-def run_dir(trainer: Trainer) -> Path:
-    """The run's output folder: the logger's versioned log dir, else the root dir.
-
-    Read from the logger itself: ``trainer.log_dir`` is a collective call under DDP, which
-    hangs when only rank 0 makes it (as rank-zero-only callbacks do).
-    """
-    logger = trainer.logger
-    folder = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
-    return Path(folder or trainer.default_root_dir)
+__all__ = ["SampleGrid"]
 
 
 class SampleGrid(Callback):
@@ -47,8 +38,9 @@ class SampleGrid(Callback):
         weights: which weights draw: ``ema`` (the moving average when an EMA callback is on,
             else the raw weights) and/or ``raw``; a second entry gets its own picture.
         guide: the guide of autoguidance (:class:`~.guide.CallbackGuide`), e.g. ``{class_path:
-            diffusion_pl.checkpoints.Checkpoint, init_args: {path: RUN.ckpt}}``; None draws
-            the model as it samples by itself.
+            diffusion_pl.checkpoints.Checkpoint, init_args: {path: RUN.ckpt}}``, or the run
+            itself at an early step (:class:`~.guide.EarlierSelf`; unguided before that
+            step); None draws the model as it samples by itself.
         guidance_scale: autoguidance's w; required with ``guide`` and only with it.
         lora: LoRA adapters added to the model for its samples, ``PATH[:SCALE]`` each as
             ``diffusion-pl sample --lora`` (e.g. an LCM-LoRA on a style LoRA being trained);
@@ -121,6 +113,7 @@ class SampleGrid(Callback):
         self.adapters.check(pl_module)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
+        self.guide.update(trainer, pl_module)
         step = trainer.global_step
         if step == self._step_seen:  # a micro-batch of gradient accumulation: no step yet
             return
@@ -130,3 +123,13 @@ class SampleGrid(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.draw(trainer, pl_module, "final")
+
+    def on_save_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self.guide.save(checkpoint)
+
+    def on_load_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self.guide.restore(checkpoint)
