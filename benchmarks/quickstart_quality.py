@@ -8,8 +8,10 @@
 The quick start reports one 500-sample ``val/fid`` of one run, which moves by several points
 with the seed. This script fits the config as the quick start does (its callbacks, FID checks
 and sample grids included, so the wall time is what a user waits), once per training seed
-(``seed_everything``), and scores each final checkpoint (EMA weights, the config's sampler)
-with ``--num_samples`` samples against val (digits features) for each sampling seed.
+(``seed_everything``), and scores each final checkpoint as the config's FID callback does (EMA
+weights, the model's sampler, and the callback's autoguidance guide: an
+``EarlierSelf`` guide is the file the run wrote) with ``--num_samples`` samples against val
+(digits features) for each sampling seed.
 ``--override KEY VALUE`` (repeatable) passes a CLI override to every fit, e.g. ``--override
 model.init_args.time_sampling diffusion_pl.time_sampling.LogitNormal``, so that a changed
 recipe is measured the same way.
@@ -30,6 +32,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, markdown_table, report_header, run_record, write_results
@@ -52,6 +55,21 @@ def fit(config: Path, root: Path, seed: int, overrides: list[list[str]]) -> tupl
          *extra])  # fmt: skip
     seconds = time.perf_counter() - start
     return max(root.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime), seconds
+
+
+def fid_guide(config: Path, ckpt: Path) -> dict:
+    """The autoguidance of ``config``'s FID callback, as ``FIDEvaluator.evaluate`` arguments:
+    the guide ``EarlierSelf`` wrote beside ``ckpt`` and its w, or none."""
+    for callback in yaml.safe_load(config.read_text())["trainer"].get("callbacks", []):
+        init = callback.get("init_args", {})
+        if callback["class_path"].endswith("callbacks.FID") and init.get("guide"):
+            guide = init["guide"]
+            if not guide["class_path"].endswith("EarlierSelf"):
+                raise ValueError(f"{config}: only an EarlierSelf guide is scored here")
+            path = ckpt.parent / f"guide-step={guide['init_args']['step']}.ckpt"
+            return {"guide": load_module(path).eval().requires_grad_(False),
+                    "guidance_scale": init["guidance_scale"]}  # fmt: skip
+    return {}
 
 
 def last_val_fid(ckpt: Path) -> float | None:
@@ -86,7 +104,9 @@ def main(argv: list[str] | None = None) -> dict:
         ckpt, seconds = fit(args.config, args.workdir / f"seed{seed}", seed, args.override)
         module = load_module(ckpt, map_location=args.device).eval()
         datamodule = load_datamodule(ckpt)
-        fids = {k: round(e.evaluate(module, datamodule)["fid"], 3) for k, e in evaluators.items()}
+        guide = fid_guide(args.config, ckpt)
+        fids = {k: round(e.evaluate(module, datamodule, **guide)["fid"], 3)
+                for k, e in evaluators.items()}  # fmt: skip
         results["runs"].append({"seed": seed, "fit_seconds": round(seconds, 1),
                                 "val_fid": last_val_fid(ckpt), "fid": fids})  # fmt: skip
         write_results(args.out, results, report(results))
