@@ -2,7 +2,7 @@
 
     python benchmarks/quickstart_quality.py [--config configs/digits/rectified_flow.yaml]
         [--seeds 0 1 2] [--sampling_seeds 0 1] [--num_samples 2000]
-        [--override KEY VALUE ...] [--workdir runs/bench/quickstart_quality]
+        [--override KEY VALUE ...] [--workdir runs/bench/quickstart_quality] [--rescore]
         [--out benchmarks/results/quickstart_quality.json]
 
 The quick start reports one 500-sample ``val/fid`` of one run, which moves by several points
@@ -59,7 +59,8 @@ def fit(config: Path, root: Path, seed: int, overrides: list[list[str]]) -> tupl
 
 def fid_guide(config: Path, ckpt: Path) -> dict:
     """The autoguidance of ``config``'s FID callback, as ``FIDEvaluator.evaluate`` arguments:
-    the guide ``EarlierSelf`` wrote beside ``ckpt`` and its w, or none."""
+    the guide ``EarlierSelf`` wrote beside ``ckpt`` and its w, or none (also when the run
+    stopped before the guide's step, as the callback then samples unguided)."""
     for callback in yaml.safe_load(config.read_text())["trainer"].get("callbacks", []):
         init = callback.get("init_args", {})
         if callback["class_path"].endswith("callbacks.FID") and init.get("guide"):
@@ -67,6 +68,8 @@ def fid_guide(config: Path, ckpt: Path) -> dict:
             if not guide["class_path"].endswith("EarlierSelf"):
                 raise ValueError(f"{config}: only an EarlierSelf guide is scored here")
             path = ckpt.parent / f"guide-step={guide['init_args']['step']}.ckpt"
+            if not path.exists():
+                return {}
             return {"guide": load_module(path).eval().requires_grad_(False),
                     "guidance_scale": init["guidance_scale"]}  # fmt: skip
     return {}
@@ -91,6 +94,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch_size", type=int, default=500, help="images per sampling batch")
     parser.add_argument("--override", nargs=2, action="append", default=[],
                         metavar=("KEY", "VALUE"), help="a CLI override of every fit")  # fmt: skip
+    parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="score the last.ckpt of each seed under --workdir, without fitting",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs/bench/quickstart_quality")
     parser.add_argument("--out", type=Path,
@@ -101,28 +109,39 @@ def main(argv: list[str] | None = None) -> dict:
                                      seed=seed, progress=False)
                   for seed in args.sampling_seeds}  # fmt: skip
     for seed in args.seeds:
-        ckpt, seconds = fit(args.config, args.workdir / f"seed{seed}", seed, args.override)
+        root = args.workdir / f"seed{seed}"
+        if args.rescore:  # score the fits of an earlier call again, e.g. with more samples
+            ckpt, seconds = max(root.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime), None
+        else:
+            ckpt, seconds = fit(args.config, root, seed, args.override)
         module = load_module(ckpt, map_location=args.device).eval()
         datamodule = load_datamodule(ckpt)
         guide = fid_guide(args.config, ckpt)
         fids = {k: round(e.evaluate(module, datamodule, **guide)["fid"], 3)
                 for k, e in evaluators.items()}  # fmt: skip
-        results["runs"].append({"seed": seed, "fit_seconds": round(seconds, 1),
+        results["runs"].append({"seed": seed, "fit_seconds": seconds and round(seconds, 1),
+                                "guided": bool(guide),
                                 "val_fid": last_val_fid(ckpt), "fid": fids})  # fmt: skip
         write_results(args.out, results, report(results))
     print(report(results), flush=True)
     return results
 
 
+def shown(value: float | None, form: str = "{}") -> str:
+    """A table cell: ``value`` in ``form``, or — (a rescored run has no fit time)."""
+    return "—" if value is None else form.format(value)
+
+
 def summary(runs: list[dict]) -> dict:
     """Mean FID over all runs and sampling seeds, the largest spread over sampling seeds within
     a run, the standard deviation of the runs' means, and the mean fit seconds."""
     means = [statistics.fmean(r["fid"].values()) for r in runs]
+    fits = [r["fit_seconds"] for r in runs]
     return {
         "mean": statistics.fmean(means),
         "sampling_spread": max(max(r["fid"].values()) - min(r["fid"].values()) for r in runs),
         "seed_std": statistics.stdev(means) if len(means) > 1 else None,
-        "fit_seconds": statistics.fmean(r["fit_seconds"] for r in runs),
+        "fit_seconds": None if None in fits else statistics.fmean(fits),
     }
 
 
@@ -135,7 +154,7 @@ def report(results: dict) -> str:
         f"{s['num_samples']:,} samples (EMA weights) against val, digits features.",
     )  # fmt: skip
     sampling = s["sampling_seeds"]
-    rows = [[r["seed"], r["fit_seconds"], "—" if r["val_fid"] is None else f"{r['val_fid']:.2f}",
+    rows = [[r["seed"], shown(r["fit_seconds"]), shown(r["val_fid"], "{:.2f}"),
              *(f"{r['fid'][k]:.2f}" for k in sampling)] for r in results["runs"]]  # fmt: skip
     header = [
         "training seed",
@@ -150,7 +169,7 @@ def report(results: dict) -> str:
         ["mean FID", "spread over sampling seeds", "std over training seeds", "÷ floor (≤ 2)",
          "mean fit s"],
         [[f"{m['mean']:.2f}", f"{m['sampling_spread']:.2f}", std,
-          f"{m['mean'] / DIGITS_FLOOR:.2f}", f"{m['fit_seconds']:.0f}"]],
+          f"{m['mean'] / DIGITS_FLOOR:.2f}", shown(m["fit_seconds"], "{:.0f}")]],
     )]  # fmt: skip
     return "\n".join(lines)
 

@@ -170,7 +170,8 @@ def test_quickstart_quality_scores_each_training_seed_with_each_sampling_seed(
     load: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two 2-step fits of the quick start's config (narrowed): each scored with two sampling
-    seeds; different seeds give different scores, and the summary compares with the floor."""
+    seeds; different seeds give different scores, and the summary compares with the floor.
+    Rescored without fitting, the same checkpoints and seeds give the same scores."""
     monkeypatch.setenv("DIFFUSION_PL_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "quick.json"
     results = load("quickstart_quality").main([
@@ -183,10 +184,18 @@ def test_quickstart_quality_scores_each_training_seed_with_each_sampling_seed(
     assert [r["seed"] for r in results["runs"]] == [0, 1]
     for run in results["runs"]:
         assert run["fit_seconds"] > 0 and run["val_fid"] is None  # no validation in 2 steps
+        assert not run["guided"]  # the config's guide is the run at step 500
         assert set(run["fid"]) == {0, 1} and run["fid"][0] != run["fid"][1]
     assert results["runs"][0]["fid"][0] != results["runs"][1]["fid"][0]
     report = out.with_suffix(".md").read_text()
     assert "÷ floor (≤ 2)" in report and "trainer.max_steps" in report
+    again = load("quickstart_quality").main([
+        "--seeds", "0", "1", "--sampling_seeds", "0", "1", "--num_samples", "20",
+        "--batch_size", "10", "--rescore", "--workdir", str(tmp_path / "runs"),
+        "--out", str(tmp_path / "again.json"),
+    ])  # fmt: skip
+    assert [r["fid"] for r in again["runs"]] == [r["fid"] for r in results["runs"]]
+    assert all(r["fit_seconds"] is None for r in again["runs"])
 
 
 def test_phema_autoguidance(

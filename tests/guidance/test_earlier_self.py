@@ -102,5 +102,5 @@ def test_the_run_guides_itself_from_the_step_it_names(
 
 def test_earlier_self_names_its_step_and_refuses_a_step_that_is_not_one() -> None:
     assert str(EarlierSelf(250)) == "this run at step 250"
-    with pytest.raises(ValueError, match="EarlierSelf: step must be > 0 .a training step., got 0"):
+    with pytest.raises(ValueError, match=r"step must be > 0 \(a training step\), got 0"):
         EarlierSelf(0)
