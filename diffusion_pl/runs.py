@@ -1,4 +1,4 @@
-"""Starting, resuming and ending ``diffusion-pl fit`` runs.
+"""Starting and resuming ``diffusion-pl fit`` runs (how they end: :mod:`.run_summary`).
 
 **Where a run's checkpoints are.** :func:`checkpoint_folders` reads them off the config, as
 Lightning places them: ``<save_dir>/<name>/<version>/checkpoints`` of the first logger
@@ -41,10 +41,8 @@ from typing import Any
 
 import yaml
 from lightning import LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
-from diffusion_pl.callbacks import PostHocEMA, SampleGrid, SaveAdapters, run_dir
 from diffusion_pl.checkpoints import (
     check_checkpoint_fits,
     find_last_checkpoint,
@@ -63,8 +61,6 @@ __all__ = [
     "checkpoint_folders",
     "differences",
     "prepare_checkpoint",
-    "print_outputs",
-    "resume_hint",
 ]
 
 RESUMABLE_MODEL_KEYS = ("sampler", "guidance_scale")
@@ -330,39 +326,3 @@ def _check_horizon(scheduler: object, max_steps: int) -> None:
                 f"trainer.max_steps is {max_steps}; to anneal over this run set "
                 f"--model.init_args.lr_scheduler.init_args.{arg} {max_steps}"
             )
-
-
-def resume_hint(trainer: Trainer) -> str:
-    """The command that resumes this run: its own saved config.yaml, with ``--ckpt_path last``."""
-    config = run_dir(trainer) / "config.yaml"
-    given = config if config.is_file() else "<this run's config>"
-    return f"diffusion-pl fit --config {given} --ckpt_path last"
-
-
-def print_outputs(trainer: Trainer, state: str) -> None:
-    """Print where the run's outputs are and how it ended (rank 0 only).
-
-    Args:
-        trainer: the trainer of the run.
-        state: how the run ended, e.g. ``finished at step 3000``.
-    """
-    if not trainer.is_global_zero:
-        return
-    lines = [f"state:       {state}", f"logs:        {run_dir(trainer)}"]
-    ckpt = trainer.checkpoint_callback
-    if isinstance(ckpt, ModelCheckpoint) and (ckpt.last_model_path or ckpt.best_model_path):
-        lines.append(f"checkpoint:  {ckpt.last_model_path or ckpt.best_model_path}")
-    exported = getattr(trainer.lightning_module, "exported", None)
-    if exported is not None:
-        lines.append(f"autoencoder: {exported} (encode with `diffusion-pl encode --autoencoder "
-                     f"{exported}`)")  # fmt: skip
-    for callback in trainer.callbacks:
-        if isinstance(callback, SampleGrid) and callback.last_path is not None:
-            lines.append(f"samples:     {callback.last_path}")
-        if isinstance(callback, PostHocEMA) and callback.written:
-            lines.append(f"phema:       {callback.written[-1].parent} (post-hoc EMA snapshots; "
-                         "rebuild any width with `diffusion-pl phema`)")  # fmt: skip
-        if isinstance(callback, SaveAdapters) and callback.path is not None:
-            lines.append(f"adapters:    {callback.path} (LoRA adapters alone: sample with "
-                         "--ckpt_path BASE --lora PATH)")  # fmt: skip
-    print("\n".join(["", "diffusion-pl outputs", *lines]), flush=True)

@@ -2,15 +2,9 @@
 fault tolerance, throughput, a LoRA run's adapters file."""
 
 from diffusion_pl.callbacks.compile import CompileNet
+from diffusion_pl.callbacks.divergence import StopOnLossSpike, StopOnNonFinite, TrainingDiverged
 from diffusion_pl.callbacks.ema import EMA, Weights, find_ema, weights_in_use
-from diffusion_pl.callbacks.fault_tolerance import (
-    FinalCheckpoint,
-    SigtermCheckpoint,
-    StepSeed,
-    StopOnLossSpike,
-    StopOnNonFinite,
-    TrainingDiverged,
-)
+from diffusion_pl.callbacks.fault_tolerance import FinalCheckpoint, SigtermCheckpoint, StepSeed
 from diffusion_pl.callbacks.fid import FID
 from diffusion_pl.callbacks.guide import EarlierSelf
 from diffusion_pl.callbacks.lora import SaveAdapters

@@ -19,14 +19,8 @@ from diffusion_pl.compat import LightningCLIHooks
 from diffusion_pl.data import DiffusionDataModule
 from diffusion_pl.formulations import VDM, DiffusionModule
 from diffusion_pl.hparams import record_config
-from diffusion_pl.runs import (
-    EXIT_PREEMPTED,
-    RunComplete,
-    check_fit,
-    prepare_checkpoint,
-    print_outputs,
-    resume_hint,
-)
+from diffusion_pl.run_summary import print_outputs, resume_hint
+from diffusion_pl.runs import EXIT_PREEMPTED, RunComplete, check_fit, prepare_checkpoint
 from diffusion_pl.signals import Preempted
 
 __all__ = ["DiffusionCLI", "Parser", "check_labels"]

@@ -12,7 +12,7 @@ from torch.utils.data import TensorDataset
 from diffusion_pl.data import DiffusionDataModule, Digits, Invert, Transformed, Transpose
 from diffusion_pl.metrics import FIDEvaluator
 from diffusion_pl.metrics.features import DigitsFeatures
-from diffusion_pl.metrics.fid import reference_key, source_config
+from diffusion_pl.metrics.reference_stats import reference_key, source_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

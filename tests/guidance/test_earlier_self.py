@@ -52,7 +52,7 @@ def weights(ckpt: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_the_run_guides_itself_from_the_step_it_names(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     guided: list[bool] = []
     draw = sample_grid.generate
@@ -73,6 +73,9 @@ def test_the_run_guides_itself_from_the_step_it_names(
     last = toy_fit(tmp_path / "run", 6, [CHECKPOINT, EMA, GRID, GRID])
     guide = last.parent / "guide-step=3.ckpt"
     assert guide.is_file()
+    out = capsys.readouterr().out  # the run's closing lines name the guide once
+    assert out.count(f"guide:       {guide} (autoguidance: `diffusion-pl sample` or `fid` with "
+                     "--guide_ckpt PATH --guidance_scale 2.0)") == 1  # fmt: skip
     # two grids each draw at steps 2, 4, 6 and at the end: unguided only before step 3
     assert guided == [False] * 2 + [True] * 6
     assert saved.count(guide.name) == 1

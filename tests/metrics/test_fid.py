@@ -14,7 +14,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from diffusion_pl.data import DiffusionDataModule, Digits, GaussianMixture, ReflowPairs, Toy2D
 from diffusion_pl.metrics import DigitsClassifier, DigitsFeatures, FIDEvaluator, InceptionFeatures
 from diffusion_pl.metrics.features import DIGITS_WEIGHTS, extractor_id, resolve_extractor
-from diffusion_pl.metrics.fid import reference_key, source_config
+from diffusion_pl.metrics.reference_stats import reference_key, source_config
 
 
 @pytest.fixture(scope="module")

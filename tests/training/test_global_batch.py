@@ -14,7 +14,7 @@ from torch import Tensor
 from diffusion_pl.checkpoints import load_datamodule, read_checkpoint
 from diffusion_pl.cli import main
 from diffusion_pl.data import DiffusionDataModule, Toy2D
-from diffusion_pl.data.datamodule import split_global_batch
+from diffusion_pl.data.loading import split_global_batch
 from diffusion_pl.formulations import (
     EDM,
     NCSN,
