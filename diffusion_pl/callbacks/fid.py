@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from lightning import Callback, LightningModule, Trainer
+from lightning import LightningModule, Trainer
 from torch import nn
 
 from diffusion_pl.callbacks.ema import Weights, weights_in_use, weights_list
-from diffusion_pl.callbacks.guide import CallbackGuide
+from diffusion_pl.callbacks.guide import CallbackGuide, GuidedCallback
 from diffusion_pl.callbacks.lora_sampling import CallbackAdapters
 from diffusion_pl.data.sources import Split
 from diffusion_pl.metrics.fid import FIDEvaluator
@@ -18,7 +16,7 @@ from diffusion_pl.samplers import Sampler
 __all__ = ["FID"]
 
 
-class FID(Callback):
+class FID(GuidedCallback):
     """Score ``num_samples`` generated images against a data split after validation.
 
     Every rank draws its share of the samples (see :class:`~diffusion_pl.metrics.FIDEvaluator`)
@@ -114,16 +112,6 @@ class FID(Callback):
             return self.evaluator.evaluate(
                 model, trainer.datamodule, self.sampler, **self.guide.sampling()
             )
-
-    def on_save_checkpoint(
-        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        self.guide.save(checkpoint)
-
-    def on_load_checkpoint(
-        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        self.guide.restore(checkpoint)
 
     def state_dict(self) -> dict[str, int]:
         return {"validations": self.validations}

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning import LightningModule, Trainer
+from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
 from diffusion_pl.callbacks.run_paths import last_checkpoint_path
@@ -30,7 +30,7 @@ from diffusion_pl.checkpoints import Checkpoint
 from diffusion_pl.formulations import DiffusionModule, check_guide
 from diffusion_pl.objectives import Teacher
 
-__all__ = ["CallbackGuide", "EarlierSelf", "load_guide"]
+__all__ = ["CallbackGuide", "EarlierSelf", "GuidedCallback", "load_guide"]
 
 
 def load_guide(
@@ -73,7 +73,9 @@ class EarlierSelf(Checkpoint):
     When training reaches ``step``, the run writes its full state as
     ``guide-step=<step>.ckpt`` beside ``last.ckpt``; the callbacks that name this guide sample
     guided from then on and unguided before, and ``diffusion-pl sample/fid --guide_ckpt`` take
-    the file after the run. A run resumed past ``step`` reads the file it wrote.
+    the file after the run. A run resumed past ``step`` reads the file it wrote (its
+    checkpoints record where). The weights are those the callbacks see at the end of that
+    step: with the EMA callback listed after them, its average of the steps before.
 
     In YAML, as a callback's guide: ``{class_path: diffusion_pl.callbacks.EarlierSelf,
     init_args: {step: 250}}``.
@@ -197,3 +199,20 @@ class CallbackGuide:
                 return {}
             raise ValueError(f"the guide {self.teacher} is loaded by setup(): call it first")
         return {"guide": self.guide, "guidance_scale": self.guidance_scale}
+
+
+class GuidedCallback(Callback):
+    """A callback that samples with a :class:`CallbackGuide` (``self.guide``): its checkpoints
+    record an :class:`EarlierSelf` file, and a resumed run reads the record back."""
+
+    guide: CallbackGuide
+
+    def on_save_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self.guide.save(checkpoint)
+
+    def on_load_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self.guide.restore(checkpoint)

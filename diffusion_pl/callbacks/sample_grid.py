@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from lightning import Callback, LightningModule, Trainer
+from lightning import LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from diffusion_pl.callbacks.ema import Weights, weights_in_use, weights_list
-from diffusion_pl.callbacks.guide import CallbackGuide
+from diffusion_pl.callbacks.guide import CallbackGuide, GuidedCallback
 from diffusion_pl.callbacks.lora_sampling import CallbackAdapters
 from diffusion_pl.callbacks.run_paths import run_dir
 from diffusion_pl.generate import every_class, generate
@@ -20,7 +19,7 @@ from diffusion_pl.visualize import save_samples_figure
 __all__ = ["SampleGrid"]
 
 
-class SampleGrid(Callback):
+class SampleGrid(GuidedCallback):
     """Draw ``num_samples`` samples every ``every_n_steps`` steps and at the end of fitting.
 
     Images become a PNG grid, 2-D points a scatter plot over validation data, both under
@@ -123,13 +122,3 @@ class SampleGrid(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.draw(trainer, pl_module, "final")
-
-    def on_save_checkpoint(
-        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        self.guide.save(checkpoint)
-
-    def on_load_checkpoint(
-        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        self.guide.restore(checkpoint)
