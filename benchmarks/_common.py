@@ -75,3 +75,8 @@ def write_results(out: Path, results: dict, markdown: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown + "\n")
+
+
+def shown(value: object, form: str = "{}") -> str:
+    """A table cell: ``value`` in ``form``, or — where there is none."""
+    return "—" if value is None else form.format(value)

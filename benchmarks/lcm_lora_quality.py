@@ -38,7 +38,7 @@ import argparse
 from pathlib import Path
 
 import torch
-from _common import ROOT, markdown_table, report_header, run_record, write_results
+from _common import ROOT, markdown_table, report_header, run_record, shown, write_results
 from lcm_quality import fit, requested_digit_rate, write_config
 
 from diffusion_pl.checkpoints import load_datamodule, load_module
@@ -176,7 +176,7 @@ def report(results: dict) -> str:
         "on the transposed digits.",
     )  # fmt: skip
     table = [[r["model"], r["data"], r["sampler"], r["steps"], r["fid"],
-              "—" if r["requested_digit"] is None else r["requested_digit"]]
+              shown(r["requested_digit"])]
              for r in rows]  # fmt: skip
     lines.append(markdown_table(["model", "data", "sampler", "steps", "FID", "read as asked"],
                                 table))  # fmt: skip

@@ -39,7 +39,7 @@ from unittest.mock import patch
 
 import torch
 import yaml
-from _common import ROOT, markdown_table, report_header, run_record, write_results
+from _common import ROOT, markdown_table, report_header, run_record, shown, write_results
 
 from diffusion_pl.checkpoints import load_datamodule, load_module
 from diffusion_pl.cli import main as cli_main
@@ -122,11 +122,6 @@ def score(
                          "fid": round(fid, 3), "requested_digit": rate})  # fmt: skip
             print(rows[-1], flush=True)
     return rows
-
-
-def shown(value: object) -> object:
-    """A table cell: the value, or — where there is none (an unconditional model's ω)."""
-    return "—" if value is None else value
 
 
 FACTORS = {"cond": ((4, 1.3), (2, 1.5), (1, None)), "uncond": ((2, 1.5), (1, None), (4, None))}

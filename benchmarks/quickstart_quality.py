@@ -35,7 +35,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, markdown_table, report_header, run_record, write_results
+from _common import ROOT, markdown_table, report_header, run_record, shown, write_results
 
 from diffusion_pl.checkpoints import load_datamodule, load_module
 from diffusion_pl.cli import main as cli
@@ -127,11 +127,6 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
-def shown(value: float | None, form: str = "{}") -> str:
-    """A table cell: ``value`` in ``form``, or — (a rescored run has no fit time)."""
-    return "—" if value is None else form.format(value)
-
-
 def summary(runs: list[dict]) -> dict:
     """Mean FID over all runs and sampling seeds, the largest spread over sampling seeds within
     a run, the standard deviation of the runs' means, and the mean fit seconds."""
@@ -164,7 +159,7 @@ def report(results: dict) -> str:
     ]
     lines += [markdown_table(header, rows), ""]
     m = summary(results["runs"])
-    std = "—" if m["seed_std"] is None else f"{m['seed_std']:.2f}"
+    std = shown(m["seed_std"], "{:.2f}")
     lines += [markdown_table(
         ["mean FID", "spread over sampling seeds", "std over training seeds", "÷ floor (≤ 2)",
          "mean fit s"],

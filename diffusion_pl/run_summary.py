@@ -43,8 +43,9 @@ def print_outputs(trainer: Trainer, state: str) -> None:
         if isinstance(callback, PostHocEMA) and callback.written:
             lines.append(f"phema:       {callback.written[-1].parent} (post-hoc EMA snapshots; "
                          "rebuild any width with `diffusion-pl phema`)")  # fmt: skip
-        if isinstance(callback, SampleGrid | FID) and guide_file(callback) not in (None, *shown):
-            shown.append(guide_file(callback))
+        guide = guide_file(callback) if isinstance(callback, SampleGrid | FID) else None
+        if guide is not None and guide not in shown:
+            shown.append(guide)
             lines.append(f"guide:       {shown[-1]} (autoguidance: `diffusion-pl sample` or "
                          f"`fid` with --guide_ckpt PATH --guidance_scale "
                          f"{callback.guide.guidance_scale})")  # fmt: skip

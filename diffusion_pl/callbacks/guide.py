@@ -153,13 +153,14 @@ class CallbackGuide:
         """For an :class:`EarlierSelf` guide: write it when training reaches its step (a
         collective save: every rank calls this at the same step), and load it once the run
         is at or past that step: this run's file, else the one its checkpoint recorded (a
-        resumed run logs to a new folder)."""
+        resumed run logs to a new folder). Nothing to do before the step, once loaded, or
+        once the file was found missing past the step (it is written only at the step)."""
         teacher = self.teacher
-        if not isinstance(teacher, EarlierSelf) or self.guide is not None:
+        if not isinstance(teacher, EarlierSelf) or self.guide is not None or self.missing_warned:
             return
-        own = teacher.bind(trainer)
         if trainer.global_step < teacher.step:
             return
+        own = teacher.bind(trainer)
         written = _WRITTEN.setdefault(trainer, set())
         if trainer.training and trainer.global_step == teacher.step and own not in written:
             trainer.save_checkpoint(own)
