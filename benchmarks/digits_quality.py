@@ -63,6 +63,7 @@ from diffusion_pl.metrics import FIDEvaluator
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.samplers import GRIDS, SAMPLERS, CustomGrid, Grid, Sampler
 from diffusion_pl.samplers.gits import default_candidates, tune_grid
+from diffusion_pl.teleport import moments_of_data
 
 CONFIGS = ROOT / "configs/digits"
 
@@ -94,11 +95,16 @@ class Sweep:
         """The sweep's name in rows and the plot."""
         return self.label or self.name
 
-    def sampler(self, default: Sampler, nfe: int, path: NoisePath) -> Sampler:
+    def sampler(
+        self, default: Sampler, nfe: int, path: NoisePath, denoise_final: bool = True
+    ) -> Sampler:
         """This sampler with about ``nfe`` network evaluations per sample, the final denoising
-        step included (at least one step)."""
+        step included (at least one step); without it (``denoise_final=False``, for a sampler
+        that has the setting) every evaluation is a step."""
         cls = SAMPLERS[self.name]
         settings = {**(default.arguments() if isinstance(default, cls) else {}), **self.settings}
+        if not denoise_final and "denoise_final" in cls().arguments():
+            settings["denoise_final"] = False
         levels = (settings["steps"] or path.num_steps) if self.knob == "steps_per_level" else 1
         budget = nfe - cls(**{**settings, self.knob: 1}).denoises_at_end(path)
         return cls(
@@ -216,13 +222,16 @@ def fid_sweep(
     nfes: list[int],
     few_nfes: list[int],
     few_grid: Callable[[Sampler], Grid] | None = None,
+    few_denoise_final: bool = True,
 ) -> Iterator[dict]:
     """FID of each sampler of ``sweeps`` at each NFE; NFEs that give the same sampler run once.
-    ``few_grid`` gives the few-step solvers' grid (default: each one's paper's)."""
+    ``few_grid`` gives the few-step solvers' grid (default: each one's paper's);
+    ``few_denoise_final=False`` spends their final denoising call on a step."""
     for sweep in sweeps:
         seen = set()
         for nfe in few_nfes if sweep.few_step else nfes:
-            sampler = sweep.sampler(module.sampler, nfe, module.path)
+            final = few_denoise_final or not sweep.few_step
+            sampler = sweep.sampler(module.sampler, nfe, module.path, final)
             if sweep.few_step and few_grid is not None:
                 sampler = sampler.with_grid(few_grid(sampler))
             if repr(sampler) in seen:
@@ -283,8 +292,9 @@ def evaluate(
         "bits_per_dim": bits_per_dim(name, ckpt, len(datamodule.dataset("val")), args),
     }
     rows = []
-    few_grid = few_step_grid(module, args)
-    sweep = fid_sweep(module, datamodule, evaluator, SWEEPS[name], args.nfe, args.few_nfe, few_grid)
+    few_grid = few_step_grid(module, datamodule, args)
+    sweep = fid_sweep(module, datamodule, evaluator, SWEEPS[name], args.nfe, args.few_nfe, few_grid,
+                      not args.few_no_denoise)  # fmt: skip
     for row in sweep:
         rows.append({"formulation": name, **row})
         print(json.dumps(rows[-1]), flush=True)
@@ -292,16 +302,20 @@ def evaluate(
 
 
 def few_step_grid(
-    module: DiffusionModule, args: argparse.Namespace
+    module: DiffusionModule, datamodule: DiffusionDataModule, args: argparse.Namespace
 ) -> Callable[[Sampler], Grid] | None:
     """The few-step solvers' grid of ``--few_grid``: a fixed one of ``GRIDS``, or ``gits``, the
     grid tuned to this model and each sampler and step count (``diffusion-pl tune-grid``'s
     method: ``--gits_samples`` prior draws of seed 0, ``--gits_reference_steps`` Heun steps,
-    ``--gits_candidates`` candidates); None: each solver's own."""
+    ``--gits_candidates`` candidates, with ``--teleport`` its Gaussian teleport); None: each
+    solver's own."""
     if args.few_grid is None:
         return None
     if args.few_grid != "gits":
         return lambda sampler: GRIDS[args.few_grid]()
+
+    # getattr: the settings of a run from before --teleport (fresh_seeds.py reads them)
+    moments = moments_of_data(datamodule) if getattr(args, "teleport", False) else None
 
     def tuned(sampler: Sampler) -> Grid:
         x = module.path.prior_sample(
@@ -313,8 +327,9 @@ def few_step_grid(
         reference = args.gits_reference_steps
         candidates = args.gits_candidates or default_candidates(sampler, reference)
         found = tune_grid(sampler, module.denoiser(), module.path, x, sampler.steps,
-                          reference_steps=reference, candidates=candidates)  # fmt: skip
-        return CustomGrid(found.times)
+                          reference_steps=reference, candidates=candidates,
+                          teleport=moments)  # fmt: skip
+        return CustomGrid(found.times, found.teleport)
 
     return tuned
 
@@ -418,13 +433,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--formulations", nargs="+", choices=list(SWEEPS), default=list(SWEEPS))
     parser.add_argument("--max_steps", type=int, default=2000)
     add_budget_arguments(parser)
-    parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20, 50, 100])
+    parser.add_argument("--nfe", type=int, nargs="*", default=[5, 10, 20, 50, 100],
+                        help="NFEs of each formulation's own samplers (none: only the few-step "
+                        "solvers)")  # fmt: skip
     parser.add_argument("--few_nfe", type=int, nargs="+", default=[5, 10, 20],
                         help="NFEs of the few-step solvers")  # fmt: skip
     parser.add_argument("--few_grid", choices=[*GRIDS, "gits"], default=None,
                         help="the few-step solvers' time grid (default: each one's paper's); "
                         "gits: tuned to each model, sampler and NFE (tune-grid)")  # fmt: skip
     parser.add_argument("--gits_samples", type=int, default=64, help="gits: prior draws")
+    parser.add_argument("--teleport", action="store_true",
+                        help="gits: let the grid start by the Gaussian teleport (tune-grid "
+                        "--teleport)")  # fmt: skip
+    parser.add_argument(
+        "--few_no_denoise",
+        action="store_true",
+        help="the few-step solvers spend their final denoising call on a step",
+    )
     parser.add_argument("--gits_reference_steps", type=int, default=200,
                         help="gits: Heun steps of the reference trajectory")  # fmt: skip
     parser.add_argument("--gits_candidates", type=int, default=None,

@@ -37,7 +37,7 @@ from diffusion_pl.checkpoints import load_datamodule, load_module
 from diffusion_pl.metrics import FIDEvaluator
 from diffusion_pl.samplers import GRIDS, SAMPLERS, Grid, Sampler
 
-_CUSTOM_GRID = re.compile(r", grid=CustomGrid\(times=\[[^\]]*\]\)")
+_CUSTOM_GRID = re.compile(r", grid=CustomGrid\(times=\[[^\]]*\](, teleport=True)?\)")
 
 
 def rebuild(settings: str, tuned: Callable[[Sampler], Grid] | None) -> Sampler:
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         ckpt = Path(formulation["checkpoint"])
         module = load_module(ckpt, map_location=args.device).eval()
         datamodule = load_datamodule(ckpt)
-        tuned = digits_quality.few_step_grid(module, settings)
+        tuned = digits_quality.few_step_grid(module, datamodule, settings)
         mine = [r for r in run["fid"] if r["formulation"] == name]
         scores: dict[str, dict[int, float]] = {}  # by settings: a row may head two columns
         for label, row in digits_quality.best_rows(mine).items():

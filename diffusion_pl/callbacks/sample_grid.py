@@ -12,8 +12,10 @@ from diffusion_pl.callbacks.ema import Weights, weights_in_use, weights_list
 from diffusion_pl.callbacks.guide import CallbackGuide, GuidedCallback
 from diffusion_pl.callbacks.lora_sampling import CallbackAdapters
 from diffusion_pl.callbacks.run_paths import run_dir
+from diffusion_pl.data import DiffusionDataModule
 from diffusion_pl.generate import every_class, generate
 from diffusion_pl.objectives import Teacher
+from diffusion_pl.teleport import attach_data_moments
 from diffusion_pl.visualize import save_samples_figure
 
 __all__ = ["SampleGrid"]
@@ -81,6 +83,8 @@ class SampleGrid(GuidedCallback):
         datamodule = getattr(trainer, "datamodule", None)
         if len(pl_module.data_shape) == 1 and hasattr(datamodule, "real_samples"):
             reference = datamodule.real_samples("val", min(2000, len(datamodule.dataset("val"))))
+        if isinstance(datamodule, DiffusionDataModule):
+            attach_data_moments(pl_module, pl_module.sampler, datamodule)
         for i, weights in enumerate(self.weights):
             suffix = "" if i == 0 else f"_{weights}"
             with weights_in_use(trainer, pl_module, weights), self.adapters.applied(pl_module):

@@ -16,12 +16,13 @@ import torch
 
 from diffusion_pl.callbacks import Weights
 from diffusion_pl.callbacks.guide import load_guide
-from diffusion_pl.checkpoints import Checkpoint, load_module
+from diffusion_pl.checkpoints import Checkpoint, load_datamodule, load_module
 from diffusion_pl.cli.options import check_device, check_sampler_options, parse_lora
 from diffusion_pl.formulations import DiffusionModule, LatentConsistencyModel
 from diffusion_pl.generate import choose_sampler
 from diffusion_pl.lora import apply_adapters, lcm_reading, merged_lcm_reading
 from diffusion_pl.samplers import LCMSampler, Sampler, parse_grid
+from diffusion_pl.teleport import attach_data_moments
 
 __all__ = [
     "ForSampling",
@@ -99,7 +100,8 @@ def load_for_sampling(
     """Load ``ckpt_path``'s diffusion model with the LoRA adapters of ``options`` (each checked
     against its base weights, :func:`~diffusion_pl.lora.apply_adapters`), the guide of
     ``options`` checked against it, and the sampler ``options`` choose (options checked first by
-    :meth:`SamplingOptions.check`).
+    :meth:`SamplingOptions.check`); for a grid that teleports, the model gets its training
+    data's moments (:func:`~diffusion_pl.teleport.attach_data_moments`).
     """
     module = load_diffusion_module(ckpt_path, device, options.weights)
     if options.lora:
@@ -112,6 +114,8 @@ def load_for_sampling(
         guide = load_guide(Checkpoint(options.guide_ckpt, options.weights), module,
                            model_name=f"the model {ckpt_path}", map_location=device)  # fmt: skip
     chosen = pick_sampler(module.sampler, options.sampler, options.steps, options.grid)
+    if chosen.teleports():
+        attach_data_moments(module, chosen, load_datamodule(ckpt_path))
     if isinstance(chosen, LCMSampler) and not isinstance(module, LatentConsistencyModel):
         module = lcm_lora_student(module, parse_lora(options.lora), ckpt_path, chosen)
     return ForSampling(module, guide, chosen)

@@ -30,6 +30,7 @@ from diffusion_pl.parameterization import Parameterization
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.randomness import ExampleNoise, Generators, rand
 from diffusion_pl.samplers import Sampler
+from diffusion_pl.teleport import DataMoments
 
 __all__ = ["DiffusionModule", "mean_flat"]
 
@@ -77,6 +78,11 @@ class DiffusionModule(GuidedSampling, LoRATraining, LightningModule):
 
     net_noise_labels: ClassVar[int] = 1
     """How many noise labels the formulation's net takes per example (MeanFlow's: 2)."""
+
+    data_moments: DataMoments | None = None
+    """The training data's mean and covariance, for samplers that start by the Gaussian
+    teleport; measured where a command or callback samples with one
+    (:func:`~diffusion_pl.teleport.attach_data_moments`), not saved with the weights."""
 
     likelihood_t_eps: ClassVar[float | None] = None
     """Where the formulation's paper starts the PF-ODE likelihood (``diffusion-pl likelihood``'s
@@ -282,6 +288,7 @@ class DiffusionModule(GuidedSampling, LoRATraining, LightningModule):
                 device=self.device,
                 dtype=self.dtype,
                 progress=progress,
+                data_moments=self.data_moments,
             )
         finally:
             for module, training in modes:

@@ -36,6 +36,7 @@ from diffusion_pl.metrics.reference_stats import (
     reference_key,
 )
 from diffusion_pl.samplers import Sampler
+from diffusion_pl.teleport import attach_data_moments
 
 __all__ = ["FIDEvaluator", "require_images"]
 
@@ -243,6 +244,7 @@ class FIDEvaluator(nn.Module):
             1, None if labels is None else cycle_labels(labels, 0, 1), guidance_scale, None, 1.0,
             guide,
         )  # fmt: skip
+        attach_data_moments(module, module.sampler if sampler is None else sampler, datamodule)
         self.to(module.device)
         self.prepare_reference(datamodule)
         rank, _ = _rank_and_world()

@@ -23,7 +23,7 @@ Args:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -35,6 +35,9 @@ from diffusion_pl.paths import NoisePath
 from diffusion_pl.randomness import Generators
 from diffusion_pl.samplers.grids import Grid, UniformGrid
 from diffusion_pl.samplers.signature import Layout, derived_init, solver_settings
+
+if TYPE_CHECKING:
+    from diffusion_pl.teleport import DataMoments
 
 __all__ = ["DenoiserFn", "Sampler", "batch_times", "denoise", "progress_bar"]
 
@@ -149,8 +152,15 @@ class Sampler:
     def time_grid(self, path: NoisePath, device: torch.device | str | None) -> Tensor:
         """The decreasing times ``solver`` visits: ``steps`` steps t_max → t_min on the
         sampler's ``grid`` setting, else on its paper's :attr:`default_grid`."""
-        grid = self.arguments().get("grid") or self.default_grid
-        return grid(path, self.steps, device)
+        return self._grid()(path, self.steps, device)
+
+    def _grid(self) -> Grid:
+        return self.arguments().get("grid") or self.default_grid
+
+    def teleports(self) -> bool:
+        """Whether a call starts with the Gaussian teleport (its grid's ``teleport``), so it
+        needs the data's moments (:mod:`diffusion_pl.teleport`)."""
+        return "grid" in self.arguments() and self._grid().teleport
 
     def arguments(self) -> dict[str, Any]:
         """The constructor arguments, in order (a jsonargparse lazy instance's ``_lazy…``
@@ -173,8 +183,11 @@ class Sampler:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         progress: bool = False,
+        data_moments: DataMoments | None = None,
     ) -> Tensor:
-        """Draw ``shape`` samples: prior → :attr:`solver` on :meth:`time_grid` → denoising.
+        """Draw ``shape`` samples: prior → :attr:`solver` on :meth:`time_grid` → denoising;
+        where the grid starts below t_max (:meth:`teleports`), the prior draw is carried there
+        by the Gaussian teleport first.
 
         Args:
             denoiser: ``(x, t) -> Prediction``.
@@ -184,10 +197,22 @@ class Sampler:
             device: device of the samples.
             dtype: dtype of the prior sample (default: torch's default dtype).
             progress: show a progress bar.
+            data_moments: the data's mean and covariance, for a grid that teleports.
+
+        Raises:
+            ValueError: the grid teleports and ``data_moments`` is None.
         """
         self.check(path)
         x = path.prior_sample(shape, generator=generator, device=device, dtype=dtype)
         ts = self.time_grid(path, x.device)
+        if self.teleports():
+            if data_moments is None:
+                raise ValueError(
+                    f"{self!r} starts with the Gaussian teleport, which needs the data's mean "
+                    "and covariance: sample with diffusion-pl sample/fid or the callbacks, which "
+                    "measure them (diffusion_pl.teleport.attach_data_moments)"
+                )
+            x = data_moments.carry(x, path, path.t_max, float(ts[0]))
         x = self.solver(
             denoiser, path, x, ts, generator=generator, progress=progress, **self.settings()
         )

@@ -38,6 +38,7 @@ from diffusion_pl.samplers.ancestral import TrainedStepsGrid
 from diffusion_pl.samplers.base import Sampler, progress_bar
 from diffusion_pl.samplers.grids import EDMGrid, Grid, LinspaceGrid
 from diffusion_pl.samplers.ode import sample_heun
+from diffusion_pl.teleport import DataMoments
 
 __all__ = [
     "TunedGrid",
@@ -48,19 +49,24 @@ __all__ = [
     "least_cost_path",
     "reference_trajectory",
     "step_costs",
+    "teleported_start",
     "tune_grid",
 ]
 
 
-def least_cost_path(cost: Tensor, steps: int) -> tuple[list[int], float]:
-    """The path 0 = i_0 < … < i_N = M of exactly N = ``steps`` steps with the least
-    Σ_n C[i_{n−1}, i_n], and that sum.
+def least_cost_path(
+    cost: Tensor, steps: int, start_costs: Tensor | None = None
+) -> tuple[list[int], float]:
+    """The path i_0 < … < i_N = M of exactly N = ``steps`` steps with the least
+    S[i_0] + Σ_n C[i_{n−1}, i_n], and that sum.
 
-    V_n(j) = min_{i < j} V_{n−1}(i) + C[i, j], V_0 = 0 at 0 and ∞ elsewhere; the path is read
-    back from the arg-mins. O(N M²).
+    V_n(j) = min_{i < j} V_{n−1}(i) + C[i, j], V_0 = S (default: 0 at 0 and ∞ elsewhere, so
+    i_0 = 0); the path is read back from the arg-mins. O(N M²).
 
     Args:
         cost: ``[M + 1, M + 1]``; only entries above the diagonal (i < j) are read.
+        start_costs: S ``[M + 1]``, the cost of starting at each candidate; ∞ where no path
+            may start (:func:`teleported_start` fixes one start this way).
     """
     m = cost.shape[0] - 1
     if not 1 <= steps <= m:
@@ -69,6 +75,8 @@ def least_cost_path(cost: Tensor, steps: int) -> tuple[list[int], float]:
     c = torch.where(upper, cost.double(), torch.inf)
     value = torch.full((m + 1,), torch.inf, dtype=torch.float64)
     value[0] = 0.0
+    if start_costs is not None:
+        value = start_costs.double().clone()
     choices = []
     for _ in range(steps):
         total = value[:, None] + c  # [from i, to j]
@@ -177,6 +185,54 @@ def step_costs(
     ]
 
 
+def teleported_start(
+    sampler: Sampler,
+    denoiser: DenoiserFn,
+    path: NoisePath,
+    x: Tensor,
+    target: Tensor,
+    cost: Tensor,
+    ts: Tensor,
+    steps: int,
+    moments: DataMoments,
+) -> tuple[list[int], float]:
+    """The start of a teleporting grid, and its path and cost: for each candidate start t_i
+    (t_0 = t_max: no teleport), the least-cost N-step path from there
+    (:func:`least_cost_path`), run whole from ``x`` (teleported to t_i, then the sampler on the
+    path's times); the start whose run ends closest to the reference endpoint ``target`` wins.
+
+    The one-step costs do not price the teleport: it moves each sample onto another
+    trajectory of nearly the same distribution, which the path-wise distance counts in full, and
+    the first steps it saves are the costliest. Whole runs compare the two honestly. One
+    dynamic programming and one N-step run of the batch per candidate.
+    """
+    best: tuple[float, list[int], float] | None = None
+    for i in range(len(ts) - steps):
+        start = torch.full((len(ts),), torch.inf, dtype=torch.float64)
+        start[i] = 0.0
+        chosen, total = least_cost_path(cost, steps, start)
+        error = _distance(_run(sampler, denoiser, path, x, ts[chosen], moments), target)
+        if best is None or error < best[0]:
+            best = (error, chosen, total)
+    assert best is not None  # ts has more than `steps` times
+    return best[1], best[2]
+
+
+def _run(
+    sampler: Sampler,
+    denoiser: DenoiserFn,
+    path: NoisePath,
+    x: Tensor,
+    ts: Tensor,
+    moments: DataMoments | None,
+) -> Tensor:
+    """The whole sampler run on ``ts`` from x at t_max: teleported to ``ts[0]`` first where
+    it lies below t_max (with ``moments``)."""
+    if moments is not None and float(ts[0]) < path.t_max:
+        x = moments.carry(x, path, path.t_max, float(ts[0]))
+    return _step(sampler, denoiser, path, x, ts)
+
+
 @dataclass(frozen=True)
 class TunedGrid:
     """What :func:`tune_grid` finds.
@@ -188,12 +244,15 @@ class TunedGrid:
         endpoint_errors: mean_b ‖x_N − x_ref(t_min)‖₂ of the whole N-step sampler run from the
             batch's x_T on each grid (``tuned`` and the baselines): the error that matters,
             of which the one-step costs are GITS's proxy.
+        teleport: whether the tuned grid starts by the Gaussian teleport (its first time below
+            t_max).
     """
 
     times: list[float]
     cost: float
     baseline_costs: dict[str, float]
     endpoint_errors: dict[str, float]
+    teleport: bool = False
 
 
 @torch.no_grad()
@@ -207,6 +266,7 @@ def tune_grid(
     reference_steps: int = 200,
     candidates: int = 100,
     baselines: dict[str, Grid] | None = None,
+    teleport: DataMoments | None = None,
     progress: bool = False,
 ) -> TunedGrid:
     """GITS: the ``steps``-step grid of least total one-step cost of ``sampler`` against the
@@ -223,6 +283,9 @@ def tune_grid(
         baselines: grids (by name) whose N-step total cost and endpoint error are reported
             too; their times join the reference trajectory's and the candidates, so the
             tuned grid's total cost is at most theirs.
+        teleport: the data's moments: the grid may then start at any candidate time, reached
+            from t_max by the Gaussian teleport (no network call), the start chosen by
+            :func:`teleported_start`, and its N steps run from there.
     """
     if not sampler.is_deterministic() or "grid" not in sampler.arguments():
         raise ValueError(
@@ -244,13 +307,18 @@ def tune_grid(
     # the baselines' times join the candidates: the tuned grid costs no more than any of them
     cand_ts = torch.cat([fine[index], *others.values()]).unique().flip(0)
     cost = cost_matrix(sampler, denoiser, path, states_at(cand_ts), cand_ts.to(x.device), progress)
-    chosen, total = least_cost_path(cost, steps)
+    if teleport is None:
+        chosen, total = least_cost_path(cost, steps)
+    else:
+        chosen, total = teleported_start(sampler, denoiser, path, x, states[-1], cost,
+                                         cand_ts.to(x.device), steps, teleport)  # fmt: skip
     baseline_costs = {
         name: sum(step_costs(sampler, denoiser, path, states_at(ts), ts.to(x.device)))
         for name, ts in others.items()
     }
     endpoint_errors = {
-        name: _distance(_step(sampler, denoiser, path, x, ts.to(x.device)), states[-1])
+        name: _distance(_run(sampler, denoiser, path, x, ts.to(x.device), teleport), states[-1])
         for name, ts in {"tuned": cand_ts[chosen], **others}.items()
     }
-    return TunedGrid(cand_ts[chosen].tolist(), total, baseline_costs, endpoint_errors)
+    times = cand_ts[chosen].tolist()
+    return TunedGrid(times, total, baseline_costs, endpoint_errors, times[0] < path.t_max)

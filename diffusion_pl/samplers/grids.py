@@ -70,13 +70,19 @@ def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) 
 class Grid:
     """A time grid: ``grid(path, steps, device) -> ts [steps + 1]``, float64, decreasing."""
 
+    teleport: bool = False
+    """Whether the solver starts below t_max, where the sampler carries the prior draw by the
+    Gaussian teleport (:mod:`diffusion_pl.teleport`); only a :class:`CustomGrid` sets it."""
+
     def __call__(
         self, path: NoisePath, steps: int, device: torch.device | str | None = None
     ) -> Tensor:
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         ts = self.times(path, steps).to(device)
-        ts[0], ts[-1] = path.t_max, path.t_min
+        ts[-1] = path.t_min
+        if not self.teleport:
+            ts[0] = path.t_max
         return ts
 
     def times(self, path: NoisePath, steps: int) -> Tensor:
@@ -236,9 +242,12 @@ class CustomGrid(Grid):
     Args:
         times: the N + 1 times of an N-step grid, strictly decreasing from the path's t_max to
             its t_min (both ends within 1e-9); N must be the sampler's ``steps``.
+        teleport: the first time may lie below t_max: the sampler carries the prior draw from
+            t_max to it by the Gaussian teleport (:mod:`diffusion_pl.teleport`, no network
+            call), and the solver's N steps start there.
     """
 
-    def __init__(self, times: list[float]) -> None:
+    def __init__(self, times: list[float], teleport: bool = False) -> None:
         times = [float(t) for t in times]
         if len(times) < 2:
             raise ValueError(
@@ -252,6 +261,7 @@ class CustomGrid(Grid):
                     f"{after!r} follows times[{i}] = {t!r}; list them from t_max down to t_min"
                 )
         self.points = times
+        self.teleport = teleport
 
     @property
     def steps(self) -> int:
@@ -260,7 +270,8 @@ class CustomGrid(Grid):
 
     @classmethod
     def from_file(cls, file: str | Path) -> CustomGrid:
-        """The grid of a JSON file with a ``times`` list (what ``tune-grid`` writes)."""
+        """The grid of a JSON file with a ``times`` list and an optional ``teleport`` flag
+        (what ``tune-grid`` writes)."""
         try:
             record = json.loads(Path(file).read_text())
         except FileNotFoundError:
@@ -272,7 +283,12 @@ class CustomGrid(Grid):
                 f"grid file {file} has no list 'times'; it needs {{\"times\": [t_max, …, t_min]}}"
                 " as tune-grid writes"
             )
-        return cls(record["times"])
+        teleport = record.get("teleport", False)
+        if not isinstance(teleport, bool):
+            raise ValueError(
+                f"grid file {file}: 'teleport' must be true or false, got {teleport!r}"
+            )
+        return cls(record["times"], teleport)
 
     def times(self, path: NoisePath, steps: int) -> Tensor:
         if steps != self.steps:
@@ -280,19 +296,27 @@ class CustomGrid(Grid):
                 f"CustomGrid has {self.steps} steps ({len(self.points)} times) but the sampler "
                 f"takes {steps}: set the sampler's steps to {self.steps} (--steps {self.steps})"
             )
-        for name, given, end in [("first", self.points[0], path.t_max),
-                                 ("last", self.points[-1], path.t_min)]:  # fmt: skip
+        if self.teleport and not path.t_min < self.points[0] <= path.t_max:
+            raise ValueError(
+                f"CustomGrid's first time {self.points[0]!r}, where the teleport ends, is not in "
+                f"({path.t_min!r}, {path.t_max!r}], the times of {type(path).__name__}"
+            )
+        ends = [("last", self.points[-1], path.t_min)]
+        if not self.teleport:
+            ends.insert(0, ("first", self.points[0], path.t_max))
+        for name, given, end in ends:
             if not math.isclose(given, end, rel_tol=1e-9, abs_tol=1e-9):
                 raise ValueError(
                     f"CustomGrid's {name} time {given!r} is not {type(path).__name__}'s "
                     f"{'t_max' if name == 'first' else 't_min'} = {end!r}: a grid runs from "
-                    "t_max to t_min of the model's path (tune it on this model)"
+                    "t_max to t_min of the model's path (tune it on this model), or from the end "
+                    "of a teleport (teleport: true)"
                 )
         return torch.tensor(self.points, dtype=torch.float64)
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{t:.4g}" for t in self.points)
-        return f"CustomGrid(times=[{shown}])"
+        return f"CustomGrid(times=[{shown}]{', teleport=True' if self.teleport else ''})"
 
 
 def parse_grid(name: str) -> Grid:

@@ -93,3 +93,26 @@ def test_tune_grid_end_to_end(
     capsys.readouterr()
     _samples(toy_ckpt, tmp_path / "s", "--sampler", "euler", "--grid", f"file:{out}")
     assert "3 network evaluations per sample" in capsys.readouterr().out
+
+
+def test_tune_grid_teleport_end_to_end(
+    toy_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``tune-grid --teleport true`` on the toy run: the JSON says whether the grid starts by
+    the Gaussian teleport; ``sample --grid file:`` of a grid that does measures the data's
+    moments from the run's data and makes only the grid's 3 network evaluations."""
+    out = tmp_path / "grid.json"
+    main(["tune-grid", "--ckpt_path", str(toy_ckpt), "--sampler", "euler", "--steps", "3",
+          "--num_samples", "16", "--reference_steps", "40", "--candidates", "20",
+          "--teleport", "true", "--output", str(out)])  # fmt: skip
+    record = json.loads(out.read_text())
+    times = record["times"]
+    assert record["teleport"] == (times[0] < 1.0) and len(times) == 4 and times[-1] == 0.0
+    out.write_text(json.dumps({"times": [0.6, 0.3, 0.1, 0.0], "teleport": True}))
+    capsys.readouterr()
+    teleported = _samples(toy_ckpt, tmp_path / "s", "--sampler", "euler", "--grid", f"file:{out}")
+    printed = capsys.readouterr().out
+    assert "3 network evaluations per sample" in printed and "teleport=True" in printed
+    out.write_text(json.dumps({"times": [1.0, 0.6, 0.3, 0.1, 0.0]}))
+    plain = _samples(toy_ckpt, tmp_path / "p", "--sampler", "euler", "--grid", f"file:{out}")
+    assert np.abs(teleported - plain).max() > 1e-3  # the teleport is no Euler step

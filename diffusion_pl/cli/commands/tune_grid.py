@@ -11,6 +11,7 @@ from typing import Literal
 import torch
 
 from diffusion_pl.callbacks import Weights
+from diffusion_pl.checkpoints import load_datamodule
 from diffusion_pl.cli.loading import load_diffusion_module
 from diffusion_pl.cli.options import check_device, check_positive, check_sampler_options
 from diffusion_pl.cli.outputs import check_writable, json_writer, save_results
@@ -18,6 +19,7 @@ from diffusion_pl.errors import UsageError
 from diffusion_pl.generate import choose_sampler, counting_calls
 from diffusion_pl.samplers import SAMPLERS, Sampler, UniformGrid
 from diffusion_pl.samplers.gits import candidate_indices, default_candidates, tune_grid
+from diffusion_pl.teleport import moments_of_data
 
 __all__ = ["deterministic_samplers", "tune_grid_command"]
 
@@ -58,6 +60,7 @@ def tune_grid_command(
     seed: int = 0,
     device: str = "cpu",
     weights: Weights = "ema",
+    teleport: bool = False,
 ) -> dict[str, object]:
     """Find the ``--steps``-step time grid for a checkpoint and sampler; write it as JSON.
 
@@ -94,6 +97,11 @@ def tune_grid_command(
         seed: seed of the prior samples.
         device: torch device, e.g. ``cpu`` or ``cuda``.
         weights: ``ema`` or ``raw`` weights.
+        teleport: let the grid start below t_max, reached by the Gaussian teleport
+            (:mod:`diffusion_pl.teleport`: the exact flow of a Gaussian with the training
+            data's mean and covariance, no network call); the dynamic programming chooses the
+            start with the steps, scoring the teleport by its distance from the reference.
+            The JSON then says ``"teleport": true`` when the start is below t_max.
     """
     check_positive(steps=steps, num_samples=num_samples, reference_steps=reference_steps)
     if candidates is not None:
@@ -129,14 +137,18 @@ def tune_grid_command(
         except ValueError as err:
             print(f"note: no {name} grid to compare with: {err}", file=sys.stderr, flush=True)
             del baselines[name]
+    moments = None
+    if teleport:
+        moments = moments_of_data(load_datamodule(ckpt_path))
     start = time.perf_counter()
     with counting_calls(module.net) as calls:
         tuned = tune_grid(chosen, module.denoiser(), path, x, steps,
                           reference_steps=reference_steps, candidates=candidates,
-                          baselines=baselines, progress=True)  # fmt: skip
+                          baselines=baselines, teleport=moments, progress=True)  # fmt: skip
     seconds = time.perf_counter() - start
     result: dict[str, object] = {
         "times": tuned.times,
+        "teleport": tuned.teleport,
         "sampler": chosen.name,
         "steps": steps,
         "method": method,
@@ -152,6 +164,8 @@ def tune_grid_command(
     }
     costs = ", ".join(f"{k} grid {v:.4g}" for k, v in tuned.baseline_costs.items())
     shown = ", ".join(f"{t:.4g}" for t in tuned.times)
+    if tuned.teleport:
+        shown = f"teleport {path.t_max:.4g} → {shown}"
     print(f"{chosen.name}, {steps} steps: times [{shown}]; total one-step cost {tuned.cost:.4g} "
           f"({costs}); {calls[0]} network batches of {num_samples}, {seconds:.1f} s",
           flush=True)  # fmt: skip
