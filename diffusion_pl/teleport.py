@@ -10,7 +10,8 @@ map between two of them,
     x_s = α_s μ + U diag(√((α_s² λ + σ_s²) / (α_t² λ + σ_t²))) Uᵀ (x_t − α_t μ).
 
 Wang & Vastola (2023, "The Hidden Linear Structure in Score-Based Models and its Application",
-Sec. 5, "analytical teleportation") replace the first steps of a sampler by this map. It
+arXiv 2311.10892; "analytical teleportation" in their later work) replace the first 15–30 % of
+a sampler's steps by this map. It
 matters most for ε-prediction on VP paths at few steps: at t_max of the DDPM path α ≈ 0.006, so
 the network's x̂_0 = (x − σ ε̂)/α multiplies the error of ε̂ by σ/α ≈ 160, and the first solver
 step carries that error into every later one; the Gaussian map there is exact to the data's

@@ -21,6 +21,11 @@ programming's additivity. The first network call of every step from t_i is the s
 made once per row i; a one-evaluation sampler costs M + 1 network batches for all of C, Heun
 (a corrector at t_j) one more per pair.
 
+With the data's moments (``teleport``), the grid may start at any candidate t_i below t_max,
+reached by the Gaussian teleport (:mod:`diffusion_pl.teleport`): for each start the dynamic
+programming finds the best N steps from there, and the start whose whole run ends closest to
+the reference endpoint is kept (:func:`teleported_start`).
+
 Reference: Chen et al. (2024), "On the Trajectory Regularity of ODE-based Diffusion Sampling"
 (GITS), Sec. 4 and Algorithm 1.
 """
