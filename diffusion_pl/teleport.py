@@ -37,6 +37,8 @@ from diffusion_pl.paths import NoisePath
 
 if TYPE_CHECKING:
     from diffusion_pl.data import DiffusionDataModule
+    from diffusion_pl.formulations import DiffusionModule
+    from diffusion_pl.samplers import Sampler
 
 __all__ = ["MAX_DIMENSIONS", "DataMoments", "attach_data_moments", "moments_of_data"]
 
@@ -122,10 +124,9 @@ def moments_of_data(datamodule: DiffusionDataModule, limit: int = 50_000) -> Dat
 
 
 def attach_data_moments(
-    module: torch.nn.Module, sampler: object, datamodule: DiffusionDataModule, limit: int = 50_000
+    module: DiffusionModule, sampler: Sampler, datamodule: DiffusionDataModule, limit: int = 50_000
 ) -> None:
     """Give ``module`` the moments of its training data (``module.data_moments``) when
     ``sampler`` teleports and the module has none yet: measured on up to ``limit`` examples."""
-    teleports = getattr(sampler, "teleports", lambda: False)()
-    if teleports and getattr(module, "data_moments", None) is None:
+    if sampler.teleports() and module.data_moments is None:
         module.data_moments = moments_of_data(datamodule, limit)

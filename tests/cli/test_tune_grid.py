@@ -116,3 +116,21 @@ def test_tune_grid_teleport_end_to_end(
     out.write_text(json.dumps({"times": [1.0, 0.6, 0.3, 0.1, 0.0]}))
     plain = _samples(toy_ckpt, tmp_path / "p", "--sampler", "euler", "--grid", f"file:{out}")
     assert np.abs(teleported - plain).max() > 1e-3  # the teleport is no Euler step
+
+
+def test_a_run_whose_sampler_teleports_draws_grids_and_samples(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run whose YAML sampler teleports (``CustomGrid(..., teleport: true)``): its
+    sample-grid callback measures the data's moments from the trainer's data and draws, and
+    ``sample`` with the checkpoint's own sampler does so from the run's data config."""
+    grid = json.dumps({"class_path": "diffusion_pl.samplers.CustomGrid",
+                       "init_args": {"times": [0.6, 0.3, 0.0], "teleport": True}})  # fmt: skip
+    main(["fit", *toy_overrides(tmp_path, 3, "--model.init_args.sampler.init_args.grid", grid)])
+    assert list(tmp_path.rglob("samples/*.png"))
+    (ckpt,) = tmp_path.rglob("last.ckpt")
+    capsys.readouterr()
+    samples = _samples(ckpt, tmp_path / "s")
+    printed = capsys.readouterr().out
+    assert "teleport=True" in printed and "2 network evaluations per sample" in printed
+    assert np.isfinite(samples).all()
