@@ -120,9 +120,10 @@ FEW_STEP = (
 )
 """The few-step solvers, each on its paper's grid, for every net continuous in t."""
 
-STOCHASTIC = Sweep("dpmpp_2m_sde", few_step=True)
-"""DPM-Solver++(2M) SDE (η = 1): the reverse SDE's quality at a few-step solver's calls, for
-the nets whose best figure comes from a stochastic sampler (score-SDE, EDM)."""
+STOCHASTIC = (Sweep("dpmpp_2m_sde", few_step=True), Sweep("er_sde", few_step=True))
+"""DPM-Solver++(2M) SDE (η = 1) and ER-SDE-Solver-3 (η = 1, "ER SDE 5"): the reverse SDE's
+quality at a few-step solver's calls, for the nets whose best figure comes from a stochastic
+sampler (score-SDE, EDM)."""
 
 
 SWEEPS: dict[str, tuple[Sweep, ...]] = {
@@ -147,12 +148,12 @@ SWEEPS: dict[str, tuple[Sweep, ...]] = {
         Sweep("euler"),  # probability-flow ODE
         Sweep("heun", evals_per_step=2),
         *FEW_STEP,
-        STOCHASTIC,
+        *STOCHASTIC,
     ),
     "edm": (
         Sweep("edm_sde", evals_per_step=2),  # Alg. 1 (deterministic Heun; no churn by default)
         *FEW_STEP,
-        STOCHASTIC,
+        *STOCHASTIC,
     ),
 }
 """Each formulation's samplers: its own family, plus the PF-ODE solvers where the net is
