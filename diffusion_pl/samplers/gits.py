@@ -295,7 +295,8 @@ def tune_grid(
     if not sampler.is_deterministic() or "grid" not in sampler.arguments():
         raise ValueError(
             f"GITS tunes the grid of a deterministic sampler with a grid, not {sampler!r}: use "
-            "ddim (eta=0), euler, heun, dpmpp_2m, dpmpp_3m, ipndm, unipc or edm_sde (s_churn=0)"
+            "ddim (eta=0), euler, heun, dpmpp_2m, dpmpp_3m, ipndm, unipc, er_sde (eta=0) or "
+            "edm_sde (s_churn=0)"
         )
     index = candidate_indices(reference_steps, candidates)
     if not 1 <= steps <= candidates:

@@ -44,7 +44,8 @@ def _check_tunable(sampler: Sampler) -> None:
         raise UsageError(
             f"tune-grid tunes deterministic ODE samplers; {sampler.name} with {sampler.settings()}"
             f" is not one: use one of "
-            f"{', '.join(deterministic_samplers())} (ddim with eta=0, edm_sde with s_churn=0)"
+            f"{', '.join(deterministic_samplers())} (ddim and er_sde with eta=0, edm_sde with "
+            "s_churn=0)"
         )
 
 
@@ -86,7 +87,8 @@ def tune_grid_command(
             for; a note says when a baseline does better), checkpoint, num_samples, seed.
             Checked first.
         sampler: a deterministic sampler with a grid (ddim at eta=0, euler, heun, dpmpp_2m,
-            dpmpp_3m, ipndm, unipc, edm_sde at s_churn=0); default: the checkpoint's.
+            dpmpp_3m, ipndm, unipc, edm_sde at s_churn=0, er_sde at eta=0); default: the
+            checkpoint's.
         method: ``gits`` (the only one).
         num_samples: prior samples of the reference trajectory (the batch).
         reference_steps: Heun steps of the reference trajectory (2 network batches each).
