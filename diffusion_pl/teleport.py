@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
@@ -37,10 +37,15 @@ from diffusion_pl.paths import NoisePath
 
 if TYPE_CHECKING:
     from diffusion_pl.data import DiffusionDataModule
-    from diffusion_pl.formulations import DiffusionModule
-    from diffusion_pl.samplers import Sampler
 
-__all__ = ["MAX_DIMENSIONS", "DataMoments", "attach_data_moments", "moments_of_data"]
+__all__ = [
+    "MAX_DIMENSIONS",
+    "DataMoments",
+    "HoldsMoments",
+    "MayTeleport",
+    "attach_data_moments",
+    "moments_of_data",
+]
 
 MAX_DIMENSIONS = 4096
 """The most dimensions whose full covariance (D² float64 numbers, 128 MiB at 4,096) is kept."""
@@ -123,8 +128,21 @@ def moments_of_data(datamodule: DiffusionDataModule, limit: int = 50_000) -> Dat
     )
 
 
+class HoldsMoments(Protocol):
+    """What :func:`attach_data_moments` gives the moments to (a ``DiffusionModule``; typed by
+    what it uses, so this module imports no formulation)."""
+
+    data_moments: DataMoments | None
+
+
+class MayTeleport(Protocol):
+    """A sampler, as far as :func:`attach_data_moments` asks it (``Sampler.teleports``)."""
+
+    def teleports(self) -> bool: ...
+
+
 def attach_data_moments(
-    module: DiffusionModule, sampler: Sampler, datamodule: DiffusionDataModule, limit: int = 50_000
+    module: HoldsMoments, sampler: MayTeleport, datamodule: DiffusionDataModule, limit: int = 50_000
 ) -> None:
     """Give ``module`` the moments of its training data (``module.data_moments``) when
     ``sampler`` teleports and the module has none yet: measured on up to ``limit`` examples."""
