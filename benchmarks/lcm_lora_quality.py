@@ -2,20 +2,23 @@
 LoRA fine-tune of it on other data, in 4 steps.
 
     python benchmarks/lcm_lora_quality.py [--teacher VDM_COND.ckpt] [--teacher_steps 4000]
-        [--max_steps 2000] [--finetune_steps 1000] [--omega 1.0] [--teacher_nfe 50]
+        [--max_steps 2000 | --lcm_lora ADAPTERS.pt] [--finetune_steps 1000]
+        [--transform transposed|inverted|gamma] [--omega 1.0] [--teacher_nfe 50]
         [--lcm_steps 4] [--finetune_nfe 50 100] [--num_samples 2000] [--per_class 100]
         [--base_channels N] [--out benchmarks/results/lcm_lora_quality.json]
 
 1. The teacher: ``--teacher``, or configs/digits/vdm_cond.yaml fitted ``--teacher_steps``.
-2. LCM-LoRA: configs/digits/lcm_lora.yaml on it, ``--max_steps`` steps (rank-8 adapters on
-   the frozen teacher, ω fixed at ``--omega``, stop-gradient target); it writes adapters.pt.
+2. LCM-LoRA: ``--lcm_lora``, or configs/digits/lcm_lora.yaml on it, ``--max_steps`` steps
+   (rank-8 adapters on the frozen teacher, ω fixed at ``--omega``, stop-gradient target); it
+   writes adapters.pt.
 3. The fine-tune: configs/digits/lora_finetune.yaml on the same teacher, ``--finetune_steps``
-   steps (≤ 1,000), on the transposed digits (its config's data: ``Transformed`` with
-   ``Transpose``); it writes its own adapters.pt.
+   steps (≤ 1,000), on the digits under ``--transform`` (the config's: ``Transformed`` with
+   ``Transpose``; ``inverted``: ``Invert``; ``gamma``: ``Gamma(0.5)``, bolder strokes, a change
+   of style); it writes its own adapters.pt.
 4. Scores (EMA weights; all ten digits equally often; FID of ``--num_samples`` samples with
    the shipped digits features, against the val split of each model's data): the teacher guided
    at ω with DDIM at ``--teacher_nfe`` (F_T) and LCM-LoRA at ``--lcm_steps`` on the digits,
-   with the share read as the requested digit; on the transposed digits, the fine-tune with
+   with the share read as the requested digit; on the fine-tune's data, the fine-tune with
    DDIM at ``--finetune_nfe`` steps (its best at ≥ 50 NFE: F_FT) and at the LCM steps, the
    LCM-LoRA alone, and the acceleration vector (the fine-tune's adapters + the LCM-LoRA's,
    λ = 1 each, LCM sampler), each sampled as ``diffusion-pl sample --ckpt_path TEACHER --lora
@@ -38,6 +41,7 @@ import argparse
 from pathlib import Path
 
 import torch
+import yaml
 from _common import ROOT, markdown_table, report_header, run_record, shown, write_results
 from lcm_quality import fit, requested_digit_rate, write_config
 
@@ -98,6 +102,26 @@ def scored(
     return row
 
 
+TRANSFORMS = {
+    "transposed": {"class_path": "diffusion_pl.data.Transpose"},
+    "inverted": {"class_path": "diffusion_pl.data.Invert"},
+    "gamma": {"class_path": "diffusion_pl.data.Gamma", "init_args": {"gamma": 0.5}},
+}
+"""The fine-tune's other data (``--transform``): the digits transposed (the config's), inverted,
+or drawn with bolder strokes (brightness^0.5, a change of style)."""
+
+
+def finetune_config(root: Path, args: argparse.Namespace, teacher: Path) -> Path:
+    """configs/digits/lora_finetune.yaml on ``teacher`` for ``--finetune_steps``, on the digits
+    under ``--transform``."""
+    path = write_config("lora_finetune", root, args, args.finetune_steps,
+                        base_ckpt=checkpoint(teacher))  # fmt: skip
+    config = yaml.safe_load(path.read_text())
+    config["data"]["source"]["init_args"]["transform"] = TRANSFORMS[args.transform]
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
 def adapters_size(path: Path, base: DiffusionModule) -> dict:
     """An adapters file's bytes, weights and share of the base net's parameters."""
     weights = read_adapters(path).parameters()
@@ -124,14 +148,16 @@ def run(args: argparse.Namespace, evaluator: FIDEvaluator) -> dict:
     teacher = args.teacher
     if teacher is None:
         teacher, fits["teacher"] = fit(write_config("vdm_cond", work / "teacher", args))
-    _, fits["lcm_lora"] = fit(write_config(
-        "lcm_lora", work / "lcm_lora", args, args.max_steps, teacher=checkpoint(teacher),
-        omega_min=args.omega, omega_max=args.omega))  # fmt: skip
-    ft_run, fits["finetune"] = fit(write_config(
-        "lora_finetune", work / "finetune", args, args.finetune_steps,
-        base_ckpt=checkpoint(teacher)))  # fmt: skip
-    lcm, ft = (newest(work / name, "adapters.pt") for name in ("lcm_lora", "finetune"))
-    digits, transposed = load_datamodule(teacher), load_datamodule(ft_run)
+    lcm = args.lcm_lora
+    if lcm is None:
+        _, fits["lcm_lora"] = fit(write_config(
+            "lcm_lora", work / "lcm_lora", args, args.max_steps, teacher=checkpoint(teacher),
+            omega_min=args.omega, omega_max=args.omega))  # fmt: skip
+        lcm = newest(work / "lcm_lora", "adapters.pt")
+    ft_run, fits["finetune"] = fit(finetune_config(work / "finetune", args, teacher))
+    ft = newest(work / "finetune", "adapters.pt")
+    other = args.transform
+    digits, others = load_datamodule(teacher), load_datamodule(ft_run)
     judge = DigitsFeatures().classifier.to(args.device).eval()
     rows = [scored("teacher", "digits", loaded(teacher, args, n), digits, args, evaluator, judge)
             for n in args.teacher_nfe]  # fmt: skip
@@ -139,13 +165,13 @@ def run(args: argparse.Namespace, evaluator: FIDEvaluator) -> dict:
         student = loaded(teacher, args, n, lcm, sampler="lcm")
         rows.append(scored("LCM-LoRA", "digits", student, digits, args, evaluator, judge))
     for n in sorted({*args.finetune_nfe, *args.lcm_steps}):
-        rows.append(scored("fine-tune", "transposed", loaded(teacher, args, n, ft), transposed,
+        rows.append(scored("fine-tune", other, loaded(teacher, args, n, ft), others,
                            args, evaluator))  # fmt: skip
     for n in args.lcm_steps:
-        rows.append(scored("LCM-LoRA", "transposed", loaded(teacher, args, n, lcm, sampler="lcm"),
-                           transposed, args, evaluator))  # fmt: skip
+        rows.append(scored("LCM-LoRA", other, loaded(teacher, args, n, lcm, sampler="lcm"),
+                           others, args, evaluator))  # fmt: skip
         both = loaded(teacher, args, n, ft, lcm, sampler="lcm")
-        rows.append(scored("fine-tune + LCM-LoRA", "transposed", both, transposed, args,
+        rows.append(scored("fine-tune + LCM-LoRA", other, both, others, args,
                            evaluator))  # fmt: skip
     lcm_rows = (
         [] if args.lcm is None else [loaded(args.lcm, args, args.lcm_steps[0], sampler="lcm")]
@@ -169,11 +195,12 @@ def run(args: argparse.Namespace, evaluator: FIDEvaluator) -> dict:
 def report(results: dict) -> str:
     """The Markdown report: every score, the adapters, then the targets."""
     s, rows = results["settings"], results["scores"]
+    lora = f"{s['max_steps']} steps" if s["lcm_lora"] is None else f"from {s['lcm_lora']}"
     lines = report_header(
         "LCM-LoRA on the digits and the acceleration vector", results,
         f"{s['num_samples']} samples vs val of each model's data (digits features), ω = "
-        f"{s['omega']}; LCM-LoRA {s['max_steps']} steps, fine-tune {s['finetune_steps']} steps "
-        "on the transposed digits.",
+        f"{s['omega']}; LCM-LoRA {lora}, fine-tune {s['finetune_steps']} steps on the "
+        f"{s['transform']} digits.",
     )  # fmt: skip
     table = [[r["model"], r["data"], r["sampler"], r["steps"], r["fid"],
               shown(r["requested_digit"])]
@@ -189,11 +216,11 @@ def report(results: dict) -> str:
                    and (steps is None or steps(r["steps"])))  # fmt: skip
 
     f_t = best("teacher", "digits")
-    f_ft = best("fine-tune", "transposed", lambda n: n >= 50)
+    f_ft = best("fine-tune", s["transform"], lambda n: n >= 50)
     targets = []
     for n in s["lcm_steps"]:
         mine = best("LCM-LoRA", "digits", lambda k, n=n: k == n)
-        both = best("fine-tune + LCM-LoRA", "transposed", lambda k, n=n: k == n)
+        both = best("fine-tune + LCM-LoRA", s["transform"], lambda k, n=n: k == n)
         targets += [
             [f"LCM-LoRA, {n} steps", mine, f"≤ {BOUND}× F_T {f_t} = {BOUND * f_t:.3f}",
              "met" if mine <= BOUND * f_t else "missed"],
@@ -214,6 +241,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--teacher_steps", type=int, default=4000)
     parser.add_argument("--lcm", type=Path, help="a full LCM student for the picture's 2nd row")
     parser.add_argument("--max_steps", type=int, default=2000, help="LCM-LoRA steps")
+    parser.add_argument("--lcm_lora", type=Path,
+                        help="LCM-LoRA adapters of the teacher (default: fit them)")  # fmt: skip
+    parser.add_argument("--transform", choices=sorted(TRANSFORMS), default="transposed",
+                        help="the fine-tune's data: the digits so transformed")  # fmt: skip
     parser.add_argument("--finetune_steps", type=int, default=1000, help="fine-tune steps")
     parser.add_argument("--omega", type=float, default=1.0, help="ω of LCM-LoRA and sampling")
     parser.add_argument("--teacher_nfe", type=int, nargs="+", default=[50],

@@ -7,13 +7,14 @@ from diffusion_pl.data.latents import Latents
 from diffusion_pl.data.pairs import ReflowPairs
 from diffusion_pl.data.sources import Example, Source, Split
 from diffusion_pl.data.toy2d import GaussianMixture, Toy2D
-from diffusion_pl.data.transformed import ImageTransform, Invert, Transformed, Transpose
+from diffusion_pl.data.transformed import Gamma, ImageTransform, Invert, Transformed, Transpose
 from diffusion_pl.mixture import GaussianMixtureSpec
 
 __all__ = [
     "DiffusionDataModule",
     "Digits",
     "Example",
+    "Gamma",
     "GaussianMixture",
     "GaussianMixtureSpec",
     "HFImages",

@@ -1,6 +1,6 @@
 """Other data made from an image source by a fixed transform of every image: the "other data" a
 LoRA fine-tune adapts a base model to (LCM-LoRA's acceleration vector, Luo et al. 2023b,
-Sec. 3.2), e.g. the digits inverted or transposed.
+Sec. 3.2), e.g. the digits inverted or transposed, or drawn in another style (:class:`Gamma`).
 
 ``Transformed(source, transform)`` serves ``transform(x)`` for each example ``(x, y)`` of
 ``source`` (labels kept), so FID's reference statistics, computed from the data source, are
@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from diffusion_pl.data.sources import Example, Source, Split
 from diffusion_pl.data.streaming import StreamingSplit
 
-__all__ = ["ImageTransform", "Invert", "Transformed", "Transpose"]
+__all__ = ["Gamma", "ImageTransform", "Invert", "Transformed", "Transpose"]
 
 
 class ImageTransform(ABC):
@@ -37,6 +37,10 @@ class ImageTransform(ABC):
     keeps_mirror_symmetry: bool = False
     """Whether the mirror image of a transformed example is one where the source's is (hflip)."""
 
+    keeps_levels: bool = True
+    """Whether evenly spaced grey levels stay evenly spaced (else the data count as continuous
+    for a discretized likelihood)."""
+
 
 @dataclass(frozen=True)
 class Invert(ImageTransform):
@@ -47,6 +51,29 @@ class Invert(ImageTransform):
 
     def __call__(self, x: Tensor) -> Tensor:
         return -x
+
+
+@dataclass(frozen=True)
+class Gamma(ImageTransform):
+    """x → 2 ((x + 1)/2)^γ − 1: each pixel's brightness p ∈ [0, 1] raised to γ, the shapes
+    kept. γ < 1 lifts the faint pixels, so digits are drawn with bolder, fuller strokes: a change
+    of style rather than of content, the kind of fine-tune LCM-LoRA's acceleration vector is
+    shown on (Luo et al. 2023b, Sec. 3.2).
+
+    Args:
+        gamma: γ > 0 (1: the identity).
+    """
+
+    gamma: float = 0.5
+    keeps_mirror_symmetry = True  # a per-pixel map commutes with mirroring
+    keeps_levels = False  # the grey levels are no longer evenly spaced
+
+    def __post_init__(self) -> None:
+        if not self.gamma > 0:
+            raise ValueError(f"Gamma needs gamma > 0 (1 is the identity), got {self.gamma}")
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return ((x + 1) / 2).clamp(min=0).pow(self.gamma) * 2 - 1
 
 
 @dataclass(frozen=True)
@@ -80,7 +107,7 @@ class Transformed(Source):
 
     Args:
         source: an image source (``Digits``, ``HFImages``; not autoencoder codes).
-        transform: ``Invert`` or ``Transpose`` (an :class:`ImageTransform`).
+        transform: ``Invert``, ``Transpose`` or ``Gamma`` (an :class:`ImageTransform`).
 
     Reference: Luo et al. (2023b), "LCM-LoRA: A Universal Stable-Diffusion Acceleration
     Module", Sec. 3.2 (a fine-tune on other data, accelerated by the LCM-LoRA of its base).
@@ -109,7 +136,7 @@ class Transformed(Source):
 
     @property
     def num_levels(self) -> int | None:
-        return self.source.num_levels
+        return self.source.num_levels if self.transform.keeps_levels else None
 
     def prepare(self) -> None:
         self.source.prepare()

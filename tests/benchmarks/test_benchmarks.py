@@ -317,6 +317,18 @@ def test_lcm_lora_quality_scores_the_acceleration_vector(
     # 8x8 digit upscaled to 64 pixels with a 2-pixel border.
     assert results["picture"] == str(out.with_suffix(".png"))
     assert Image.open(results["picture"]).size == (10 * 66 + 2, 8 * 66 + 2)
+    # Again on the same teacher and LCM-LoRA (no new fit of either), with a style fine-tune:
+    # its rows are scored against the gamma-drawn digits.
+    again = script.main([
+        "--base_channels", "8", "--teacher", results["teacher"], "--lcm_lora",
+        sizes["lcm_lora"]["file"], "--transform", "gamma", "--finetune_steps", "2",
+        "--num_samples", "10", "--sample_batch", "10", "--per_class", "1", "--finetune_nfe",
+        "50", "--workdir", str(tmp_path / "runs2"), "--out", str(tmp_path / "gamma.json"),
+    ])  # fmt: skip
+    assert set(again["fit_seconds"]) == {"finetune"}
+    assert again["adapters"]["lcm_lora"]["file"] == sizes["lcm_lora"]["file"]
+    assert {r["data"] for r in again["scores"]} == {"digits", "gamma"}
+    assert "on the gamma digits" in (tmp_path / "gamma.md").read_text()
 
 
 def test_gpu_check_runs_every_case_but_compile_on_the_cpu(load: Callable, tmp_path: Path) -> None:

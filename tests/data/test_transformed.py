@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from diffusion_pl.data import DiffusionDataModule, Digits, Invert, Transformed, Transpose
+from diffusion_pl.data import DiffusionDataModule, Digits, Gamma, Invert, Transformed, Transpose
 from diffusion_pl.metrics import FIDEvaluator
 from diffusion_pl.metrics.features import DigitsFeatures
 from diffusion_pl.metrics.reference_stats import reference_key, source_config
@@ -38,6 +38,23 @@ def test_each_example_is_the_sources_transformed_with_its_label() -> None:
     assert Transformed(Symmetric(), Invert()).mirror_symmetric
     assert not Transformed(Symmetric(), Transpose()).mirror_symmetric
     assert not Transformed(Digits(), Invert()).mirror_symmetric
+
+
+def test_gamma_redraws_the_strokes_and_keeps_the_shapes() -> None:
+    """γ = 0.5: black stays black, white stays white, mid-grey 0 becomes 2·√0.5 − 1; every
+    pixel keeps its rank; the levels are no longer evenly spaced, so the data count as
+    continuous; γ ≤ 0 is refused."""
+    x, _ = stack(Digits().load("val"))
+    source = Transformed(Digits(), Gamma(0.5))
+    tx, _ = stack(source.load("val"))
+    assert torch.equal(tx[x == -1], x[x == -1]) and torch.allclose(tx[x == 1], x[x == 1])
+    grey = Gamma(0.5)(torch.zeros(1, 1, 1))
+    assert abs(float(grey) - (2 * 0.5**0.5 - 1)) < 1e-6
+    assert torch.all((tx >= x - 1e-6) & (tx <= 1 + 1e-6)) and tx.mean() > x.mean() + 0.1
+    assert source.num_levels is None and Transformed(Digits(), Gamma(1.0)).shape == (1, 8, 8)
+    assert torch.allclose(Gamma(1.0)(x), x)
+    with pytest.raises(ValueError, match="gamma > 0"):
+        Gamma(0.0)
 
 
 def test_fid_reference_statistics_follow_the_source(tmp_path: Path) -> None:
