@@ -205,20 +205,32 @@ class Sampler:
         self.check(path)
         x = path.prior_sample(shape, generator=generator, device=device, dtype=dtype)
         ts = self.time_grid(path, x.device)
-        if self.teleports():
-            if data_moments is None:
-                raise ValueError(
-                    f"{self!r} starts with the Gaussian teleport, which needs the data's mean "
-                    "and covariance: sample with diffusion-pl sample/fid or the callbacks, which "
-                    "measure them (diffusion_pl.teleport.attach_data_moments)"
-                )
-            x = data_moments.carry(x, path, path.t_max, float(ts[0]))
+        x = self.carry_prior(x, path, ts, data_moments)
         x = self.solver(
             denoiser, path, x, ts, generator=generator, progress=progress, **self.settings()
         )
         if self.denoises_at_end(path):
             x = denoiser(x, path.t_min).x0
         return x
+
+    def carry_prior(
+        self, x: Tensor, path: NoisePath, ts: Tensor, data_moments: DataMoments | None
+    ) -> Tensor:
+        """The prior draw ``x`` (at t_max) carried to ``ts[0]``, where :attr:`solver` starts:
+        by the Gaussian teleport where the sampler :meth:`teleports`, else ``x`` as drawn.
+
+        Raises:
+            ValueError: the sampler teleports and ``data_moments`` is None.
+        """
+        if not self.teleports():
+            return x
+        if data_moments is None:
+            raise ValueError(
+                f"{self!r} starts with the Gaussian teleport, which needs the data's mean "
+                "and covariance: sample with diffusion-pl sample/fid or the callbacks, which "
+                "measure them (diffusion_pl.teleport.attach_data_moments)"
+            )
+        return data_moments.carry(x, path, path.t_max, float(ts[0]))
 
     def denoises_at_end(self, path: NoisePath) -> bool:
         """Whether a call ends with one more network evaluation, x̂_0 at ``path.t_min``:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -19,6 +20,9 @@ from diffusion_pl.paths import NoisePath
 from diffusion_pl.randomness import Generators, randn
 from diffusion_pl.samplers.base import DenoiserFn, Sampler, progress_bar
 from diffusion_pl.samplers.grids import karras_sigmas
+
+if TYPE_CHECKING:
+    from diffusion_pl.teleport import DataMoments
 
 __all__ = ["ConsistencySampler", "consistency_levels", "sample_consistency"]
 
@@ -38,15 +42,13 @@ def sample_consistency(
     x̃ = x̂ + √(σ̃_i² − σ_min²) z and x̂ = f(α_i x̃, t_i); returns the last x̂.
 
     σ̃_i = σ_i/α_i is the scaled noise level of t_i (EDM's σ), and α_i x̃ the point on the
-    path at t_i: on the VE path (α = 1) this is Algorithm 1 as printed. When t_0 lies below
-    the path's t_max, the prior draw x is rescaled to N(0, σ_{t_0}² I), the same
-    approximation (α_{t_0} x_0 dropped, 1/σ̃_0 of the noise) as the prior's at t_max.
+    path at t_i: on the VE path (α = 1) this is Algorithm 1 as printed.
 
     Shared arguments: as in :mod:`diffusion_pl.samplers.base`.
 
     Args:
         denoiser: ``(x, t) -> Prediction``; its ``x0`` is the consistency function.
-        x: the prior draw N(0, σ_{t_max}² I), ``[B, ...]``.
+        x: samples at ``ts[0]``, ``[B, ...]``.
         ts: the evaluation times ``[K]``, decreasing: ``ts[0]`` where ``x`` lies, then one
             per extra step (K network evaluations).
         sigma_min: σ_min of the consistency function (where it is the identity).
@@ -57,8 +59,6 @@ def sample_consistency(
     with torch.no_grad():
         grid = ts.to("cpu", torch.float64)
         alpha, sigma = path.alpha(grid), path.sigma(grid)
-    if float(grid[0]) != path.t_max:
-        x = x * (float(sigma[0]) / path.prior_std())
     x0 = denoiser(x, ts[0]).x0.to(x.dtype)
     for i in progress_bar(range(1, len(ts)), len(ts) - 1, progress, "consistency"):
         a_i, s_i = float(alpha[i]), float(sigma[i] / alpha[i])
@@ -169,6 +169,17 @@ class ConsistencySampler(Sampler, steps=1, grid=False, denoise_final=False):
                 f"ConsistencySampler levels {self.levels()} reach the path's top sigma/alpha "
                 f"{top:g} ({type(path).__name__}): lower sigmas or sigma_max"
             )
+
+    def carry_prior(
+        self, x: Tensor, path: NoisePath, ts: Tensor, data_moments: DataMoments | None
+    ) -> Tensor:
+        """The prior draw at t_max as a draw at t_0: where t_0 lies below t_max, rescaled to
+        N(0, σ_{t_0}² I), the same approximation (α_{t_0} x_0 dropped) as the prior's at t_max."""
+        if float(ts[0]) == path.t_max:
+            return x
+        with torch.no_grad():
+            sigma = float(path.sigma(ts[:1].to("cpu", torch.float64))[0])
+        return x * (sigma / path.prior_std())
 
     def time_grid(self, path: NoisePath, device: torch.device | str | None) -> Tensor:
         """``[t_0, t(σ̃_1), …, t(σ̃_{K−1})]``, float64: t_0 = t_max, or t(σ_max) where the

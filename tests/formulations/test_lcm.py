@@ -121,7 +121,7 @@ def test_sampler_timesteps_are_the_papers_code() -> None:
     ts = LCMSampler(steps=4).time_grid(DDPMPath(), None)
     assert ts.tolist() == pytest.approx([1.0, 0.76, 0.5, 0.26], abs=1e-12)
     assert Timesteps.of(DDPMPath()).times()[[0, 19]].tolist() == pytest.approx([1e-3, 0.02])
-    with pytest.raises(ValueError, match="1 to original_steps=50 steps"):
+    with pytest.raises(ValueError, match="takes 1 to 50 steps"):
         LCMSampler(steps=51)
     diffusers = pytest.importorskip("diffusers")
     scheduler = diffusers.LCMScheduler()
