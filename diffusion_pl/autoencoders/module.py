@@ -21,7 +21,7 @@ from diffusion_pl.autoencoders.losses import (
 )
 from diffusion_pl.callbacks.ema import weights_in_use
 from diffusion_pl.callbacks.run_paths import run_dir
-from diffusion_pl.data.latents import autoencoder_class
+from diffusion_pl.data.autoencoder_kl import autoencoder_class
 from diffusion_pl.formulations.optim import optimizer_config
 from diffusion_pl.hparams import save_config
 from diffusion_pl.randomness import ExampleNoise, Generators, randn

@@ -14,7 +14,7 @@ from lightning import LightningModule
 from diffusion_pl.checkpoints import load_datamodule, load_module, read_checkpoint
 from diffusion_pl.cli import DiffusionCLI, main
 from diffusion_pl.data import DiffusionDataModule, Digits, Latents
-from diffusion_pl.data.latents import Autoencoder
+from diffusion_pl.data.autoencoder_kl import Autoencoder
 from diffusion_pl.metrics import FIDEvaluator
 
 diffusers = pytest.importorskip("diffusers")  # in the dev and latent extras

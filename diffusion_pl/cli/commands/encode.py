@@ -11,7 +11,8 @@ import yaml
 
 from diffusion_pl.cli.options import check_device, check_positive
 from diffusion_pl.cli.outputs import check_writable
-from diffusion_pl.data.latents import autoencoder_class, encode_dataset
+from diffusion_pl.data.autoencoder_kl import autoencoder_class
+from diffusion_pl.data.latents import encode_dataset
 from diffusion_pl.errors import UsageError
 
 __all__ = ["encode"]
