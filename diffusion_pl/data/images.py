@@ -14,6 +14,7 @@ from huggingface_hub import HfApi
 from torch.utils.data import Dataset
 
 from diffusion_pl.data.image_rows import ImageRows, row_example
+from diffusion_pl.data.image_settings import check_streaming, require_name
 from diffusion_pl.data.sources import Example, Source, Split, check_fraction, check_split
 from diffusion_pl.data.streaming import StreamingSplit, parquet_rows
 
@@ -111,7 +112,7 @@ class HFImages(Source):
         if from_disk and builder is not None:
             raise ValueError(f"from_disk reads a saved dataset, which needs no builder={builder!r}")
         check_fraction(val_fraction)
-        _check_streaming(streaming, from_disk, split_val, shuffle_buffer, num_train, num_val)
+        check_streaming(streaming, from_disk, split_val, shuffle_buffer, num_train, num_val)
         self.path = path
         self.split_train = split_train
         self.split_val = split_val
@@ -276,17 +277,17 @@ class HFImages(Source):
         self, loaded: hf.DatasetDict | hf.IterableDatasetDict
     ) -> dict[Split, hf.Dataset]:
         """Check that the configured splits and columns exist; hold out val if asked."""
-        _require("split", "split_train", self.split_train, list(loaded), self.path)
+        require_name("split", "split_train", self.split_train, list(loaded), self.path)
         if self.split_val is not None:
             hint = "or to null to hold out val_fraction of train"
-            _require("split", "split_val", self.split_val, list(loaded), self.path, hint)
+            require_name("split", "split_val", self.split_val, list(loaded), self.path, hint)
         train = loaded[self.split_train]
         columns = train.column_names or []  # a stream may not know its columns before reading
         if columns:
-            _require("column", "image_column", self.image_column, columns, self.path)
+            require_name("column", "image_column", self.image_column, columns, self.path)
         if self.label_column is not None and columns:
             hint = "or to null for unlabelled data"
-            _require("column", "label_column", self.label_column, columns, self.path, hint)
+            require_name("column", "label_column", self.label_column, columns, self.path, hint)
         if self.split_val is not None:
             return {"train": train, "val": loaded[self.split_val]}
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed))
@@ -295,53 +296,3 @@ class HFImages(Source):
             "train": train.select(order[num_val:].tolist()),
             "val": train.select(order[:num_val].tolist()),
         }
-
-
-def _check_streaming(
-    streaming: bool,
-    from_disk: bool,
-    split_val: str | None,
-    shuffle_buffer: int,
-    num_train: int | None,
-    num_val: int | None,
-) -> None:
-    """Refuse streaming settings that cannot work, naming the key and the fix."""
-    if shuffle_buffer <= 0:
-        raise ValueError(f"shuffle_buffer must be > 0 (1: no shuffling), got {shuffle_buffer}")
-    for key, value in (("num_train", num_train), ("num_val", num_val)):
-        if value is not None and value <= 0:
-            raise ValueError(f"{key} must be > 0 or null, got {value}")
-        if value is not None and not streaming:
-            raise ValueError(f"{key}={value} applies to streaming: set streaming: true or drop it")
-    if not streaming:
-        return
-    if from_disk:
-        raise ValueError(
-            "from_disk reads a saved dataset, which is memory-mapped and needs no streaming: "
-            "set streaming: false, or point path at the dataset's parquet or image files"
-        )
-    if split_val is None:
-        raise ValueError(
-            "streaming: true needs a separate validation split (a stream cannot hold out "
-            "val_fraction of train): set split_val to one of the dataset's splits"
-        )
-
-
-def _require(
-    kind: str, key: str, value: str, available: list[str], dataset: str, hint: str = ""
-) -> None:
-    """Raise a ValueError naming the config ``key`` unless ``value`` is among ``available``.
-
-    Args:
-        kind: ``"split"`` or ``"column"``.
-        key: the HFImages argument that holds ``value``.
-        value: the configured name.
-        available: the names the dataset has.
-        dataset: the dataset's path, for the message.
-        hint: another way out, appended to the message.
-    """
-    if value not in available:
-        raise ValueError(
-            f"{key}={value!r} is not a {kind} of {dataset!r}; available {kind}s: {available}. "
-            f"Set {key} to one of them{', ' + hint if hint else ''}."
-        )
