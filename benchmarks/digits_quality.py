@@ -62,7 +62,8 @@ from diffusion_pl.generate import counting_calls
 from diffusion_pl.metrics import FIDEvaluator
 from diffusion_pl.paths import NoisePath
 from diffusion_pl.samplers import GRIDS, SAMPLERS, CustomGrid, Grid, Sampler
-from diffusion_pl.samplers.gits import default_candidates, tune_grid
+from diffusion_pl.samplers.gits import default_candidates
+from diffusion_pl.samplers.tuning import tune_grid
 from diffusion_pl.teleport import moments_of_data
 
 CONFIGS = ROOT / "configs/digits"

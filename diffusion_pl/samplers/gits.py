@@ -21,18 +21,13 @@ programming's additivity. The first network call of every step from t_i is the s
 made once per row i; a one-evaluation sampler costs M + 1 network batches for all of C, Heun
 (a corrector at t_j) one more per pair.
 
-With the data's moments (``teleport``), the grid may start at any candidate t_i below t_max,
-reached by the Gaussian teleport (:mod:`diffusion_pl.teleport`): for each start the dynamic
-programming finds the best N steps from there, and the start whose whole run ends closest to
-the reference endpoint is kept (:func:`teleported_start`).
+:func:`~diffusion_pl.samplers.tuning.tune_grid` runs these steps for one model and sampler.
 
 Reference: Chen et al. (2024), "On the Trajectory Regularity of ODE-based Diffusion Sampling"
 (GITS), Sec. 4 and Algorithm 1.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -43,19 +38,17 @@ from diffusion_pl.samplers.ancestral import TrainedStepsGrid
 from diffusion_pl.samplers.base import Sampler, progress_bar
 from diffusion_pl.samplers.grids import EDMGrid, Grid, LinspaceGrid
 from diffusion_pl.samplers.ode import sample_heun
-from diffusion_pl.teleport import DataMoments
 
 __all__ = [
-    "TunedGrid",
     "candidate_indices",
     "cost_matrix",
     "default_candidates",
     "fine_grid",
     "least_cost_path",
+    "mean_distance",
     "reference_trajectory",
+    "solve_on",
     "step_costs",
-    "teleported_start",
-    "tune_grid",
 ]
 
 
@@ -146,14 +139,16 @@ class _FirstCallCache:
         return self.value
 
 
-def _step(sampler: Sampler, denoiser: DenoiserFn, path: NoisePath, x: Tensor, ts: Tensor) -> Tensor:
+def solve_on(
+    sampler: Sampler, denoiser: DenoiserFn, path: NoisePath, x: Tensor, ts: Tensor
+) -> Tensor:
     """``sampler``'s function over ``ts`` (one step for two times), without its final
     denoising (the states compared are the ODE's)."""
     settings = sampler.settings()
     return sampler.solver(denoiser, path, x, ts, generator=None, progress=False, **settings)
 
 
-def _distance(x: Tensor, target: Tensor) -> float:
+def mean_distance(x: Tensor, target: Tensor) -> float:
     """mean_b ‖x_b − target_b‖₂ over the batch."""
     return float((x - target).flatten(1).double().norm(dim=1).mean())
 
@@ -174,8 +169,8 @@ def cost_matrix(
     for i in progress_bar(range(m), m, progress, "cost matrix"):
         cached = _FirstCallCache(denoiser)
         for j in range(i + 1, m + 1):
-            x = _step(sampler, cached, path, states[i], ts[[i, j]])
-            cost[i, j] = _distance(x, states[j])
+            x = solve_on(sampler, cached, path, states[i], ts[[i, j]])
+            cost[i, j] = mean_distance(x, states[j])
     return cost
 
 
@@ -185,146 +180,6 @@ def step_costs(
 ) -> list[float]:
     """The cost of each step of the grid ``ts`` against the reference ``states`` at ``ts``."""
     return [
-        _distance(_step(sampler, denoiser, path, states[k], ts[k : k + 2]), states[k + 1])
+        mean_distance(solve_on(sampler, denoiser, path, states[k], ts[k : k + 2]), states[k + 1])
         for k in range(len(ts) - 1)
     ]
-
-
-def teleported_start(
-    sampler: Sampler,
-    denoiser: DenoiserFn,
-    path: NoisePath,
-    x: Tensor,
-    target: Tensor,
-    cost: Tensor,
-    ts: Tensor,
-    steps: int,
-    moments: DataMoments,
-) -> tuple[list[int], float]:
-    """The start of a teleporting grid, and its path and cost: for each candidate start t_i
-    (t_0 = t_max: no teleport), the least-cost N-step path from there
-    (:func:`least_cost_path`), run whole from ``x`` (teleported to t_i, then the sampler on the
-    path's times); the start whose run ends closest to the reference endpoint ``target`` wins.
-
-    The one-step costs do not price the teleport: it moves each sample onto another
-    trajectory of nearly the same distribution, which the path-wise distance counts in full, and
-    the first steps it saves are the costliest. Whole runs compare the two honestly. One
-    dynamic programming and one N-step run of the batch per candidate.
-    """
-    best: tuple[float, list[int], float] | None = None
-    for i in range(len(ts) - steps):
-        start = torch.full((len(ts),), torch.inf, dtype=torch.float64)
-        start[i] = 0.0
-        chosen, total = least_cost_path(cost, steps, start)
-        error = _distance(_run(sampler, denoiser, path, x, ts[chosen], moments), target)
-        if best is None or error < best[0]:
-            best = (error, chosen, total)
-    assert best is not None  # ts has more than `steps` times
-    return best[1], best[2]
-
-
-def _run(
-    sampler: Sampler,
-    denoiser: DenoiserFn,
-    path: NoisePath,
-    x: Tensor,
-    ts: Tensor,
-    moments: DataMoments | None,
-) -> Tensor:
-    """The whole sampler run on ``ts`` from x at t_max: teleported to ``ts[0]`` first where
-    it lies below t_max (with ``moments``)."""
-    if moments is not None and float(ts[0]) < path.t_max:
-        x = moments.carry(x, path, path.t_max, float(ts[0]))
-    return _step(sampler, denoiser, path, x, ts)
-
-
-@dataclass(frozen=True)
-class TunedGrid:
-    """What :func:`tune_grid` finds.
-
-    Attributes:
-        times: the N + 1 tuned times, t_max → t_min.
-        cost: its total one-step cost Σ C (the dynamic programming's minimum).
-        baseline_costs: the same total for each baseline grid, by name.
-        endpoint_errors: mean_b ‖x_N − x_ref(t_min)‖₂ of the whole N-step sampler run from the
-            batch's x_T on each grid (``tuned`` and the baselines): the error that matters,
-            of which the one-step costs are GITS's proxy.
-        teleport: whether the tuned grid starts by the Gaussian teleport (its first time below
-            t_max).
-    """
-
-    times: list[float]
-    cost: float
-    baseline_costs: dict[str, float]
-    endpoint_errors: dict[str, float]
-    teleport: bool = False
-
-
-@torch.no_grad()
-def tune_grid(
-    sampler: Sampler,
-    denoiser: DenoiserFn,
-    path: NoisePath,
-    x: Tensor,
-    steps: int,
-    *,
-    reference_steps: int = 200,
-    candidates: int = 100,
-    baselines: dict[str, Grid] | None = None,
-    teleport: DataMoments | None = None,
-    progress: bool = False,
-) -> TunedGrid:
-    """GITS: the ``steps``-step grid of least total one-step cost of ``sampler`` against the
-    fine reference trajectory of the prior draws ``x`` (module docstring).
-
-    Args:
-        sampler: a deterministic sampler with a ``grid`` setting (its settings are kept).
-        denoiser: the model, ``(x, t) -> Prediction``.
-        path: the model's noise path.
-        x: prior samples at ``path.t_max``, ``[B, ...]``.
-        steps: N, the steps of the tuned grid.
-        reference_steps: Heun steps of the reference trajectory on :func:`fine_grid`.
-        candidates: M, candidate times are M + 1 of the fine times, evenly spread.
-        baselines: grids (by name) whose N-step total cost and endpoint error are reported
-            too; their times join the reference trajectory's and the candidates, so the
-            tuned grid's total cost is at most theirs.
-        teleport: the data's moments: the grid may then start at any candidate time, reached
-            from t_max by the Gaussian teleport (no network call), the start chosen by
-            :func:`teleported_start`, and its N steps run from there.
-    """
-    if not sampler.is_deterministic() or "grid" not in sampler.arguments():
-        raise ValueError(
-            f"GITS tunes the grid of a deterministic sampler with a grid, not {sampler!r}: use "
-            "ddim (eta=0), euler, heun, dpmpp_2m, dpmpp_3m, ipndm, unipc, er_sde (eta=0) or "
-            "edm_sde (s_churn=0)"
-        )
-    index = candidate_indices(reference_steps, candidates)
-    if not 1 <= steps <= candidates:
-        raise ValueError(f"steps must be in [1, candidates = {candidates}], got {steps}")
-    fine = fine_grid(path)(path, reference_steps)
-    others = {name: grid(path, steps) for name, grid in (baselines or {}).items()}
-    all_ts = torch.cat([fine, *others.values()]).unique().flip(0)  # decreasing, merged
-    states = reference_trajectory(denoiser, path, x, all_ts.to(x.device), progress)
-    at = {float(t): k for k, t in enumerate(all_ts)}
-
-    def states_at(ts: Tensor) -> Tensor:
-        return states[[at[float(t)] for t in ts]]
-
-    # the baselines' times join the candidates: the tuned grid costs no more than any of them
-    cand_ts = torch.cat([fine[index], *others.values()]).unique().flip(0)
-    cost = cost_matrix(sampler, denoiser, path, states_at(cand_ts), cand_ts.to(x.device), progress)
-    if teleport is None:
-        chosen, total = least_cost_path(cost, steps)
-    else:
-        chosen, total = teleported_start(sampler, denoiser, path, x, states[-1], cost,
-                                         cand_ts.to(x.device), steps, teleport)  # fmt: skip
-    baseline_costs = {
-        name: sum(step_costs(sampler, denoiser, path, states_at(ts), ts.to(x.device)))
-        for name, ts in others.items()
-    }
-    endpoint_errors = {
-        name: _distance(_run(sampler, denoiser, path, x, ts.to(x.device), teleport), states[-1])
-        for name, ts in {"tuned": cand_ts[chosen], **others}.items()
-    }
-    times = cand_ts[chosen].tolist()
-    return TunedGrid(times, total, baseline_costs, endpoint_errors, times[0] < path.t_max)

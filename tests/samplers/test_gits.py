@@ -16,8 +16,8 @@ from diffusion_pl.samplers.gits import (
     fine_grid,
     least_cost_path,
     reference_trajectory,
-    tune_grid,
 )
+from diffusion_pl.samplers.tuning import tune_grid
 
 
 @pytest.mark.parametrize("size, steps", [(6, 1), (6, 3), (7, 4), (8, 6), (8, 7)])

@@ -14,8 +14,9 @@ from diffusion_pl.mixture import GaussianMixtureSpec
 from diffusion_pl.oracle import GaussianMixtureOracle
 from diffusion_pl.paths import LinearPath, NoisePath, VEPath, VPLinearPath
 from diffusion_pl.samplers import SAMPLERS, CustomGrid
-from diffusion_pl.samplers.gits import fine_grid, reference_trajectory, tune_grid
+from diffusion_pl.samplers.gits import fine_grid, reference_trajectory
 from diffusion_pl.samplers.ode import sample_heun
+from diffusion_pl.samplers.tuning import tune_grid
 from diffusion_pl.teleport import MAX_DIMENSIONS, DataMoments
 
 MEAN = torch.tensor([0.5, -1.0, 0.25], dtype=torch.float64)

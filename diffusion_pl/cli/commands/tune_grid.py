@@ -18,7 +18,8 @@ from diffusion_pl.cli.outputs import check_writable, json_writer, save_results
 from diffusion_pl.errors import UsageError
 from diffusion_pl.generate import choose_sampler, counting_calls
 from diffusion_pl.samplers import SAMPLERS, Sampler, UniformGrid
-from diffusion_pl.samplers.gits import candidate_indices, default_candidates, tune_grid
+from diffusion_pl.samplers.gits import candidate_indices, default_candidates
+from diffusion_pl.samplers.tuning import tune_grid
 from diffusion_pl.teleport import moments_of_data
 
 __all__ = ["deterministic_samplers", "tune_grid_command"]
