@@ -2,20 +2,24 @@
 
     python benchmarks/lcm_quality.py [--runs cond uncond] [--teacher VDM_COND.ckpt]
         [--uncond_teacher VDM.ckpt] [--teacher_steps 4000] [--max_steps 2000]
-        [--omega_range 1 4] [--lcm_steps 1 2 4] [--omegas 1 1.5 2 3] [--teacher_nfe 10 50]
-        [--num_samples 2000] [--per_class 100] [--base_channels N]
+        [--student LCM.ckpt] [--omega_range 1 4] [--lcm_steps 1 2 4] [--teleport_to 659 …]
+        [--omegas 1 1.5 2 3] [--teacher_nfe 10 50] [--num_samples 2000] [--per_class 100]
+        [--base_channels N]
         [--out benchmarks/results/lcm_quality.json]
 
 1. The teacher: ``--teacher``, or configs/digits/vdm_cond.yaml fitted ``--teacher_steps``
    steps (ε-prediction on the DDPM path, p_uncond 0.1).
-2. The student: configs/digits/lcm.yaml from that teacher, ``--max_steps`` steps (ω ~ U[1, 4],
-   or ``--omega_range``; k = 20, DDIM teacher step, EMA target 0.95, started from the teacher).
+2. The student: ``--student`` (one run only), or configs/digits/lcm.yaml from that teacher,
+   ``--max_steps`` steps (ω ~ U[1, 4], or ``--omega_range``; k = 20, DDIM teacher step, EMA
+   target 0.95, started from the teacher).
 3. Scores, with the EMA weights, all ten digits equally often: the FID of ``--num_samples``
    samples against the val split (the shipped digits features) and the share of
    ``--per_class`` samples per digit that the shipped digits classifier reads as the requested
    digit, for the teacher guided at each ω of ``--omegas`` with DDIM and DPM-Solver++(2M) at
    each of ``--teacher_nfe`` steps (classifier-free guidance: two net passes a step, on one
-   doubled batch), and for the student at each ω and each of ``--lcm_steps`` (one pass a step).
+   doubled batch), and for the student at each ω and each of ``--lcm_steps`` (one pass a step),
+   from τ = 999 and from each ``--teleport_to`` level (the Gaussian teleport's start,
+   ``LCMSampler(teleport_to=τ)``).
 
 ``uncond`` (in ``--runs``) does the same for the unconditional DDPM of configs/digits/vdm.yaml
 (``--uncond_teacher``, or fitted ``--teacher_steps``): plain LCD, ω fixed at 1, the student the
@@ -118,7 +122,8 @@ def score(
             rate = None
             if conditional:
                 rate = requested_digit_rate(module, judge, sampler, omega, args.per_class)
-            rows.append({"sampler": sampler.name, "steps": sampler.steps, "omega": omega,
+            rows.append({"sampler": sampler.name, "steps": sampler.steps,
+                         "teleport_to": getattr(sampler, "teleport_to", None), "omega": omega,
                          "fid": round(fid, 3), "requested_digit": rate})  # fmt: skip
             print(rows[-1], flush=True)
     return rows
@@ -131,16 +136,18 @@ FACTORS = {"cond": ((4, 1.3), (2, 1.5), (1, None)), "uncond": ((2, 1.5), (1, Non
 def report(results: dict) -> str:
     """The Markdown report: every score, then the targets against each teacher's best FID."""
     s = results["settings"]
+    student = f"LCM {s['max_steps']} steps" if s.get("student") is None else s["student"]
     lines = report_header(
         "LCM on the digits: guided few-step sampling against its teacher", results,
         f"{s['num_samples']} samples vs val (digits features), {s['per_class']} per digit "
-        f"classified; LCM {s['max_steps']} steps.",
+        f"classified; {student}.",
     )  # fmt: skip
     rows, targets = [], []
     for run, info in results["runs"].items():
         for who in ("teacher", "lcm"):
-            rows += [[run, who, r["sampler"], r["steps"], shown(r["omega"]), r["fid"],
-                      shown(r["requested_digit"]), shown(info[who]["fit_seconds"])]
+            rows += [[run, who, r["sampler"], r["steps"], shown(r.get("teleport_to")),
+                      shown(r["omega"]), r["fid"], shown(r["requested_digit"]),
+                      shown(info[who]["fit_seconds"])]
                      for r in info[who]["scores"]]  # fmt: skip
         best = min(r["fid"] for r in info["teacher"]["scores"])
         for steps, factor in FACTORS[run]:
@@ -150,11 +157,13 @@ def report(results: dict) -> str:
             top = min(mine, key=lambda r: r["fid"])
             bound = "report" if factor is None else f"≤ {factor}× {best} = {factor * best:.3f}"
             met = "" if factor is None else ("met" if top["fid"] <= factor * best else "missed")
-            targets.append([run, steps, shown(top["omega"]), top["fid"],
-                            shown(top["requested_digit"]), bound, met])  # fmt: skip
-    headers = ["run", "model", "sampler", "steps", "ω", "FID", "read as asked", "fit s"]
+            targets.append([run, steps, shown(top.get("teleport_to")), shown(top["omega"]),
+                            top["fid"], shown(top["requested_digit"]), bound, met])  # fmt: skip
+    headers = ["run", "model", "sampler", "steps", "teleport to", "ω", "FID", "read as asked",
+               "fit s"]  # fmt: skip
     lines.append(markdown_table(headers, rows))
-    headers = ["run", "LCM steps", "best ω", "FID", "read as asked", "target", ""]
+    headers = ["run", "LCM steps", "teleport to", "best ω", "FID", "read as asked", "target",
+               ""]  # fmt: skip
     lines += ["", markdown_table(headers, targets)]
     return "\n".join(lines)
 
@@ -177,10 +186,14 @@ def distil_and_score(run: str, args: argparse.Namespace, evaluator: FIDEvaluator
     elif args.omega_range is not None:  # ω ~ U[lo, hi] instead of the config's [1, 4]
         lo, hi = args.omega_range
         model |= {"omega_min": lo, "omega_max": hi, "guidance_scale": lo}
-    student, student_seconds = fit(write_config("lcm", args.workdir / run / "lcm", args, **model))
+    student, student_seconds = args.student, None
+    if student is None:
+        config = write_config("lcm", args.workdir / run / "lcm", args, **model)
+        student, student_seconds = fit(config)
     teacher_samplers = [cls(steps=n) for n in args.teacher_nfe
                         for cls in (DDIMSampler, DPMSolverSampler)]  # fmt: skip
-    lcm_samplers = [LCMSampler(steps=n) for n in args.lcm_steps]
+    lcm_samplers = [LCMSampler(steps=n, teleport_to=tau) for tau in [None, *args.teleport_to]
+                    for n in args.lcm_steps]  # fmt: skip
     return {
         "teacher": {"checkpoint": str(teacher), "fit_seconds": teacher_seconds,
                     "scores": score(teacher, teacher_samplers, args, evaluator)},
@@ -195,10 +208,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--teacher", type=Path, help="a vdm_cond checkpoint (default: fit one)")
     parser.add_argument("--uncond_teacher", type=Path, help="a vdm checkpoint (default: fit one)")
     parser.add_argument("--teacher_steps", type=int, default=4000)
+    parser.add_argument("--student", type=Path, help="the run's LCM checkpoint (default: distil)")
     parser.add_argument("--max_steps", type=int, default=2000, help="LCM distillation steps")
     parser.add_argument("--omega_range", type=float, nargs=2, metavar=("LO", "HI"),
                         help="the student's ω ~ U[LO, HI] (default: the config's)")  # fmt: skip
     parser.add_argument("--lcm_steps", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--teleport_to", type=int, nargs="+", default=[], metavar="TAU",
+                        help="also start LCM at these skipping-grid levels")  # fmt: skip
     parser.add_argument("--omegas", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0])
     parser.add_argument("--teacher_nfe", type=int, nargs="+", default=[10, 50],
                         help="DDIM and DPM-Solver++(2M) steps of the teacher")  # fmt: skip
@@ -210,7 +226,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs/benchmarks/lcm")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/lcm_quality.json")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.student is not None and len(args.runs) != 1:
+        parser.error("--student is one run's LCM checkpoint: give one of --runs")
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:

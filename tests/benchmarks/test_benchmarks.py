@@ -283,6 +283,36 @@ def test_latent_quality_runs_the_autoencoder_both_flows_and_draws_the_picture(
 
 
 @pytest.mark.usefixtures("one_thread")
+def test_lcm_quality_distils_scores_and_rescores_a_student_from_teleported_starts(
+    load: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plain LCD from a tiny unconditional teacher, scored from τ = 999 and teleported to 659;
+    then the same student again with no fit (--student), and --student with two runs refused."""
+    monkeypatch.setenv("DIFFUSION_PL_CACHE", str(tmp_path / "cache"))
+    script, out = load("lcm_quality"), tmp_path / "lcm.json"
+    tiny = ["--runs", "uncond", "--base_channels", "8", "--lcm_steps", "1", "2",
+            "--teleport_to", "659", "--teacher_nfe", "2", "--num_samples", "10",
+            "--sample_batch", "10", "--per_class", "1",
+            "--workdir", str(tmp_path / "runs")]  # fmt: skip
+    first = script.main([*tiny, "--teacher_steps", "2", "--max_steps", "2", "--out", str(out)])
+    run = first["runs"]["uncond"]
+    assert [(r["sampler"], r["steps"]) for r in run["teacher"]["scores"]] == [
+        ("ddim", 2), ("dpmpp_2m", 2)]  # fmt: skip
+    assert [(r["steps"], r["teleport_to"]) for r in run["lcm"]["scores"]] == [
+        (1, None), (2, None), (1, 659), (2, 659)]  # fmt: skip
+    assert all(math.isfinite(r["fid"]) and r["omega"] is None for r in run["lcm"]["scores"])
+    assert "| uncond | 2 |" in out.with_suffix(".md").read_text()
+    student, teacher = run["lcm"]["checkpoint"], run["teacher"]["checkpoint"]
+    again = script.main([*tiny, "--uncond_teacher", teacher, "--student", student,
+                         "--out", str(tmp_path / "again.json")])  # fmt: skip
+    rescored = again["runs"]["uncond"]["lcm"]
+    assert rescored["fit_seconds"] is None and rescored["checkpoint"] == student
+    assert [r["fid"] for r in rescored["scores"]] == [r["fid"] for r in run["lcm"]["scores"]]
+    with pytest.raises(SystemExit):
+        script.parse_args(["--runs", "cond", "uncond", "--student", student])
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_lcm_lora_quality_scores_the_acceleration_vector(
     load: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
