@@ -3,8 +3,8 @@
     python benchmarks/lcm_quality.py [--runs cond uncond] [--teacher VDM_COND.ckpt]
         [--uncond_teacher VDM.ckpt] [--teacher_steps 4000] [--max_steps 2000]
         [--student LCM.ckpt] [--omega_range 1 4] [--lcm_steps 1 2 4] [--teleport_to 659 …]
-        [--omegas 1 1.5 2 3] [--teacher_nfe 10 50] [--num_samples 2000] [--per_class 100]
-        [--base_channels N]
+        [--omegas 1 1.5 2 3] [--teacher_nfe 10 50] [--num_samples 2000] [--fid_seed 0]
+        [--per_class 100] [--base_channels N]
         [--out benchmarks/results/lcm_quality.json]
 
 1. The teacher: ``--teacher``, or configs/digits/vdm_cond.yaml fitted ``--teacher_steps``
@@ -13,13 +13,13 @@
    ``--max_steps`` steps (ω ~ U[1, 4], or ``--omega_range``; k = 20, DDIM teacher step, EMA
    target 0.95, started from the teacher).
 3. Scores, with the EMA weights, all ten digits equally often: the FID of ``--num_samples``
-   samples against the val split (the shipped digits features) and the share of
-   ``--per_class`` samples per digit that the shipped digits classifier reads as the requested
-   digit, for the teacher guided at each ω of ``--omegas`` with DDIM and DPM-Solver++(2M) at
-   each of ``--teacher_nfe`` steps (classifier-free guidance: two net passes a step, on one
-   doubled batch), and for the student at each ω and each of ``--lcm_steps`` (one pass a step),
-   from τ = 999 and from each ``--teleport_to`` level (the Gaussian teleport's start,
-   ``LCMSampler(teleport_to=τ)``).
+   samples (drawn from ``--fid_seed``) against the val split (the shipped digits features) and
+   the share of ``--per_class`` samples per digit that the shipped digits classifier reads as
+   the requested digit, for the teacher guided at each ω of ``--omegas`` with DDIM and
+   DPM-Solver++(2M) at each of ``--teacher_nfe`` steps (classifier-free guidance: two net
+   passes a step, on one doubled batch), and for the student at each ω and each of
+   ``--lcm_steps`` (one pass a step), from τ = 999 and from each ``--teleport_to`` level (the
+   Gaussian teleport's start, ``LCMSampler(teleport_to=τ)``).
 
 ``uncond`` (in ``--runs``) does the same for the unconditional DDPM of configs/digits/vdm.yaml
 (``--uncond_teacher``, or fitted ``--teacher_steps``): plain LCD, ω fixed at 1, the student the
@@ -219,6 +219,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--teacher_nfe", type=int, nargs="+", default=[10, 50],
                         help="DDIM and DPM-Solver++(2M) steps of the teacher")  # fmt: skip
     parser.add_argument("--num_samples", type=int, default=2000, help="generated images per FID")
+    parser.add_argument("--fid_seed", type=int, default=0, help="sampling seed of every FID")
     parser.add_argument("--sample_batch", type=int, default=500)
     parser.add_argument("--per_class", type=int, default=100, help="samples per digit classified")
     parser.add_argument("--base_channels", type=int, default=None, help="narrow both UNets")
@@ -235,7 +236,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; return what it wrote to ``--out``."""
     args = parse_args(argv)
-    evaluator = FIDEvaluator("digits", "val", args.num_samples, args.sample_batch, progress=False)
+    evaluator = FIDEvaluator("digits", "val", args.num_samples, args.sample_batch,
+                             seed=args.fid_seed, progress=False)  # fmt: skip
     results = {**run_record("lcm_quality.py", argv, args), "runs": {}}
     for run in args.runs:
         results["runs"][run] = distil_and_score(run, args, evaluator)

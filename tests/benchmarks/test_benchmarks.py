@@ -308,6 +308,10 @@ def test_lcm_quality_distils_scores_and_rescores_a_student_from_teleported_start
     rescored = again["runs"]["uncond"]["lcm"]
     assert rescored["fit_seconds"] is None and rescored["checkpoint"] == student
     assert [r["fid"] for r in rescored["scores"]] == [r["fid"] for r in run["lcm"]["scores"]]
+    other = script.main([*tiny, "--uncond_teacher", teacher, "--student", student, "--lcm_steps",
+                         "2", "--teleport_to", "659", "--fid_seed", "1",
+                         "--out", str(tmp_path / "seed1.json")])  # fmt: skip
+    assert other["runs"]["uncond"]["lcm"]["scores"][1]["fid"] != run["lcm"]["scores"][3]["fid"]
     with pytest.raises(SystemExit):
         script.parse_args(["--runs", "cond", "uncond", "--student", student])
 

@@ -16,7 +16,7 @@ from run_helpers import ROOT, toy_overrides
 
 from diffusion_pl.checkpoints import read_checkpoint, remove_stale_temporaries
 from diffusion_pl.cli import main
-from diffusion_pl.runs import differences
+from diffusion_pl.config_diff import differences
 
 
 def _reaped() -> int:
